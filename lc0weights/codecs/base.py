@@ -1,0 +1,66 @@
+"""The codec contract: every entropy codec of lc0weights has this shape.
+
+A codec turns one layer's residuals (a 1-D ``int64`` array) into bytes and
+back. It is configured from plain, JSON-safe data and registered by its
+``codec_id``, which the patch records per layer, so a patch names exactly
+what decodes each of its sections.
+
+- ``codec_id``: a short stable string, never reused for another format.
+- ``encode(values, info) -> bytes``: ``values`` is int64; ``info`` is the
+  :class:`LayerInfo` of the layer (context a model may use; a codec that
+  needs none ignores it).
+- ``decode(data, count, info) -> ndarray``: the inverse, exactly ``count``
+  int64 values, given the same ``info``. Corrupt data raises
+  :class:`~lc0weights.errors.PatchFormatError`, never anything else.
+- ``get_config() -> dict`` and ``from_config(dict)``: parameters as plain data.
+
+Encoders may be called from several threads at once on different layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LayerInfo:
+    """What a codec may know about the layer whose residuals it codes.
+
+    Encoder and decoder build the same ``LayerInfo`` from the base net, the
+    optional history net and the patch header, so any of it can be a context.
+    """
+
+    path: str = ""
+    role: str = "other"          # conv, bn, dense, bias, norm, gate, other
+    residual: int = 0            # patch_pb2.Residual value
+    encoding: int = 1
+    count: int = 0               # elements of the layer (escapes come after them)
+    dims: tuple = ()             # dims from the file, often empty
+    shape: tuple = ()            # inferred (out, in, h, w) / (out, in) / (n,)
+    quant_width: int = 1
+    tolerance: float = 0.0
+    base: np.ndarray | None = None     # base weights, float32, None when intra
+    history: np.ndarray | None = None  # base minus the base's predecessor, float32
+    scale: float = 0.0           # value of one residual unit (LINEAR16 step, 2T, ...)
+    extra: dict = field(default_factory=dict)
+
+
+class Codec:
+    """Base class; subclasses set ``codec_id`` and implement encode/decode."""
+
+    codec_id = ""
+
+    def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, data: bytes, count: int, info: LayerInfo) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Codec":
+        params = {k: v for k, v in config.items() if k != "id"}
+        return cls(**params)

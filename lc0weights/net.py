@@ -1,0 +1,207 @@
+"""An lc0 network: its raw protobuf bytes, its id, and its layers in file order.
+
+A :class:`Net` never re-serialises anything: it keeps the raw bytes and knows
+where each layer's payload sits in them (found by :mod:`lc0weights.wire`), so
+what is loaded is exactly what is saved.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import encodings as enc
+from .errors import NetFormatError
+from .wire import LayerSpan, find_layers, read_magic
+
+MAGIC = 0x1C0
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One ``Weights.Layer`` of a net, located in the net's raw bytes."""
+
+    index: int
+    path: str
+    span: LayerSpan
+    encoding: int          # effective encoding (absent field -> LINEAR16)
+
+    @property
+    def nbytes(self) -> int:
+        return max(0, self.span.params_end - self.span.params_start)
+
+    @property
+    def has_params(self) -> bool:
+        return self.span.params_start >= 0
+
+    @property
+    def codable(self) -> bool:
+        """True when the payload is whole elements of a known encoding."""
+        return self.has_params and enc.is_codable(self.encoding, self.nbytes)
+
+    @property
+    def count(self) -> int:
+        size = enc.ELEMENT_SIZE.get(self.encoding)
+        return self.nbytes // size if size and self.codable else 0
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.span.dims)
+
+    @property
+    def min_bits(self) -> int:
+        return self.span.min_bits
+
+    @property
+    def max_bits(self) -> int:
+        return self.span.max_bits
+
+    @property
+    def role(self) -> str:
+        return layer_role(self.path)
+
+
+def layer_role(path: str) -> str:
+    """What a layer is for, from its name: conv, bn, dense, bias, norm, gate, other."""
+    leaf = path.rsplit(".", 1)[-1].split("~")[0]
+    if leaf.startswith("bn_"):
+        return "bn"
+    if "ln" in leaf and ("gammas" in leaf or "betas" in leaf):
+        return "norm"
+    if leaf in ("ip_mult_gate", "ip_add_gate"):
+        return "gate"
+    if leaf in ("weights",):
+        return "conv"
+    if leaf in ("biases",) or leaf.endswith("_b") or leaf in ("b1", "b2"):
+        return "bias"
+    if leaf.endswith("_w") or leaf in ("w1", "w2", "compress") or leaf.startswith("rpe_"):
+        return "dense"
+    return "other"
+
+
+class Net:
+    """A loaded lc0 net. Build one with :meth:`load` or :meth:`from_bytes`."""
+
+    def __init__(self, raw: bytes, source: str = "<bytes>"):
+        self.raw = bytes(raw)
+        self.source = source
+        try:
+            magic = read_magic(self.raw)
+            spans = find_layers(self.raw) if magic == MAGIC else []
+        except NetFormatError as e:
+            raise NetFormatError(f"{source}: not an lc0 net ({e})") from None
+        if magic != MAGIC:
+            raise NetFormatError(f"{source}: not an lc0 net (no 0x1c0 magic at the start)")
+        self.layers = [Layer(i, s.path, s, enc.effective(s.encoding)) for i, s in enumerate(spans)]
+        self._id = None
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Net":
+        """A net from raw protobuf bytes or a gzip stream of them."""
+        return cls(maybe_gunzip(data, source), source)
+
+    @classmethod
+    def load(cls, path) -> "Net":
+        """A net from a ``.pb.gz`` or ``.pb`` file (gzip is detected, not guessed)."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
+        if not data:
+            raise NetFormatError(f"{path}: empty file, not an lc0 net")
+        return cls.from_bytes(data, str(path))
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """The network id: sha256 of the raw (un-gzipped) protobuf, in hex."""
+        if self._id is None:
+            self._id = hashlib.sha256(self.raw).hexdigest()
+        return self._id
+
+    @property
+    def format_name(self) -> str:
+        return "onnx" if self.layers == [] and b"" != self.raw and _has_onnx(self.raw) else "weights"
+
+    # -- layers -------------------------------------------------------------
+    def layer(self, path: str) -> Layer:
+        for layer in self.layers:
+            if layer.path == path:
+                return layer
+        raise KeyError(path)
+
+    def payload(self, layer: Layer) -> memoryview:
+        return memoryview(self.raw)[layer.span.params_start:layer.span.params_end]
+
+    def codes(self, layer: Layer) -> np.ndarray:
+        """The layer's payload as integer codes (read-only view of the raw bytes)."""
+        return enc.codes(layer.encoding, self.payload(layer))
+
+    def values(self, layer: Layer) -> np.ndarray:
+        """The layer's weights as float32, decoded as the engine decodes them."""
+        return enc.decode(layer.encoding, self.codes(layer), layer.min_bits, layer.max_bits)
+
+    @property
+    def weight_count(self) -> int:
+        return sum(layer.count for layer in self.layers)
+
+    # -- output -------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write as ``.pb.gz`` (gzip) or anything else as raw, by temp file + rename."""
+        write_net_file(path, self.raw)
+
+
+def _has_onnx(raw) -> bool:
+    from .wire import iter_fields
+    return any(n == 11 for n, *_ in iter_fields(raw, 0, len(raw)))
+
+
+def maybe_gunzip(data: bytes, source: str = "<bytes>") -> bytes:
+    if data[:2] != GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
+
+
+def gzip_bytes(raw: bytes) -> bytes:
+    """Deterministic gzip (no name, mtime 0), as an engine or client expects."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as f:
+        f.write(raw)
+    return buf.getvalue()
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_net_file(path, raw: bytes) -> None:
+    """Save raw net bytes: gzip when the name ends in ``.gz``, raw otherwise."""
+    path = Path(path)
+    atomic_write(path, gzip_bytes(raw) if path.name.endswith(".gz") else raw)
