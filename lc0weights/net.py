@@ -102,6 +102,7 @@ class Net:
             raise NetFormatError(f"{source}: not an lc0 net (no 0x1c0 magic at the start)")
         self.layers = [Layer(i, s.path, s, enc.effective(s.encoding)) for i, s in enumerate(spans)]
         self._id = None
+        self._paths = None
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -135,10 +136,17 @@ class Net:
 
     # -- layers -------------------------------------------------------------
     def layer(self, path: str) -> Layer:
-        for layer in self.layers:
-            if layer.path == path:
-                return layer
+        for layer in self._by_path().get(path, ()):
+            return layer
         raise KeyError(path)
+
+    def _by_path(self) -> dict[str, list[Layer]]:
+        if self._paths is None:
+            paths: dict[str, list[Layer]] = {}
+            for layer in self.layers:
+                paths.setdefault(layer.path, []).append(layer)
+            self._paths = paths
+        return self._paths
 
     def payload(self, layer: Layer) -> memoryview:
         return memoryview(self.raw)[layer.span.params_start:layer.span.params_end]

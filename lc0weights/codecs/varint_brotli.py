@@ -59,6 +59,18 @@ def unleb128(data: bytes, count: int) -> np.ndarray:
     return out
 
 
+def decompress_limited(data, limit: int) -> bytes:
+    """brotli-decompress, refusing output beyond ``limit`` bytes (no bombs)."""
+    try:
+        d = brotli.Decompressor()
+        out = d.process(bytes(data), output_buffer_limit=limit + 1)
+        if len(out) > limit or not d.is_finished():
+            raise PatchFormatError("brotli stream is larger than declared or incomplete")
+        return out
+    except brotli.error as e:
+        raise PatchFormatError(f"corrupt brotli stream ({e})") from None
+
+
 @register
 class VarintBrotli(Codec):
     codec_id = "varint-brotli"
@@ -70,11 +82,7 @@ class VarintBrotli(Codec):
         return brotli.compress(leb128(zigzag(values)), quality=self.quality, lgwin=24)
 
     def decode(self, data: bytes, count: int, info: LayerInfo) -> np.ndarray:
-        try:
-            raw = brotli.decompress(data)
-        except brotli.error as e:
-            raise PatchFormatError(f"corrupt brotli stream ({e})") from None
-        return unzigzag(unleb128(raw, count))
+        return unzigzag(unleb128(decompress_limited(data, 10 * count), count))
 
     def get_config(self) -> dict:
         return {"id": self.codec_id, "quality": self.quality}

@@ -1,0 +1,454 @@
+"""Making and applying patches: one net into another, a layer at a time.
+
+``make_patch(base, target)`` codes the target against the base: the target's
+bytes without layer payloads (the *skeleton*) coded against the base's
+skeleton, then every layer's residuals with the smallest codec. ``apply_patch``
+runs the same steps backwards and checks the rebuilt bytes against the id the
+patch promises. Both work one layer at a time, in parallel across layers,
+holding at most the nets and a few layers' working arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import brotli
+import numpy as np
+
+from . import container
+from . import encodings as enc
+from . import residuals as res
+from .codecs import LayerInfo, codec_ids, get_codec
+from .codecs.varint_brotli import decompress_limited, leb128, unleb128
+from .errors import (MissingHistoryError, PatchFormatError, VerificationError,
+                     WrongBaseError)
+from .net import Layer, Net, layer_role
+from .proto import patch_pb2
+from .wire import read_varint
+
+WRITER = "lc0weights 0.1"
+MAX_RESULT_SIZE = 16 << 30
+DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
+
+
+# -- skeleton: the net's bytes with every layer payload cut out ----------------------
+
+def skeleton_stream(net: Net) -> bytes:
+    """Cut count, cut offsets (varint deltas), then the bytes between payloads."""
+    cuts, pieces, pos, removed = [], [], 0, 0
+    for layer in net.layers:
+        if not layer.has_params:
+            continue
+        s, e = layer.span.params_start, layer.span.params_end
+        pieces.append(net.raw[pos:s])
+        cuts.append(s - removed)
+        removed += e - s
+        pos = e
+    pieces.append(net.raw[pos:])
+    deltas = np.diff(np.array(cuts, np.int64), prepend=0).astype(np.uint64)
+    return leb128(np.array([len(cuts)], np.uint64)) + leb128(deltas) + b"".join(pieces)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).tobytes()
+
+
+def encode_skeleton(stream: bytes, base_stream: bytes | None) -> tuple[str, bytes]:
+    options = [("brotli", brotli.compress(stream, quality=11))]
+    if base_stream is not None and len(base_stream) == len(stream):
+        options.append(("brotli-xor-base", brotli.compress(_xor(stream, base_stream), quality=11)))
+    return min(options, key=lambda o: len(o[1]))
+
+
+def decode_skeleton(section: patch_pb2.Section, data, size: int, base_stream) -> tuple[list[int], memoryview]:
+    if section.codec not in ("brotli", "brotli-xor-base"):
+        raise PatchFormatError(f"unknown skeleton codec {section.codec!r}")
+    stream = decompress_limited(data, size)
+    if len(stream) != size:
+        raise PatchFormatError("skeleton is shorter than declared")
+    if section.codec == "brotli-xor-base":
+        if base_stream is None or len(base_stream) != size:
+            raise PatchFormatError("skeleton is coded against a base skeleton of another size")
+        stream = _xor(stream, base_stream)
+    view = memoryview(stream)
+    n, pos = read_varint(view, 0, len(view))
+    if n > size:
+        raise PatchFormatError("skeleton declares more cuts than it has bytes")
+    cuts, at = [], 0
+    for _ in range(n):
+        delta, pos = read_varint(view, pos, len(view))
+        at += delta
+        cuts.append(at)
+    body = view[pos:]
+    if cuts and cuts[-1] > len(body):
+        raise PatchFormatError("skeleton cut offset past its end")
+    return cuts, body
+
+
+# -- layer pairing and codec context ----------------------------------------------------
+
+def _pair(base: Net | None, layer: Layer) -> Layer | None:
+    """The base layer a target layer is coded against: same path, count and encoding."""
+    if base is None or not layer.codable:
+        return None
+    for candidate in base._by_path().get(layer.path, ()):
+        if candidate.codable and candidate.count == layer.count and candidate.encoding == layer.encoding:
+            return candidate
+    return None
+
+
+def infer_shape(path: str, count: int, counts: dict[str, int], dims=()) -> tuple:
+    """(out, in, h, w) for convolutions, (out, in) for dense layers, else (count,).
+
+    lc0 files rarely carry dims; the output width is read off the layer's bias
+    or batch-norm sibling instead.
+    """
+    if dims and int(np.prod(dims)) == count:
+        return tuple(int(d) for d in dims)
+    stem, _, leaf = path.rpartition(".")
+    if leaf == "weights":
+        sibling = counts.get(f"{stem}.biases") or counts.get(f"{stem}.bn_means") or counts.get(f"{stem}.bn_betas")
+        if sibling and count % sibling == 0:
+            rest = count // sibling
+            return (sibling, rest // 9, 3, 3) if rest % 9 == 0 else (sibling, rest, 1, 1)
+    elif leaf.endswith("_w") or leaf in ("w1", "w2"):
+        bias = leaf[:-2] + "_b" if leaf.endswith("_w") else "b" + leaf[1:]
+        out = counts.get(f"{stem}.{bias}" if stem else bias)
+        if out and count % out == 0:
+            return (out, count // out)
+    return (count,)
+
+
+@dataclass
+class _Context:
+    """Everything both sides derive from the base, history and header alike."""
+
+    base: Net | None
+    history: Net | None
+    counts: dict[str, int] = field(default_factory=dict)
+    tolerance: float = 0.0
+
+    def base_layer(self, lp) -> Layer | None:
+        if lp.base_index < 0:
+            return None
+        if self.base is None or lp.base_index >= len(self.base.layers):
+            raise PatchFormatError(f"layer {lp.path}: base layer {lp.base_index} does not exist")
+        layer = self.base.layers[lp.base_index]
+        if not layer.codable or layer.encoding != lp.encoding or layer.count != lp.count:
+            raise PatchFormatError(f"layer {lp.path}: base layer {lp.base_index} does not match")
+        return layer
+
+    def info(self, lp, base_layer: Layer | None, scale: float) -> LayerInfo:
+        base_values = self.base.values(base_layer) if base_layer is not None else None
+        history = None
+        if base_layer is not None and self.history is not None:
+            h = _pair(self.history, base_layer)
+            if h is not None:
+                history = base_values - self.history.values(h)
+        return LayerInfo(path=lp.path, role=lp.role, residual=lp.residual, encoding=lp.encoding,
+                         count=lp.count, shape=infer_shape(lp.path, lp.count, self.counts),
+                         quant_width=lp.quant_width or 1, tolerance=self.tolerance,
+                         base=base_values, history=history, scale=scale)
+
+
+def _scale(lp, tolerance: float) -> float:
+    """The value of one residual unit, as the rebuild side can compute it."""
+    if lp.residual == patch_pb2.LINEAR16_REGRID:
+        lo, hi = float(enc.f32(lp.min_bits)), float(enc.f32(lp.max_bits))
+        return (hi - lo) / 65535.0 * (lp.quant_width or 1)
+    if lp.residual == patch_pb2.FLOAT_STEP:
+        return 2.0 * tolerance
+    return 0.0
+
+
+def _target_of(lp) -> res.LayerTarget:
+    return res.LayerTarget(lp.encoding, lp.count, lp.min_bits, lp.max_bits)
+
+
+# -- encoding one layer ----------------------------------------------------------------
+
+def _candidates(target: Net, layer: Layer, base: Net | None, base_layer, tolerance):
+    if not layer.codable:
+        return [res.raw_residuals(target.payload(layer))]
+    codes = target.codes(layer)
+    lt = res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+    if layer.encoding == enc.LINEAR16:
+        base_values = base.values(base_layer) if base_layer is not None else None
+        return [res.linear16_residuals(codes, base_values, lt, tolerance)]
+    base_codes = base.codes(base_layer) if base_layer is not None else None
+    options = [res.float_image_residuals(codes, base_codes, lt)]
+    if tolerance:
+        options.append(res.float_step_residuals(codes, base_codes, lt, tolerance))
+    return options
+
+
+def _encode_layer(job):
+    ctx, target, layer, codecs = job
+    base_layer = _pair(ctx.base, layer)
+    best = None
+    for r in _candidates(target, layer, ctx.base, base_layer, ctx.tolerance):
+        lp = patch_pb2.LayerPatch(
+            path=layer.path, base_index=base_layer.index if base_layer is not None else -1,
+            residual=r.kind, encoding=layer.encoding if layer.codable else 0,
+            count=layer.count if layer.codable else layer.nbytes,
+            min_bits=layer.min_bits, max_bits=layer.max_bits, quant_width=r.quant_width,
+            escapes=r.escapes, role=layer.role)
+        info = ctx.info(lp, base_layer if r.kind != patch_pb2.RAW_BYTES else None, _scale(lp, ctx.tolerance))
+        for codec_id in codecs:
+            codec = get_codec(codec_id)
+            data = codec.encode(r.values, info)
+            if best is None or len(data) < len(best[1]):
+                lp.section.CopyFrom(patch_pb2.Section(
+                    codec=codec_id, stored_size=len(data), value_count=len(r.values),
+                    codec_config=_config_bytes(codec)))
+                best = (patch_pb2.LayerPatch().__class__.FromString(lp.SerializeToString()), data, r.codes)
+    return best
+
+
+def _config_bytes(codec) -> bytes:
+    config = {k: v for k, v in codec.get_config().items() if k != "id"}
+    return json.dumps(config, sort_keys=True).encode() if config else b""
+
+
+def _bounded_map(fn, items, workers: int):
+    """Like map, in order, with at most ``2 * workers`` results in flight (bounded memory)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = []
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
+
+
+def _workers(workers: int | None) -> int:
+    return max(1, workers if workers else (os.cpu_count() or 1))
+
+
+def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
+               codec: str | None = None, history: Net | None = None,
+               workers: int | None = None, verify: bool = True) -> bytes:
+    """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
+
+    ``tolerance``: every rebuilt weight is within this absolute distance of the
+    target's (the engine's decoding); ``None`` makes the rebuild byte-exact.
+    ``codec`` forces one registered codec for every layer (default: the
+    smallest per layer). ``history`` is the base's predecessor, used as
+    context; a client then needs it too. With ``verify`` the patch is applied
+    once before it is returned, and a lossy patch is checked weight by weight.
+    """
+    if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
+    codecs = (codec,) if codec else tuple(c for c in DEFAULT_CODECS if c in codec_ids())
+    for c in codecs:
+        get_codec(c)
+    if history is not None and base is None:
+        history = None
+    ctx = _Context(base, history, {l.path: l.count for l in target.layers if l.codable},
+                   float(tolerance or 0.0))
+    header = patch_pb2.PatchHeader(
+        base_id=bytes.fromhex(base.id) if base is not None else b"",
+        target_id=bytes.fromhex(target.id),
+        mode=patch_pb2.TOLERANCE if tolerance else patch_pb2.LOSSLESS,
+        tolerance=float(tolerance or 0.0), writer=WRITER,
+        history_id=bytes.fromhex(history.id) if history is not None else b"")
+    stream = skeleton_stream(target)
+    skeleton_codec, skeleton_data = encode_skeleton(stream, skeleton_stream(base) if base else None)
+    header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
+    header.skeleton_size = len(stream)
+
+    jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
+    sections, result = [skeleton_data], hashlib.sha256()
+    lossless, pos = tolerance is None, 0
+    for layer, (lp, data, codes) in zip((j[2] for j in jobs), _bounded_map(_encode_layer, jobs, _workers(workers))):
+        header.layers.append(lp)
+        sections.append(data)
+        if not lossless:
+            result.update(target.raw[pos:layer.span.params_start])
+            result.update(codes.tobytes())
+            pos = layer.span.params_end
+    if lossless:
+        header.result_id = header.target_id
+    else:
+        result.update(target.raw[pos:])
+        header.result_id = result.digest()
+    header.result_size = len(target.raw)
+    patch = container.pack(header, sections)
+    if verify:
+        rebuilt = apply_patch(base, patch, history=history, workers=workers)
+        if not lossless:
+            error = max_error(Net(rebuilt), target)
+            if not error <= tolerance:
+                raise VerificationError(f"internal error: rebuilt weights are {error} from the "
+                                        f"target, over the tolerance {tolerance}")
+    return patch
+
+
+# -- applying ---------------------------------------------------------------------------
+
+@dataclass
+class PatchInfo:
+    base_id: str | None
+    target_id: str
+    result_id: str
+    history_id: str | None
+    mode: str
+    tolerance: float | None
+    result_size: int
+    patch_size: int
+    layers: list[dict]
+
+
+def _hex(b: bytes) -> str | None:
+    return b.hex() if b else None
+
+
+def read_patch_info(patch: bytes) -> PatchInfo:
+    """The header of a patch (after checking its checksum), as plain data."""
+    header, _ = container.unpack(patch)
+    layers = [{"path": lp.path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
+               "count": lp.count, "residual": patch_pb2.Residual.Name(lp.residual),
+               "base_index": lp.base_index, "escapes": lp.escapes} for lp in header.layers]
+    return PatchInfo(_hex(header.base_id), header.target_id.hex(), header.result_id.hex(),
+                     _hex(header.history_id),
+                     "tolerance" if header.mode == patch_pb2.TOLERANCE else "lossless",
+                     header.tolerance if header.mode == patch_pb2.TOLERANCE else None,
+                     header.result_size, len(patch), layers)
+
+
+def _check_ids(header, base: Net | None, history: Net | None):
+    for name, value in (("base_id", header.base_id), ("target_id", header.target_id),
+                        ("result_id", header.result_id), ("history_id", header.history_id)):
+        if value and len(value) != 32 or (name in ("target_id", "result_id") and not value):
+            raise PatchFormatError(f"patch header field {name} is not a sha256")
+    if header.base_id:
+        if base is None:
+            raise WrongBaseError(f"this patch needs base net {header.base_id.hex()}; none was given")
+        if base.id != header.base_id.hex():
+            raise WrongBaseError(f"this patch is for base net {header.base_id.hex()[:16]}..., "
+                                 f"not {base.id[:16]}...")
+    if header.history_id and (history is None or history.id != header.history_id.hex()):
+        raise MissingHistoryError(f"this patch also needs net {header.history_id.hex()} "
+                                  "(the base's predecessor) as context")
+    if header.mode == patch_pb2.TOLERANCE and not (header.tolerance > 0 and np.isfinite(header.tolerance)):
+        raise PatchFormatError("tolerance patch without a positive tolerance")
+
+
+def _decode_layer(job):
+    ctx, lp, data = job
+    try:
+        base_layer = ctx.base_layer(lp)
+        info = ctx.info(lp, base_layer, _scale(lp, ctx.tolerance))
+        values = get_codec(lp.section.codec, _config(lp.section)).decode(bytes(data), lp.section.value_count, info)
+        if len(values) != lp.section.value_count:
+            raise PatchFormatError("codec returned the wrong number of values")
+        target = _target_of(lp)
+        if lp.residual == patch_pb2.RAW_BYTES:
+            codes = res.raw_rebuild(values, lp.count)
+        elif lp.residual == patch_pb2.LINEAR16_REGRID:
+            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width, lp.escapes)
+        else:
+            base_codes = ctx.base.codes(base_layer) if base_layer is not None else None
+            if lp.residual == patch_pb2.FLOAT_IMAGE:
+                codes = res.float_image_rebuild(values, base_codes, target)
+            elif lp.residual == patch_pb2.FLOAT_STEP:
+                codes = res.float_step_rebuild(values, base_codes, target, ctx.tolerance, lp.escapes)
+            else:
+                raise PatchFormatError(f"unknown residual kind {lp.residual}")
+        return codes.tobytes()
+    except PatchFormatError as e:
+        raise PatchFormatError(f"layer {lp.path}: {e}") from None
+
+
+def _config(section) -> dict:
+    if not section.codec_config:
+        return {}
+    try:
+        config = json.loads(section.codec_config)
+    except ValueError:
+        raise PatchFormatError("unreadable codec configuration") from None
+    if not isinstance(config, dict):
+        raise PatchFormatError("unreadable codec configuration")
+    return config
+
+
+def _check_layer_header(lp, result_size: int):
+    if lp.residual != patch_pb2.RAW_BYTES and lp.encoding not in enc.ELEMENT_SIZE:
+        raise PatchFormatError(f"layer {lp.path}: unknown encoding {lp.encoding}")
+    size = lp.count * (1 if lp.residual == patch_pb2.RAW_BYTES else enc.ELEMENT_SIZE[lp.encoding])
+    if size > result_size or lp.section.value_count > lp.count + 2 * lp.escapes or lp.escapes > lp.count:
+        raise PatchFormatError(f"layer {lp.path}: declared sizes are out of range")
+    return size
+
+
+def apply_patch(base: Net | None, patch: bytes, history: Net | None = None, *,
+                workers: int | None = None) -> bytearray:
+    """Rebuild the net a patch describes and check it against the promised id.
+
+    Returns the raw protobuf bytes (a ``bytearray``, to avoid a copy of a large
+    net). Raises :class:`WrongBaseError` for another base,
+    :class:`MissingHistoryError` when the context net is missing,
+    :class:`PatchFormatError` for a corrupt patch and
+    :class:`VerificationError` when the result is not what the patch promised.
+    """
+    header, sections = container.unpack(patch)
+    _check_ids(header, base, history)
+    if not header.base_id:
+        base = None
+    if not header.history_id:
+        history = None
+    if header.result_size > MAX_RESULT_SIZE or header.skeleton_size > header.result_size + 16 * len(header.layers) + 16:
+        raise PatchFormatError("declared net size is out of range")
+    sizes = [_check_layer_header(lp, header.result_size) for lp in header.layers]
+    cuts, body = decode_skeleton(header.skeleton, sections[0], header.skeleton_size,
+                                 skeleton_stream(base) if base is not None else None)
+    if len(cuts) != len(header.layers) or len(body) + sum(sizes) != header.result_size:
+        raise PatchFormatError("skeleton and layer sizes do not add up to the declared net size")
+    ctx = _Context(base, history, {lp.path: lp.count for lp in header.layers if lp.residual != patch_pb2.RAW_BYTES},
+                   header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0)
+    out = bytearray(header.result_size)
+    jobs = [(ctx, lp, data) for lp, data in zip(header.layers, sections[1:])]
+    src = dst = 0
+    for cut, size, payload in zip(cuts, sizes, _bounded_map(_decode_layer, jobs, _workers(workers))):
+        if len(payload) != size or cut < src:
+            raise PatchFormatError("a rebuilt layer has the wrong size")
+        out[dst:dst + cut - src] = body[src:cut]
+        dst += cut - src
+        out[dst:dst + size] = payload
+        dst += size
+        src = cut
+    out[dst:] = body[src:]
+    if hashlib.sha256(out).digest() != header.result_id:
+        raise VerificationError("the rebuilt net does not match the id the patch promises "
+                                "(corrupt patch or wrong base)")
+    return out
+
+
+# -- measuring -----------------------------------------------------------------------
+
+def max_error(approx: Net, target: Net) -> float:
+    """The largest absolute difference of any decoded weight (nets of one layout)."""
+    if len(approx.layers) != len(target.layers):
+        raise VerificationError("the nets have different layer lists")
+    worst = 0.0
+    for a, t in zip(approx.layers, target.layers):
+        if a.path != t.path or a.count != t.count or a.codable != t.codable:
+            raise VerificationError(f"layer {t.path} differs in shape")
+        if not t.codable:
+            if bytes(approx.payload(a)) != bytes(target.payload(t)):
+                return float("inf")
+            continue
+        va, vt = approx.values(a).astype(np.float64), target.values(t).astype(np.float64)
+        same = (va == vt) | (np.isnan(va) & np.isnan(vt))
+        with np.errstate(invalid="ignore"):
+            diff = np.where(same, 0.0, np.abs(va - vt))
+        if len(diff):
+            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
+    return worst

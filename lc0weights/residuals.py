@@ -1,0 +1,207 @@
+"""Residuals: the small integers a patch codes for each layer, and their inverse.
+
+One pair of functions per residual kind (see ``Residual`` in proto/patch.proto):
+``*_residuals`` turns a target layer (and the paired base layer, if any) into
+an int64 array, ``*_rebuild`` turns that array back into the target's codes.
+The rebuild side is the only truth: the encoder computes the codes a client
+will rebuild with the very same function.
+
+Tolerance mode quantises and appends *escapes*: elements the quantised value
+would put more than T away from the target are listed after the quantised
+values as (gap to the previous escaped position, exact residual) pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import encodings as enc
+from .errors import PatchFormatError
+from .proto.patch_pb2 import FLOAT_IMAGE, FLOAT_STEP, LINEAR16_REGRID, RAW_BYTES
+
+MAX_QUANT_WIDTH = 2 * 65535 + 1
+
+
+@dataclass
+class LayerTarget:
+    """What the rebuild needs to know about the target layer (from the header)."""
+
+    encoding: int
+    count: int
+    min_bits: int = 0
+    max_bits: int = 0
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return float(enc.f32(self.min_bits)), float(enc.f32(self.max_bits))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return enc.decode(self.encoding, codes, self.min_bits, self.max_bits)
+
+
+@dataclass
+class Residuals:
+    kind: int
+    values: np.ndarray      # int64: count quantised values, then escape pairs
+    codes: np.ndarray       # the codes the rebuild yields (uint16/uint32/uint8)
+    quant_width: int = 1
+    escapes: int = 0
+    scale: float = 0.0      # value of one residual unit, for context models
+
+
+# -- escapes ----------------------------------------------------------------------
+
+def _append_escapes(q: np.ndarray, bad: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, int]:
+    positions = np.flatnonzero(bad)
+    q = q.copy()
+    q[positions] = 0
+    gaps = np.diff(positions, prepend=-1) - 1
+    pairs = np.empty(2 * len(positions), np.int64)
+    pairs[0::2], pairs[1::2] = gaps, exact[positions]
+    return np.concatenate([q, pairs]), len(positions)
+
+
+def _split_escapes(values: np.ndarray, count: int, escapes: int):
+    if len(values) != count + 2 * escapes:
+        raise PatchFormatError("residual section has the wrong number of values")
+    q, pairs = values[:count], values[count:]
+    gaps = pairs[0::2]
+    if escapes and (gaps.min() < 0 or int(gaps.sum()) + escapes > count):
+        raise PatchFormatError("escape positions out of range")
+    positions = np.cumsum(gaps + 1) - 1
+    return q, positions, pairs[1::2]
+
+
+# -- LINEAR16: code minus the base re-gridded onto the target's min/max ------------
+
+def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
+    """Predict each u16 code from the base value on the target's new min/max."""
+    lo, hi = target.bounds
+    if base is None or not hi > lo or not np.isfinite(hi - lo):
+        return np.zeros(target.count, np.int64)
+    b = np.nan_to_num(base.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+    return np.clip(np.rint((b - lo) / (hi - lo) * 65535.0), 0, 65535).astype(np.int64)
+
+
+def _zero_prediction(target: LayerTarget) -> np.ndarray:
+    """Intra LINEAR16: predict every code as the code of 0.0."""
+    return regrid(np.zeros(target.count, np.float32), target)
+
+
+def linear16_quant_width(target: LayerTarget, tolerance: float | None) -> int:
+    lo, hi = target.bounds
+    step = (hi - lo) / 65535.0
+    if not tolerance or not step > 0 or not np.isfinite(step):
+        return 1
+    # A hair under T/step: float32 decoding may stretch a code distance slightly.
+    half = int(np.floor(tolerance / step * (1 - 1e-6)))
+    return int(min(2 * max(half, 0) + 1, MAX_QUANT_WIDTH))
+
+
+def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Residuals:
+    c = codes.astype(np.int64)
+    p = regrid(base, target) if base is not None else _zero_prediction(target)
+    d = c - p
+    w = linear16_quant_width(target, tolerance)
+    step = (target.bounds[1] - target.bounds[0]) / 65535.0
+    if w == 1:
+        return Residuals(LINEAR16_REGRID, d, codes.astype(np.uint16), 1, 0, step)
+    q = np.floor_divide(d + w // 2, w)
+    k = p + q * w
+    ok = (k >= 0) & (k <= 65535)
+    k_safe = np.where(ok, k, c)
+    err = np.abs(target.decode(k_safe).astype(np.float64) - target.decode(c).astype(np.float64))
+    bad = ~ok | (err > tolerance)
+    values, escapes = _append_escapes(q, bad, d)
+    rebuilt = np.where(bad, c, k).astype(np.uint16)
+    return Residuals(LINEAR16_REGRID, values, rebuilt, w, escapes, step * w)
+
+
+def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escapes: int) -> np.ndarray:
+    if not 1 <= quant_width <= MAX_QUANT_WIDTH:
+        raise PatchFormatError(f"quantisation width {quant_width} out of range")
+    p = regrid(base, target) if base is not None else _zero_prediction(target)
+    q, positions, exact = _split_escapes(values, target.count, escapes)
+    k = p + q * quant_width
+    k[positions] = p[positions] + exact
+    if len(k) and (k.min() < 0 or k.max() > 65535):
+        raise PatchFormatError("rebuilt LINEAR16 code out of range")
+    return k.astype(np.uint16)
+
+
+# -- floats: order-preserving integer images, or value steps of 2T ------------------
+
+def _image(encoding, codes):
+    return enc.ordered_image(encoding, codes) if codes is not None else 0
+
+
+def float_image_residuals(codes, base_codes, target: LayerTarget) -> Residuals:
+    d = enc.ordered_image(target.encoding, codes) - _image(target.encoding, base_codes)
+    return Residuals(FLOAT_IMAGE, d.astype(np.int64), codes.copy())
+
+
+def float_image_rebuild(values, base_codes, target: LayerTarget) -> np.ndarray:
+    if len(values) != target.count:
+        raise PatchFormatError("residual section has the wrong number of values")
+    image = values + _image(target.encoding, base_codes)
+    limit = 1 << (31 if target.encoding == enc.FLOAT32 else 15)
+    if len(image) and (image.min() < -limit or image.max() >= limit):
+        raise PatchFormatError("rebuilt float pattern out of range")
+    return enc.from_ordered_image(target.encoding, image)
+
+
+_MAX_STEPS = 1 << 40
+
+
+def _step_values(base_codes, target: LayerTarget) -> np.ndarray:
+    if base_codes is None:
+        return np.zeros(target.count, np.float64)
+    b = target.decode(base_codes).astype(np.float64)
+    return np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def float_step_residuals(codes, base_codes, target: LayerTarget, tolerance: float) -> Residuals:
+    step = 2.0 * tolerance
+    t = target.decode(codes).astype(np.float64)
+    b = _step_values(base_codes, target)
+    with np.errstate(invalid="ignore", over="ignore"):
+        qf = np.rint((t - b) / step)
+        finite = np.isfinite(t) & (np.abs(qf) < _MAX_STEPS)
+        q = np.where(finite, qf, 0).astype(np.int64)
+        k = enc.encode_float(target.encoding, b + q * step)
+        bad = ~finite | ~(np.abs(target.decode(k).astype(np.float64) - t) <= tolerance)
+    exact = enc.ordered_image(target.encoding, codes) - _image(target.encoding, base_codes)
+    values, escapes = _append_escapes(q, bad, exact)
+    rebuilt = np.where(bad, codes, k).astype(codes.dtype)
+    return Residuals(FLOAT_STEP, values, rebuilt, 1, escapes, step)
+
+
+def float_step_rebuild(values, base_codes, target: LayerTarget, tolerance: float, escapes: int):
+    if not tolerance > 0:
+        raise PatchFormatError("a FLOAT_STEP layer needs a positive tolerance")
+    q, positions, exact = _split_escapes(values, target.count, escapes)
+    if len(q) and np.abs(q).max() >= _MAX_STEPS:
+        raise PatchFormatError("float step out of range")
+    b = _step_values(base_codes, target)
+    with np.errstate(invalid="ignore", over="ignore"):
+        k = enc.encode_float(target.encoding, b + q * (2.0 * tolerance))
+    if escapes:
+        base_image = _image(target.encoding, base_codes)
+        base_at = base_image[positions] if base_codes is not None else 0
+        fixed = float_image_rebuild(exact + base_at, None, LayerTarget(target.encoding, escapes))
+        k[positions] = fixed
+    return k
+
+
+# -- raw bytes ---------------------------------------------------------------------
+
+def raw_residuals(payload) -> Residuals:
+    b = np.frombuffer(payload, np.uint8)
+    return Residuals(RAW_BYTES, b.astype(np.int64), b.copy())
+
+
+def raw_rebuild(values, count: int) -> np.ndarray:
+    if len(values) != count or (count and (values.min() < 0 or values.max() > 255)):
+        raise PatchFormatError("raw byte section out of range")
+    return values.astype(np.uint8)
