@@ -1,0 +1,202 @@
+"""The ``lc0weights`` command: inspect, diff, apply, verify, fetch, check.
+
+Every command returns an exit code; errors are turned into one line on
+stderr here, in one place (exit 1 for failures, 2 for usage).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .container import MAGIC as PATCH_MAGIC
+from .errors import Lc0WeightsError, NetFormatError
+from .net import Net, atomic_write, write_net_file
+from .patch import apply_patch, make_patch, max_error, read_patch_info
+from . import encodings as enc
+
+NO_BASE = "none"
+
+
+def parse_tolerance(text: str) -> float:
+    """``2^-17``, ``2**-17`` or a decimal such as ``7.6e-6``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:\^|\*\*)\s*(-?\d+)\s*", text)
+    try:
+        value = float(m.group(1)) ** int(m.group(2)) if m else float(text)
+    except (ValueError, OverflowError):
+        value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"tolerance must be a positive number like 2^-17, not {text!r}")
+    return value
+
+
+def _load_net(path: str | None) -> Net | None:
+    return None if path is None or path.lower() == NO_BASE else Net.load(path)
+
+
+def _read_patch(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise NetFormatError(f"{path}: cannot read patch ({e.strerror})") from None
+    return data
+
+
+# -- commands ------------------------------------------------------------------------
+
+def cmd_inspect(args) -> int:
+    data = _read_patch(args.file)
+    if data[:len(PATCH_MAGIC)] == PATCH_MAGIC:
+        info = read_patch_info(data)
+        if args.json:
+            print(json.dumps(info.__dict__, indent=1))
+        else:
+            print(f"patch     {args.file} ({len(data):,} bytes, {info.mode}"
+                  + (f", tolerance {info.tolerance:g}" if info.tolerance else "") + ")")
+            print(f"base      {info.base_id or 'none (intra)'}\ntarget    {info.target_id}\n"
+                  f"result    {info.result_id} ({info.result_size:,} bytes)")
+            if info.history_id:
+                print(f"history   {info.history_id}")
+            for lp in info.layers:
+                print(f"  {lp['path']:<48} {lp['count']:>10,} {lp['residual']:<16} "
+                      f"{lp['codec']:<14} {lp['stored_size']:>10,}")
+        return 0
+    net = Net.from_bytes(data, args.file)
+    rows = []
+    for layer in net.layers:
+        row = {"path": layer.path, "count": layer.count, "bytes": layer.nbytes,
+               "encoding": enc.NAMES.get(layer.encoding, str(layer.encoding)),
+               "dims": list(layer.dims), "min": None, "max": None}
+        if layer.codable and layer.count:
+            values = net.values(layer)
+            row["min"], row["max"] = float(np.nanmin(values)), float(np.nanmax(values))
+        rows.append(row)
+    summary = {"id": net.id, "format": net.format_name, "raw_size": len(net.raw),
+               "file_size": len(data), "weights": net.weight_count, "layers": rows}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"net       {args.file}\nid        {net.id}\nformat    {net.format_name}, "
+          f"{len(net.raw):,} bytes raw, {len(data):,} on disk, "
+          f"{len(rows)} layers, {net.weight_count:,} weights")
+    for r in rows:
+        span = "" if r["min"] is None else f"{r['min']:>12.6g} {r['max']:>12.6g}"
+        print(f"  {r['path']:<48} {r['count']:>10,} {r['encoding']:<9} {span}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    base, target = _load_net(args.base), Net.load(args.target)
+    history = _load_net(args.history)
+    patch = make_patch(base, target, args.tolerance, codec=args.codec, history=history,
+                       workers=args.workers)
+    atomic_write(args.output, patch)
+    kind = f"tolerance {args.tolerance:g}" if args.tolerance else "lossless"
+    print(f"wrote {args.output}: {len(patch):,} bytes ({kind}; target {len(target.raw):,} bytes raw)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_apply(args) -> int:
+    base, history = _load_net(args.base), _load_net(args.history)
+    rebuilt = apply_patch(base, _read_patch(args.patch), history, workers=args.workers)
+    del base, history
+    write_net_file(args.output, rebuilt)
+    print(f"wrote {args.output}: {len(rebuilt):,} bytes raw", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    base, history = _load_net(args.base), _load_net(args.history)
+    patch = _read_patch(args.patch)
+    info = read_patch_info(patch)
+    rebuilt = Net(apply_patch(base, patch, history, workers=args.workers), "rebuilt net")
+    target = Net.load(args.target)
+    if info.mode == "lossless":
+        ok = rebuilt.id == target.id
+        print(f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt.id} "
+              f"{'equals' if ok else 'differs from'} target {target.id}")
+        return 0 if ok else 1
+    error = max_error(rebuilt, target)
+    ok = error <= info.tolerance
+    print(f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
+          f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt.id})")
+    return 0 if ok else 1
+
+
+# -- parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lc0weights", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lc0weights {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="show a net's id and layers, or a patch's header")
+    p.add_argument("file", help="a .pb.gz/.pb net or a patch")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_inspect)
+
+    def common(p):
+        p.add_argument("--history", metavar="NET", help="the base's predecessor, as extra context")
+        p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+
+    p = sub.add_parser("diff", help="make a patch from BASE to TARGET")
+    p.add_argument("base", help=f"the net clients hold, or '{NO_BASE}' for a patch against no base")
+    p.add_argument("target", help="the new net")
+    p.add_argument("-o", "--output", required=True, help="patch file to write")
+    p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
+                   help="allow each weight to differ by up to T (2^-17, 2**-17 or a decimal)")
+    p.add_argument("--codec", help="force one codec for every layer (default: smallest per layer)")
+    common(p)
+    p.set_defaults(run=cmd_diff)
+
+    p = sub.add_parser("apply", help="rebuild a net from BASE and PATCH")
+    p.add_argument("base", help=f"the base net, or '{NO_BASE}' for an intra patch")
+    p.add_argument("patch")
+    p.add_argument("-o", "--output", required=True, help="net to write (.pb.gz gzips, else raw)")
+    common(p)
+    p.set_defaults(run=cmd_apply)
+
+    p = sub.add_parser("verify", help="check that BASE + PATCH rebuilds TARGET (or within tolerance)")
+    p.add_argument("base")
+    p.add_argument("patch")
+    p.add_argument("target")
+    common(p)
+    p.set_defaults(run=cmd_verify)
+
+    import importlib.util
+    if importlib.util.find_spec("lc0weights.distribution.commands"):  # FIXME(lead): plain import once landed
+        from .distribution.commands import add_commands
+        add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except Lc0WeightsError as e:
+        print(f"lc0weights: error: {e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"lc0weights: error: {e}", file=sys.stderr)
+    except OSError as e:
+        name = f" {e.filename}" if e.filename else ""
+        print(f"lc0weights: error:{name} {e.strerror or e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("lc0weights: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
