@@ -1,0 +1,111 @@
+"""Codec ``cm1``: binary context mixing over the kernels of :mod:`lc0weights.kernels`.
+
+Each residual is binarised (magnitude class walk, sign, mantissa bits) and
+every decision is predicted from adaptive estimators whose contexts are the
+already coded neighbours, the base weight and the base's own last step
+(``info.history``), both measured in residual units (``info.scale``).
+
+Stream: one version byte (1), then the arithmetic coder's bytes (none for an
+empty layer). The value count is not stored: the patch declares it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..errors import PatchFormatError
+from . import register
+from .base import Codec, LayerInfo
+
+VERSION = 1
+MAX_MAGNITUDE = 1 << 62
+# A decision costs at least log2(4096/4095) bits, every value takes at least
+# one, so a stream of b bytes cannot hold more than ~22,700 b values.
+MAX_VALUES_PER_BYTE = 23_000
+
+
+def log2_bucket(ratio: np.ndarray) -> np.ndarray:
+    """Half-log2 bucket of ratio >= 0 in [0, 63]: 0 for 0 (or nan), 1 for <= 2^-8.
+
+    Exact: np.frexp splits the float64 without rounding, and the comparison
+    of the fraction with a constant is exact too.
+    """
+    ratio = np.nan_to_num(np.abs(ratio.astype(np.float64)), nan=0.0, posinf=2.0 ** 40)
+    frac, ex = np.frexp(ratio)
+    half = 2 * (ex.astype(np.int64) - 1) + (frac >= 0.70710678118654752)
+    return np.where(ratio > 0, np.clip(half + 17, 1, 63), 0).astype(np.int64)
+
+
+def signed_feature(x: np.ndarray | None, scale: float, count: int, total: int) -> np.ndarray:
+    """3 * bucket(|x| / scale) + sign code, zero for escapes and missing data."""
+    out = np.zeros(total, np.int32)
+    if x is None or count == 0:
+        return out
+    x = np.asarray(x, np.float64).ravel()
+    if len(x) != count:
+        return out
+    ratio = np.abs(x) / scale if scale > 0 else np.zeros(count)
+    sign = np.where(x > 0, 1, np.where(x < 0, 2, 0))
+    out[:count] = 3 * log2_bucket(ratio) + sign
+    return out
+
+
+def layer_geometry(info: LayerInfo) -> tuple[int, int]:
+    """(elements per output channel, elements per kernel) from the inferred shape."""
+    shape = tuple(int(s) for s in (info.shape or ()))
+    if len(shape) >= 2 and all(s > 0 for s in shape) and int(np.prod(shape)) == info.count:
+        row = int(np.prod(shape[1:]))
+        kernel = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        return max(row, 1), max(kernel, 1)
+    return max(info.count, 1), 1
+
+
+@register
+class ContextModel(Codec):
+    codec_id = "cm1"
+
+    def _features(self, info: LayerInfo, total: int):
+        count = min(info.count, total) if info.count else total
+        scale = float(info.scale) if info.scale else 0.0
+        hctx = signed_feature(info.history, scale, count, total)
+        bctx = signed_feature(info.base, scale, count, total)
+        row, kernel = layer_geometry(info)
+        return hctx, bctx, count, row, kernel
+
+    def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
+        values = np.ascontiguousarray(values, np.int64)
+        if len(values) and int(np.abs(values).max()) >= MAX_MAGNITUDE or (
+                len(values) and values.min() == np.iinfo(np.int64).min):
+            raise ValueError("cm1 codes residuals of magnitude below 2^62")
+        hctx, bctx, count, row, kernel = self._features(info, len(values))
+        buf = np.zeros(64 + 2 * len(values), np.uint8)
+        buf, used, _ = kernels.code_layer(values, hctx, bctx, count, row, kernel, buf, 0, True,
+                                          kernels.SQUASH, kernels.STRETCH, kernels.RATE)
+        return bytes([VERSION]) + buf[:used].tobytes()
+
+    def decode(self, data: bytes, count: int, info: LayerInfo) -> np.ndarray:
+        if not data or data[0] != VERSION:
+            raise PatchFormatError(
+                f"cm1 stream version {data[0] if data else 'missing'}, expected {VERSION}")
+        body = np.frombuffer(data, np.uint8, offset=1)
+        if count < 0 or count > MAX_VALUES_PER_BYTE * len(body):
+            if count == 0 or count < 0:
+                if count == 0 and len(body) == 0:
+                    return np.zeros(0, np.int64)
+                if count < 0:
+                    raise PatchFormatError(f"cm1 section declares {count} values")
+            raise PatchFormatError(
+                f"cm1 section of {len(data)} bytes cannot hold {count} values")
+        if count == 0:
+            raise PatchFormatError("cm1 section holds bytes after its last value")
+        values = np.zeros(count, np.int64)
+        hctx, bctx, main, row, kernel = self._features(info, count)
+        _, used, status = kernels.code_layer(values, hctx, bctx, main, row, kernel, body.copy(),
+                                             len(body), False,
+                                             kernels.SQUASH, kernels.STRETCH, kernels.RATE)
+        if status == 1:
+            raise PatchFormatError("cm1 section is truncated or corrupt (read past its end)")
+        if status == 2:
+            raise PatchFormatError(
+                f"cm1 section has {len(body) - used} bytes left after its last value")
+        return values
