@@ -1,0 +1,19 @@
+"""Distribution: the repository index, transfers, routes, the fetch client and check.
+
+``fetch(url)`` brings a cache up to the latest published net; ``check_repository``
+verifies a whole published repository. The CLI adds both with ``add_commands``.
+"""
+from .cache import NetCache, default_cache_dir
+from .check import CheckReport, check_repository
+from .download import HttpSource, LocalSource, TransferPolicy, open_source
+from .errors import DownloadError, IntegrityError, NoRouteError, RepositoryError, RepositoryIndexError
+from .fetch import FetchResult, fetch
+from .index import NetEntry, PatchEntry, RepositoryIndex, parse_index
+from .route import Route, cheapest_route
+
+__all__ = [
+    "NetCache", "default_cache_dir", "CheckReport", "check_repository", "HttpSource",
+    "LocalSource", "TransferPolicy", "open_source", "DownloadError", "IntegrityError",
+    "NoRouteError", "RepositoryError", "RepositoryIndexError", "FetchResult", "fetch",
+    "NetEntry", "PatchEntry", "RepositoryIndex", "parse_index", "Route", "cheapest_route",
+]

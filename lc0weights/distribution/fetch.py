@@ -1,0 +1,165 @@
+"""The client: bring the cache up to a published net with as few bytes as possible.
+
+Read the index, list the nets the cache holds, take the cheapest route (patches
+from a held net, or a full download), check every object's sha256 before
+using it and every rebuilt net's id after, and write the result atomically.
+A route that fails part-way (corrupt patch, vanished object, server error) is
+dropped and the next cheapest route is tried, down to the full net.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import Lc0WeightsError
+from ..net import Net, write_net_file
+from .cache import NetCache
+from .download import TransferPolicy, open_source
+from .engine import apply_patch, checked_net
+from .errors import IntegrityError, NoRouteError
+from .index import NetEntry, parse_index
+from .route import cheapest_route
+
+log = logging.getLogger(__name__)
+MAX_ROUTE_ATTEMPTS = 6
+
+
+@dataclass
+class FetchResult:
+    net_id: str                      # the net obtained (a lossy id when a tolerance was accepted)
+    target_id: str                   # the net asked for
+    path: str                        # where it sits in the cache
+    out: str | None
+    route: str                       # what was downloaded, e.g. "abcd1234->ef567890"
+    start: str | None                # the held net the route began from
+    patches: int
+    bytes_downloaded: int            # every byte read from the source, index included
+    full_size: int                   # size of the full .pb.gz of the target
+    seconds: float
+    fallbacks: list[str] = field(default_factory=list)  # routes that failed, with why
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
+          client_layout: bool = False, tolerance: float | None = None,
+          policy: TransferPolicy | None = None, source=None) -> FetchResult:
+    """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache."""
+    started = time.monotonic()
+    source = source or open_source(location, policy)
+    index = parse_index(source.read_index())
+    target = index.resolve(net)
+    goals = {target}
+    if tolerance is not None:
+        goals |= {p.result for p in index.patches
+                  if p.lossy and p.target == target and p.tolerance <= tolerance}
+    cache = NetCache(cache_dir, client_layout)
+    cache.root.mkdir(parents=True, exist_ok=True)
+
+    result, route, fallbacks = obtain(index, goals, source, cache)
+    if result is None:
+        raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
+                           f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
+
+    path = cache.file_for(result.id)
+    if not path.exists():
+        path = cache.store(result)
+    if out is not None:
+        write_net_file(out, result.raw)
+    target_entry = index.net(target)
+    return FetchResult(
+        net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
+        route=route.describe(), start=route.start, patches=route.patch_count,
+        bytes_downloaded=source.bytes_downloaded, full_size=target_entry.size,
+        seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
+
+
+def obtain(index, goals, source, cache: NetCache):
+    """Reach any of ``goals`` from what ``cache`` holds; return (net or None, route, failures).
+
+    Each failed route is recorded and its failing object excluded, so the next
+    try takes the next cheapest route, ending with a full download.
+    """
+    held = cache.held_ids()
+    fallbacks: list[str] = []
+    exclude: set[str] = set()
+    route = None
+    for _ in range(MAX_ROUTE_ATTEMPTS):
+        try:
+            route = cheapest_route(index, goals, held, exclude)
+        except NoRouteError:
+            if not fallbacks:
+                raise
+            break
+        if not route.steps:                      # the cache already holds it
+            net = cache.load(route.start)
+            if net is not None:
+                return net, route, fallbacks
+            held.discard(route.start)
+            continue
+        try:
+            return _follow(route, source, cache), route, fallbacks
+        except _BadBase as e:
+            held.discard(e.net_id)
+            fallbacks.append(f"{route.describe()}: {e}")
+        except _StepFailed as e:
+            exclude.add(e.object_path)
+            fallbacks.append(f"{route.describe()}: {e}")
+            log.warning("route %s failed (%s); trying another", route.describe(), e)
+    return None, route, fallbacks
+
+
+class _BadBase(Lc0WeightsError):
+    def __init__(self, net_id: str):
+        super().__init__(f"cached net {net_id[:16]}... is missing or corrupt")
+        self.net_id = net_id
+
+
+class _StepFailed(Lc0WeightsError):
+    """One object of a route failed; carries its path so the route search skips it."""
+
+    def __init__(self, object_path: str, cause: Exception):
+        super().__init__(str(cause))
+        self.object_path = object_path
+
+
+def _follow(route, source, cache: NetCache) -> Net:
+    """Download and apply each step of ``route``; return the verified final net."""
+    current = None
+    if route.start is not None:
+        current = cache.load(route.start)
+        if current is None:
+            raise _BadBase(route.start)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache.root) as tmp:
+        for i, step in enumerate(route.steps):
+            where = Path(tmp) / f"step-{i}"
+            try:
+                source.fetch_object(step.path, where, step.size, step.sha256,
+                                    desc=f"{'net' if isinstance(step, NetEntry) else 'patch'} "
+                                         f"{i + 1}/{len(route.steps)}")
+                data = where.read_bytes()
+                where.unlink()
+                if isinstance(step, NetEntry):
+                    current = _full_net(data, step)
+                else:
+                    current = checked_net(apply_patch(current, data), step.result,
+                                          f"patch {step.path}")
+            except Lc0WeightsError as e:
+                raise _StepFailed(step.path, e) from None
+    return current
+
+
+def _full_net(data: bytes, entry: NetEntry) -> Net:
+    try:
+        raw = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise IntegrityError(f"{entry.path}: corrupt gzip ({e})") from None
+    if len(raw) != entry.raw_size:
+        raise IntegrityError(f"{entry.path}: {len(raw)} raw bytes, the index says {entry.raw_size}")
+    return checked_net(raw, entry.id, entry.path)
