@@ -5,7 +5,7 @@
     8       2     format version, uint16 little-endian (1)
     10      2     flags, uint16 little-endian (0; a reader refuses others)
     12      4     header length H, uint32 little-endian
-    16      H     PatchHeader, protobuf (proto/patch.proto)
+    16      H     PatchHeader, protobuf (proto/patch.proto), brotli-compressed
     16+H    ...   sections in header order: skeleton, then one per layer
     end-32  32    sha256 of every byte before it
 
@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import brotli
 from google.protobuf.message import DecodeError
 
+from .codecs.varint_brotli import decompress_limited
 from .errors import PatchFormatError
 from .proto.patch_pb2 import PatchHeader
 
@@ -31,7 +33,7 @@ MAX_HEADER = 64 << 20
 
 def pack(header: PatchHeader, sections: list[bytes]) -> bytes:
     """Assemble a patch; section sizes in ``header`` must match ``sections``."""
-    head = header.SerializeToString(deterministic=True)
+    head = brotli.compress(header.SerializeToString(deterministic=True), quality=11)
     body = b"".join([_PREFIX.pack(MAGIC, VERSION, 0, len(head)), head, *sections])
     return body + hashlib.sha256(body).digest()
 
@@ -55,7 +57,7 @@ def unpack(patch: bytes) -> tuple[PatchHeader, list[memoryview]]:
         raise PatchFormatError("patch header length runs past the end of the file")
     header = PatchHeader()
     try:
-        header.ParseFromString(bytes(body[start:start + head_len]))
+        header.ParseFromString(decompress_limited(body[start:start + head_len], MAX_HEADER))
     except DecodeError as e:
         raise PatchFormatError(f"unreadable patch header ({e})") from None
     pos = start + head_len
