@@ -20,11 +20,11 @@ import datetime as _dt
 import fcntl
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from lc0weights.distribution.errors import RepositoryError
 from lc0weights.distribution.index import INDEX_NAME, RepositoryIndex, parse_index
-from lc0weights.net import atomic_write
 
 OBJECT_DIRS = ("nets", "patches")
 STATE_DIR = ".state"
@@ -32,6 +32,24 @@ STATE_DIR = ".state"
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Temp file in the same folder, fsync, rename; readable by any web server."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def fsync_dir(path: Path) -> None:

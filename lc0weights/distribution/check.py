@@ -13,8 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from .. import max_error
 from ..errors import Lc0WeightsError
 from ..net import Net
 from .download import TransferPolicy, open_source
@@ -35,17 +34,6 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.failures
 
-
-def max_deviation(result: Net, target: Net) -> float:
-    """Largest difference between decoded weights of two nets with the same layers."""
-    if [(l.path, l.count) for l in result.layers] != [(l.path, l.count) for l in target.layers]:
-        raise Lc0WeightsError("the rebuilt net does not have the target's layers")
-    worst = 0.0
-    for a, b in zip(result.layers, target.layers):
-        if a.codable and a.count:
-            diff = np.abs(result.values(a).astype(np.float64) - target.values(b).astype(np.float64))
-            worst = max(worst, float(diff.max()))
-    return worst
 
 
 def check_repository(location: str, policy: TransferPolicy | None = None) -> CheckReport:
@@ -101,7 +89,7 @@ def _check_patch(p, source, store: Path, load, keep, have) -> None:
     if p.lossy:
         if p.target not in have:
             raise Lc0WeightsError(f"target {p.target[:16]}... is not available to compare with")
-        worst = max_deviation(result, load(p.target))
+        worst = max_error(result, load(p.target))
         if worst > p.tolerance:
             raise Lc0WeightsError(f"a weight is off by {worst:.3g}, beyond the tolerance {p.tolerance:g}")
         if p.result not in have:

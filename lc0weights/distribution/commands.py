@@ -23,7 +23,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="retries per download")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run_fetch)
+    p.set_defaults(run=run_fetch)
 
     c = subparsers.add_parser(
         "check", help="re-apply every published patch and verify every net id",
@@ -31,7 +31,7 @@ def add_commands(subparsers) -> None:
     c.add_argument("url", metavar="REPO_DIR_OR_URL")
     c.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.set_defaults(func=run_check)
+    c.set_defaults(run=run_check)
 
 
 def run_fetch(args) -> int:
