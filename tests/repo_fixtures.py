@@ -1,0 +1,128 @@
+"""Helpers for distribution tests: small published repositories and a fault-injecting server."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from service.publish import publish
+from service.repository import Repository
+from service.serve import RepositoryHandler, RepositoryServer
+
+from conftest import run_paths
+
+FAST_CODEC = "varint-brotli"   # the fast baseline codec keeps publishing quick in tests
+
+
+def publish_run(root: Path, count: int | None = None, skips=(1, 2), tolerance=None) -> Repository:
+    repo = Repository.create(root)
+    paths = run_paths()[:count] if count else run_paths()
+    publish(repo, paths, tolerance=tolerance, codec=FAST_CODEC, skips=skips)
+    return repo
+
+
+@contextmanager
+def serving(root, handler_cls=None):
+    server = RepositoryServer(root)
+    if handler_cls is not None:
+        server.RequestHandlerClass = type("H", (handler_cls,), {"root": Path(root).resolve()})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class FaultyHandler(RepositoryHandler):
+    """Serves the repository, but first consumes a scripted fault for the requested path.
+
+    ``faults`` maps a URL path ("/patches/x.lc0patch") to a list of actions used
+    one per request ("ok", "500", "cut", "hang", "corrupt", "short", "bad-range",
+    "ignore-range"); an action "always:X" is never used up. ``calls`` counts
+    requests per path and ``ranges`` records the Range headers received.
+    """
+
+    faults: dict = {}
+    calls: dict = {}
+    ranges: dict = {}
+    index_body: bytes | None = None
+    hang_seconds = 3.0
+    lock = threading.Lock()
+
+    def _next_fault(self, path: str) -> str:
+        with self.lock:
+            self.calls[path] = self.calls.get(path, 0) + 1
+            self.ranges.setdefault(path, []).append(self.headers.get("Range"))
+            actions = self.faults.get(path) or []
+            if not actions:
+                return "ok"
+            if actions[0].startswith("always:"):
+                return actions[0].split(":", 1)[1]
+            return actions.pop(0)
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        fault = self._next_fault(path)
+        if path == "/index.json" and self.index_body is not None and fault == "ok":
+            return self._raw(200, self.index_body)
+        file = self._resolve()
+        data = file.read_bytes() if file else b""
+        if fault == "500":
+            return self._raw(500, b"boom")
+        if fault == "hang":
+            time.sleep(self.hang_seconds)
+            return self._raw(503, b"late")
+        if fault == "cut":        # promise everything, send half, drop the connection
+            self.send_response(200)
+            self.send_header("ETag", f'"{file.name.split(".")[0]}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if fault == "corrupt":
+            altered = bytearray(data)
+            altered[len(altered) // 2] ^= 0xFF
+            return self._raw(200, bytes(altered))
+        if fault == "short":
+            return self._raw(200, data[:-100])
+        if fault == "bad-range" and self.headers.get("Range"):
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if fault == "ignore-range":
+            return self._raw(200, data)
+        return super().do_GET()
+
+    def _raw(self, status: int, body: bytes):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def faulty_handler(**attrs):
+    """A fresh FaultyHandler subclass with its own fault script and counters."""
+    attrs = {"faults": {}, "calls": {}, "ranges": {}, "lock": threading.Lock(), **attrs}
+    return type("Faulty", (FaultyHandler,), attrs)
+
+
+def copy_into_cache(net_path: Path, cache: Path, net_id: str) -> Path:
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"{net_id}.pb.gz"
+    shutil.copyfile(net_path, dest)
+    return dest
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temp or partial files anywhere under ``folder`` (there must be none)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.name.startswith(".") or p.name.endswith((".tmp", ".part")))

@@ -1,0 +1,166 @@
+"""The client against a server that cuts, fails, hangs, lies: retry, fall back, or fail cleanly."""
+import json
+
+import pytest
+
+from lc0weights import Net
+from lc0weights.distribution import HttpSource, TransferPolicy, fetch
+from lc0weights.distribution.errors import (DownloadError, IntegrityError, NoRouteError,
+                                            RepositoryIndexError)
+
+from conftest import run_paths
+from repo_fixtures import copy_into_cache, faulty_handler, leftovers, publish_run, serving
+
+FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return [Net.load(p) for p in run_paths()[:3]]
+
+
+@pytest.fixture
+def held_cache(tmp_path, nets):
+    """A client cache holding the second net: the cheapest route is one patch."""
+    cache = tmp_path / "cache"
+    copy_into_cache(run_paths()[1], cache, nets[1].id)
+    return cache
+
+
+def patch_path(repo, base, target):
+    p = repo.read_index().patch(base.id, target.id)
+    return "/" + p.path, p
+
+
+def net_path(repo, net):
+    return "/" + repo.read_index().net(net.id).path
+
+
+def assert_clean_cache(cache, expected_ids):
+    assert leftovers(cache) == []
+    found = sorted(p.name for p in cache.iterdir())
+    assert found == sorted(f"{i}.pb.gz" for i in expected_ids)
+    for i in expected_ids:
+        assert Net.load(cache / f"{i}.pb.gz").id == i
+
+
+def test_download_cut_mid_file_is_resumed_with_a_range(repo, nets, held_cache):
+    path, entry = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: ["cut"]})
+    with serving(repo.root, handler) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert result.net_id == nets[2].id and result.patches == 1 and not result.fallbacks
+    assert handler.calls[path] == 2
+    resumed_at = int(handler.ranges[path][1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= entry.size // 2          # from what the partial file held
+    index_size = len(repo.index_path.read_bytes())
+    assert result.bytes_downloaded == entry.size + index_size     # nothing fetched twice
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
+
+
+def test_resume_restarts_when_the_server_ignores_the_range(repo, nets, held_cache):
+    path, entry = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: ["cut", "ignore-range"]})
+    with serving(repo.root, handler) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert result.net_id == nets[2].id and handler.calls[path] == 2
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
+
+
+def test_wrong_content_range_fails_the_object_and_removes_the_partial(repo, nets, tmp_path):
+    path, entry = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: ["cut", "always:bad-range"]})
+    with serving(repo.root, handler) as srv:
+        source = HttpSource(srv.url, FAST)
+        with pytest.raises(DownloadError, match="Content-Range"):
+            source.fetch_object(entry.path, tmp_path / "patch", entry.size, entry.sha256)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_server_errors_are_retried(repo, nets, held_cache):
+    path, _ = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: ["500", "500"], "/index.json": ["500"]})
+    with serving(repo.root, handler) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert result.patches == 1 and not result.fallbacks
+    assert handler.calls[path] == 3 and handler.calls["/index.json"] == 2
+
+
+def test_hanging_server_times_out_then_the_client_falls_back_to_the_full_net(repo, nets, held_cache):
+    path, _ = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: ["always:hang"]}, hang_seconds=2.0)
+    policy = TransferPolicy(timeout=0.3, retries=1, backoff=0.01, progress=False)
+    with serving(repo.root, handler) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=policy)
+    assert result.net_id == nets[2].id
+    assert result.route.startswith("full") and "timed out" in result.fallbacks[0]
+    assert handler.calls[path] == 2                  # one try plus one retry
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "short"])
+def test_altered_or_truncated_patch_is_never_applied(repo, nets, held_cache, fault):
+    path, _ = patch_path(repo, nets[1], nets[2])
+    handler = faulty_handler(faults={path: [f"always:{fault}"]})
+    with serving(repo.root, handler) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert result.net_id == nets[2].id and result.fallbacks
+    assert "->" not in result.route                  # the patch route was abandoned
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
+
+
+def test_when_every_object_fails_the_client_fails_cleanly(repo, nets, held_cache):
+    index = repo.read_index()
+    faults = {"/" + e.path: ["always:corrupt"] for e in index.nets + index.patches}
+    before = (held_cache / f"{nets[1].id}.pb.gz").read_bytes()
+    with serving(repo.root, faulty_handler(faults=faults)) as srv:
+        with pytest.raises(NoRouteError, match="every route failed"):
+            fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert_clean_cache(held_cache, [nets[1].id])
+    assert (held_cache / f"{nets[1].id}.pb.gz").read_bytes() == before
+
+
+def test_index_that_lies_about_a_net_id_never_lands_in_the_cache(repo, nets, tmp_path):
+    doc = json.loads(repo.index_path.read_bytes())
+    # Claim the third net's object is the second net: it hashes to the wrong id.
+    doc["nets"][1].update(path=doc["nets"][2]["path"], size=doc["nets"][2]["size"],
+                          sha256=doc["nets"][2]["sha256"])
+    doc["nets"][2]["path"] = "nets/" + "0" * 64 + ".pb.gz"
+    doc["latest"] = doc["nets"][1]["id"]
+    doc["patches"] = []
+    handler = faulty_handler(index_body=json.dumps(doc).encode())
+    cache = tmp_path / "cache"
+    with serving(repo.root, handler) as srv:
+        with pytest.raises(NoRouteError):
+            fetch(srv.url, cache_dir=cache, policy=FAST)
+    assert list(cache.iterdir()) == []
+
+
+def test_hostile_index_is_refused_before_any_object_is_requested(repo, tmp_path):
+    doc = json.loads(repo.index_path.read_bytes())
+    doc["nets"][-1]["path"] = "../../../etc/passwd"
+    handler = faulty_handler(index_body=json.dumps(doc).encode())
+    with serving(repo.root, handler) as srv:
+        with pytest.raises(RepositoryIndexError, match="unsafe object path"):
+            fetch(srv.url, cache_dir=tmp_path / "cache", policy=FAST)
+    assert set(handler.calls) == {"/index.json"}
+
+
+def test_object_larger_than_the_index_declares_is_refused(repo, nets, tmp_path):
+    entry = repo.read_index().net(nets[0].id)
+    with serving(repo.root) as srv:
+        source = HttpSource(srv.url, FAST)
+        with pytest.raises(IntegrityError):
+            source.fetch_object(entry.path, tmp_path / "net", entry.size - 10, entry.sha256)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path):
+    policy = TransferPolicy(timeout=0.5, retries=1, backoff=0.01, progress=False)
+    with pytest.raises(DownloadError, match="cannot read the index"):
+        fetch("http://127.0.0.1:9/", cache_dir=tmp_path, policy=policy)
