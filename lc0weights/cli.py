@@ -171,10 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_verify)
 
-    import importlib.util
-    if importlib.util.find_spec("lc0weights.distribution.commands"):  # FIXME(lead): plain import once landed
-        from .distribution.commands import add_commands
-        add_commands(sub)
+    from .distribution.commands import add_commands
+    add_commands(sub)
     return parser
 
 
