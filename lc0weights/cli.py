@@ -133,7 +133,7 @@ def cmd_verify(args) -> int:
 # -- parser ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lc0weights", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lc0weights", description="Leela Chess Zero networks as small, verified patches.")
     parser.add_argument("--version", action="version", version=f"lc0weights {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
