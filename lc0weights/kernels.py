@@ -89,7 +89,7 @@ SQUASH, STRETCH, RATE = build_tables()
 MASK32 = 0xFFFFFFFF
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def ac_init_decoder(ac, buf, n_buf):
     """Load the first four bytes into the window x (missing bytes mark corruption)."""
     ac[0] = 0
@@ -100,7 +100,7 @@ def ac_init_decoder(ac, buf, n_buf):
     ac[2] = x
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _next_byte(ac, buf, n_buf):
     pos = ac[3]
     ac[3] = pos + 1
@@ -110,7 +110,7 @@ def _next_byte(ac, buf, n_buf):
     return np.int64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def ac_code(ac, buf, n_buf, p, y, encode):
     """Code bit y (encoder) or decode it (decoder, y ignored) with P(1) = p/4096.
 
@@ -139,7 +139,7 @@ def ac_code(ac, buf, n_buf, p, y, encode):
     return y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def ac_flush(ac, buf):
     """Encoder only: write the 4 bytes of x1, so the decoder's reads end exactly at the end."""
     x1 = ac[0]
@@ -155,13 +155,13 @@ def ac_flush(ac, buf):
 SM_INIT = (1 << 19) << 10          # p = 1/2, n = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def sm_p(sm, i):
     """12-bit probability of slot i."""
     return np.int64(sm[i]) >> 18
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def sm_update(sm, i, y, limit, rate):
     s = np.int64(sm[i])
     n = s & 1023
@@ -180,12 +180,12 @@ def sm_update(sm, i, y, limit, rate):
 # w: int32[n_sets, N_IN] in 16.16; st: int64[N_IN] stretched inputs in
 # [-2047, 2047]. Call order: fill st, mix_predict(set), code, mix_update(set).
 
-N_IN = 6                      # five estimators and a constant bias input
+N_IN = 3                      # two estimators and a constant bias input
 MIX_LR = 6
 BIAS_INPUT = 256
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def mix_predict(w, ws, st, squash):
     d = 0
     for k in range(N_IN):
@@ -198,7 +198,7 @@ def mix_predict(w, ws, st, squash):
     return np.int64(squash[d + 2048])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def mix_update(w, ws, st, p, y):
     err = ((y << 12) - p) * MIX_LR
     for k in range(N_IN):
@@ -212,7 +212,7 @@ def mix_update(w, ws, st, p, y):
 APM_RATE = 6
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def apm_init(apm, n_ctx, squash):
     for c in range(n_ctx):
         for j in range(33):
@@ -222,7 +222,7 @@ def apm_init(apm, n_ctx, squash):
             apm[c * 33 + j] = squash[d + 2048] * 16
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def apm_p(apm, cx, p, stretch, cell):
     s = np.int64(stretch[p]) + 2048          # 0..4095
     j = s >> 7
@@ -232,7 +232,7 @@ def apm_p(apm, cx, p, stretch, cell):
     return (np.int64(apm[base]) * (128 - wt) + np.int64(apm[base + 1]) * wt) >> 11
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def apm_update(apm, cell, y):
     i = cell[0]
     t = np.int64(apm[i])
@@ -240,27 +240,41 @@ def apm_update(apm, cell, y):
 
 
 # -- wiring: one layer's residuals ------------------------------------------------
-# Context features per element, built by the codec from exact float operations:
-# hctx = 3 * hb + hs and bctx = 3 * bb + bs, where hb / bb in [0, 63] are the
-# half-log2 buckets of |history| / scale and |base| / scale (0: none or zero)
-# and hs / bs the signs (0 none, 1 positive, 2 negative). Elements from n_main
-# on are escapes: features 0, running state reset, their own mixer weights.
+# Context features per element: hbits / bbits are the float32 bit patterns
+# (viewed as int32) of the base's last step and of the base weight, or all
+# zeros when absent; scale_key = float32(scale) bits >> 22. The kernel turns
+# them into integer buckets: (|x| bits >> 22) is twice the binary exponent
+# plus the top mantissa bit, so its difference with scale_key is a half-log2
+# bucket of |x| / scale. Elements from n_main on are escapes: no features,
+# running state reset, their own mixer weights.
 
 NODES = 144                    # walk decision: 48 * direction + candidate class
-F_FAST = 0                     # family offsets in the one estimator table
-F_HIST = F_FAST + 192 * NODES
+F_HIST = 0                     # family offsets in the one estimator table
 F_BASE = F_HIST + 64 * NODES
-F_NEIGH = F_BASE + 64 * NODES
-F_SLOW = F_NEIGH + 256 * NODES
-F_SIGN = F_SLOW + 96 * NODES
-F_MANT = F_SIGN + 3 * 3 * 3 * 16 * 16
-SM_SIZE = F_MANT + 3 * 64 * 4 * 32
+F_SIGN = F_BASE + 64 * NODES
+F_MANT = F_SIGN + 3 * 3 * 3 * 16
+SM_SIZE = F_MANT + 2 * 64 * 4
 LIMIT_WALK = 255
 LIMIT_BITS = 1023
 MAX_CLASS = 63
+BUCKET_ZERO = 17               # bucket of |x| == scale
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
+def _bucket(bits, scale_key):
+    """(half-log2 bucket of |x| / scale in [1, 63] or 0 for x == 0, sign 0/1/2)."""
+    mag = bits & 0x7FFFFFFF
+    if mag == 0:
+        return 0, 0
+    b = (mag >> 22) - scale_key + BUCKET_ZERO
+    if b < 1:
+        b = 1
+    elif b > 63:
+        b = 63
+    return b, (2 if bits < 0 else 1)
+
+
+@njit(cache=True, nogil=True, inline='always')
 def _walk_bit(sm, w, apm, slots, st, cell, ws, acx, squash, stretch, rate,
               ac, buf, n_buf, y, encode):
     """One mixed decision of the class walk: predict, code, update everything."""
@@ -270,10 +284,6 @@ def _walk_bit(sm, w, apm, slots, st, cell, ws, acx, squash, stretch, rate,
     pm = mix_predict(w, ws, st, squash)
     pa = apm_p(apm, acx, pm, stretch, cell)
     p = (pm + 3 * pa + 2) >> 2
-    if p < 1:
-        p = 1
-    elif p > 4095:
-        p = 4095
     y = ac_code(ac, buf, n_buf, p, y, encode)
     for k in range(N_IN - 1):
         sm_update(sm, slots[k], y, LIMIT_WALK, rate)
@@ -282,33 +292,28 @@ def _walk_bit(sm, w, apm, slots, st, cell, ws, acx, squash, stretch, rate,
     return y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _plain_bit(sm, i, ac, buf, n_buf, y, encode, rate):
     """One decision through a single adaptive estimator (sign, mantissa)."""
-    p = sm_p(sm, i)
-    if p < 1:
-        p = 1
-    y = ac_code(ac, buf, n_buf, p, y, encode)
+    y = ac_code(ac, buf, n_buf, sm_p(sm, i), y, encode)
     sm_update(sm, i, y, LIMIT_BITS, rate)
     return y
 
 
 @njit(cache=True, nogil=True)
-def code_layer(values, hctx, bctx, n_main, row_len, ksize, buf, n_buf, encode,
+def code_layer(values, hbits, bbits, scale_key, n_main, row_len, buf, n_buf, encode,
                squash, stretch, rate):
     """Encode values into buf (encode=True) or decode them from buf[:n_buf].
 
     values: int64[n], read when encoding (|v| < 2^62), written when decoding.
-    hctx, bctx: int32[n] as above. row_len >= 1 elements per output channel,
-    ksize >= 1 elements per kernel. buf: uint8; when encoding it must hold
-    at least 64 + 200 n bytes is NOT required: the encoder returns a larger
-    buffer when it runs out. Returns (buf, bytes used or read, status), status
-    0 = fine, 1 = read past the end, 2 = bytes left over after the last value.
+    hbits, bbits: int32[n_main] or longer; row_len >= 1 elements per output
+    channel. When encoding, buf is any uint8 array (it is replaced by a
+    larger one when it runs short). Returns (buf, bytes written or read,
+    status): 0 fine, 1 read past the end, 2 bytes left after the last value.
     """
     n = values.shape[0]
     sm = np.full(SM_SIZE, SM_INIT, np.int32)
-    n_sets = 2 * NODES
-    w = np.full((n_sets, N_IN), (1 << 16) // 4, np.int32)
+    w = np.full((2 * NODES, N_IN), (1 << 16) // 2, np.int32)
     apm = np.zeros(NODES * 33, np.int32)
     apm_init(apm, NODES, squash)
     slots = np.zeros(N_IN - 1, np.int64)
@@ -320,47 +325,31 @@ def code_layer(values, hctx, bctx, n_main, row_len, ksize, buf, n_buf, encode,
         return buf, 0, 0
     if not encode:
         ac_init_decoder(ac, buf, n_buf)
-    a1 = 0                    # fast running class, 1/16 units
-    a2 = 0                    # slow running class, 1/16 units
+    a1 = 0                    # running class, 1/16 units
     esc = 0
+    col = 0
+    s1 = 0
     for i in range(n):
-        if i == n_main:
-            a1 = 0
-            a2 = 0
-            esc = 1
         if encode and ac[3] + 1024 > buf.shape[0]:
             bigger = np.zeros(2 * buf.shape[0] + 1024, np.uint8)
             bigger[:ac[3]] = buf[:ac[3]]
             buf = bigger
-        # -- features of the already coded neighbourhood
-        col = i % row_len
-        e1 = 0
-        s1 = 0
-        if col > 0 and esc == 0:
-            vp = values[i - 1]
-            e1 = _bit_length(vp if vp >= 0 else -vp)
-            s1 = 1 if vp > 0 else (2 if vp < 0 else 0)
-        ek = 0
-        if col >= ksize and esc == 0:
-            vk = values[i - ksize]
-            ek = _bit_length(vk if vk >= 0 else -vk)
-        hc = np.int64(hctx[i])
-        bc = np.int64(bctx[i])
-        hb = hc // 3
-        bb = bc // 3
-        q1 = a1 >> 2
-        if q1 > 191:
-            q1 = 191
-        q2 = a2 >> 3
-        if q2 > 95:
-            q2 = 95
-        f_fast = F_FAST + q1 * NODES
+        if i == n_main:
+            a1 = 0
+            esc = NODES
+        hb, hs, bb, bs = 0, 0, 0, 0
+        if esc == 0:
+            hb, hs = _bucket(np.int64(hbits[i]), scale_key)
+            bb, bs = _bucket(np.int64(bbits[i]), scale_key)
+            if col == 0:
+                s1 = 0
+            col += 1
+            if col == row_len:
+                col = 0
         f_hist = F_HIST + hb * NODES
         f_base = F_BASE + bb * NODES
-        f_neigh = F_NEIGH + ((e1 if e1 < 15 else 15) * 16 + (ek if ek < 15 else 15)) * NODES
-        f_slow = F_SLOW + q2 * NODES
         # -- class walk around the predicted class eh
-        eh = (a1 + 8) >> 4
+        eh = (a1 + 16) >> 4
         if eh > MAX_CLASS - 1:
             eh = MAX_CLASS - 1
         v = values[i] if encode else 0
@@ -369,72 +358,55 @@ def code_layer(values, hctx, bctx, n_main, row_len, ksize, buf, n_buf, encode,
         up = 1
         if eh > 0:
             node = eh if eh < 47 else 47
-            slots[0] = f_fast + node
-            slots[1] = f_hist + node
-            slots[2] = f_base + node
-            slots[3] = f_neigh + node
-            slots[4] = f_slow + node
-            up = _walk_bit(sm, w, apm, slots, st, cell, node + esc * NODES, node,
-                           squash, stretch, rate, ac, buf, n_buf, 1 if e >= eh else 0, encode)
+            slots[0] = f_hist + node
+            slots[1] = f_base + node
+            up = _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
+                           rate, ac, buf, n_buf, 1 if e >= eh else 0, encode)
         if up:
             c = eh
-            while True:
-                if c == MAX_CLASS:
-                    break
+            while c < MAX_CLASS:
                 node = 48 + (c if c < 47 else 47)
-                slots[0] = f_fast + node
-                slots[1] = f_hist + node
-                slots[2] = f_base + node
-                slots[3] = f_neigh + node
-                slots[4] = f_slow + node
-                if _walk_bit(sm, w, apm, slots, st, cell, node + esc * NODES, node,
-                             squash, stretch, rate, ac, buf, n_buf, 1 if e == c else 0, encode):
+                slots[0] = f_hist + node
+                slots[1] = f_base + node
+                if _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
+                             rate, ac, buf, n_buf, 1 if e == c else 0, encode):
                     break
                 c += 1
         else:
             c = eh - 1
             while c > 0:
                 node = 96 + (c if c < 47 else 47)
-                slots[0] = f_fast + node
-                slots[1] = f_hist + node
-                slots[2] = f_base + node
-                slots[3] = f_neigh + node
-                slots[4] = f_slow + node
-                if _walk_bit(sm, w, apm, slots, st, cell, node + esc * NODES, node,
-                             squash, stretch, rate, ac, buf, n_buf, 1 if e == c else 0, encode):
+                slots[0] = f_hist + node
+                slots[1] = f_base + node
+                if _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
+                             rate, ac, buf, n_buf, 1 if e == c else 0, encode):
                     break
                 c -= 1
         e = c
-        if ac[4]:
-            return buf, ac[3], 1
         # -- sign and the bits below the leading one
         if e > 0:
-            ec = e if e < 15 else 15
-            sctx = (((hc % 3) * 3 + bc % 3) * 3 + s1) * 256 + ec * 16 + (hb >> 2)
+            sctx = ((hs * 3 + bs) * 3 + s1) * 16 + (hb >> 2)
             neg = _plain_bit(sm, F_SIGN + sctx, ac, buf, n_buf, 1 if v < 0 else 0, encode, rate)
-            rel = q1 - 4 * e + 16
-            if rel < 0:
-                rel = 0
-            elif rel > 31:
-                rel = 31
+            s1 = 2 if neg else 1
             m = 1
             for b in range(e - 2, -1, -1):
                 top = e - 2 - b                # 0 for the bit right below the leading one
                 bit = (mag >> b) & 1
-                if top < 3:
-                    mctx = F_MANT + ((top * 64 + e) * 4 + (m & 3)) * 32 + rel
+                if top < 2:
+                    mctx = F_MANT + (top * 64 + e) * 4 + (m & 3)
                     bit = _plain_bit(sm, mctx, ac, buf, n_buf, bit, encode, rate)
                 else:
                     bit = ac_code(ac, buf, n_buf, 2048, bit, encode)
                 m = (m << 1) | bit
             if not encode:
                 values[i] = -m if neg else m
-        elif not encode:
-            values[i] = 0
+        else:
+            s1 = 0
+            if not encode:
+                values[i] = 0
         if ac[4]:
             return buf, ac[3], 1
         a1 += ((e << 4) - a1) >> 2
-        a2 += ((e << 4) - a2) >> 5
     if encode:
         ac_flush(ac, buf)
         return buf, ac[3], 0
@@ -443,7 +415,7 @@ def code_layer(values, hctx, bctx, n_main, row_len, ksize, buf, n_buf, encode,
     return buf, ac[3], 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline='always')
 def _bit_length(x):
     """Bits of x >= 0 (0 for 0)."""
     e = 0

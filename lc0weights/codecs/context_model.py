@@ -24,30 +24,21 @@ MAX_MAGNITUDE = 1 << 62
 MAX_VALUES_PER_BYTE = 23_000
 
 
-def log2_bucket(ratio: np.ndarray) -> np.ndarray:
-    """Half-log2 bucket of ratio >= 0 in [0, 63]: 0 for 0 (or nan), 1 for <= 2^-8.
-
-    Exact: np.frexp splits the float64 without rounding, and the comparison
-    of the fraction with a constant is exact too.
-    """
-    ratio = np.nan_to_num(np.abs(ratio.astype(np.float64)), nan=0.0, posinf=2.0 ** 40)
-    frac, ex = np.frexp(ratio)
-    half = 2 * (ex.astype(np.int64) - 1) + (frac >= 0.70710678118654752)
-    return np.where(ratio > 0, np.clip(half + 17, 1, 63), 0).astype(np.int64)
-
-
-def signed_feature(x: np.ndarray | None, scale: float, count: int, total: int) -> np.ndarray:
-    """3 * bucket(|x| / scale) + sign code, zero for escapes and missing data."""
-    out = np.zeros(total, np.int32)
+def float_bits(x: np.ndarray | None, count: int) -> np.ndarray:
+    """The float32 bit patterns of x as int32, or zeros when x is absent or misfits."""
     if x is None or count == 0:
-        return out
-    x = np.asarray(x, np.float64).ravel()
+        return np.zeros(count, np.int32)
+    x = np.ascontiguousarray(np.asarray(x, np.float32).ravel())
     if len(x) != count:
-        return out
-    ratio = np.abs(x) / scale if scale > 0 else np.zeros(count)
-    sign = np.where(x > 0, 1, np.where(x < 0, 2, 0))
-    out[:count] = 3 * log2_bucket(ratio) + sign
-    return out
+        return np.zeros(count, np.int32)
+    return x.view(np.int32)
+
+
+def scale_key(scale: float) -> int:
+    """Twice the binary exponent of float32(scale) plus its top mantissa bit."""
+    bits = int(np.array([scale if scale and np.isfinite(scale) and scale > 0 else 1.0],
+                        np.float32).view(np.int32)[0])
+    return bits >> 22
 
 
 def layer_geometry(info: LayerInfo) -> tuple[int, int]:
@@ -67,19 +58,19 @@ class ContextModel(Codec):
     def _features(self, info: LayerInfo, total: int):
         count = min(info.count, total) if info.count else total
         scale = float(info.scale) if info.scale else 0.0
-        hctx = signed_feature(info.history, scale, count, total)
-        bctx = signed_feature(info.base, scale, count, total)
-        row, kernel = layer_geometry(info)
-        return hctx, bctx, count, row, kernel
+        hbits = float_bits(info.history, count)
+        bbits = float_bits(info.base, count)
+        row, _ = layer_geometry(info)
+        return hbits, bbits, scale_key(scale), count, row
 
     def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
         values = np.ascontiguousarray(values, np.int64)
         if len(values) and int(np.abs(values).max()) >= MAX_MAGNITUDE or (
                 len(values) and values.min() == np.iinfo(np.int64).min):
             raise ValueError("cm1 codes residuals of magnitude below 2^62")
-        hctx, bctx, count, row, kernel = self._features(info, len(values))
+        hbits, bbits, key, count, row = self._features(info, len(values))
         buf = np.zeros(64 + 2 * len(values), np.uint8)
-        buf, used, _ = kernels.code_layer(values, hctx, bctx, count, row, kernel, buf, 0, True,
+        buf, used, _ = kernels.code_layer(values, hbits, bbits, key, count, row, buf, 0, True,
                                           kernels.SQUASH, kernels.STRETCH, kernels.RATE)
         return bytes([VERSION]) + buf[:used].tobytes()
 
@@ -99,8 +90,8 @@ class ContextModel(Codec):
         if count == 0:
             raise PatchFormatError("cm1 section holds bytes after its last value")
         values = np.zeros(count, np.int64)
-        hctx, bctx, main, row, kernel = self._features(info, count)
-        _, used, status = kernels.code_layer(values, hctx, bctx, main, row, kernel, body.copy(),
+        hbits, bbits, key, main, row = self._features(info, count)
+        _, used, status = kernels.code_layer(values, hbits, bbits, key, main, row, body.copy(),
                                              len(body), False,
                                              kernels.SQUASH, kernels.STRETCH, kernels.RATE)
         if status == 1:
