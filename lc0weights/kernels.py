@@ -167,10 +167,10 @@ def sm_update(sm, i, y, limit, rate):
     n = s & 1023
     p20 = s >> 10
     p20 += (((y << 20) - p20) * rate[n]) >> 16
-    if p20 < 64:
-        p20 = 64
-    elif p20 > (1 << 20) - 64:
-        p20 = (1 << 20) - 64
+    if p20 < 256:                      # keeps the 12-bit p in [1, 4095]
+        p20 = 256
+    elif p20 > (1 << 20) - 256:
+        p20 = (1 << 20) - 256
     if n < limit:
         n += 1
     sm[i] = (p20 << 10) | n

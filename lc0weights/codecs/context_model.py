@@ -80,15 +80,11 @@ class ContextModel(Codec):
                 f"cm1 stream version {data[0] if data else 'missing'}, expected {VERSION}")
         body = np.frombuffer(data, np.uint8, offset=1)
         if count < 0 or count > MAX_VALUES_PER_BYTE * len(body):
-            if count == 0 or count < 0:
-                if count == 0 and len(body) == 0:
-                    return np.zeros(0, np.int64)
-                if count < 0:
-                    raise PatchFormatError(f"cm1 section declares {count} values")
-            raise PatchFormatError(
-                f"cm1 section of {len(data)} bytes cannot hold {count} values")
+            raise PatchFormatError(f"cm1 section of {len(data)} bytes cannot hold {count} values")
         if count == 0:
-            raise PatchFormatError("cm1 section holds bytes after its last value")
+            if len(body):
+                raise PatchFormatError(f"cm1 section holds {len(body)} bytes for no values")
+            return np.zeros(0, np.int64)
         values = np.zeros(count, np.int64)
         hbits, bbits, key, main, row = self._features(info, count)
         _, used, status = kernels.code_layer(values, hbits, bbits, key, main, row, body.copy(),
