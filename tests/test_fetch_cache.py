@@ -1,0 +1,72 @@
+"""The client cache: where it lives, what it holds, and that a bad cached net is never trusted."""
+import pytest
+
+from lc0weights import Net
+from lc0weights.distribution import NetCache, TransferPolicy, default_cache_dir, fetch
+
+from conftest import run_paths
+from repo_fixtures import copy_into_cache, leftovers, publish_run
+
+POLICY = TransferPolicy(retries=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return publish_run(tmp_path_factory.mktemp("repo"), count=2, skips=(1,))
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return [Net.load(p).id for p in run_paths()[:2]]
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "lc0weights"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "lc0weights"
+
+
+def test_fetch_uses_the_default_cache_when_none_is_given(repo, ids, monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    result = fetch(str(repo.root), policy=POLICY)
+    assert result.path == str(tmp_path / "lc0weights" / f"{ids[1]}.pb.gz")
+
+
+def test_held_ids_by_layout(tmp_path, ids):
+    copy_into_cache(run_paths()[0], tmp_path, ids[0])
+    (tmp_path / ids[1]).write_bytes(b"x")
+    (tmp_path / "notes.txt").write_bytes(b"x")
+    assert NetCache(tmp_path).held_ids() == {ids[0]}
+    assert NetCache(tmp_path, client_layout=True).held_ids() == {ids[1]}
+
+
+def test_a_cached_net_that_does_not_match_its_name_is_not_used(repo, ids, tmp_path):
+    cache = tmp_path / "cache"
+    copy_into_cache(run_paths()[0], cache, ids[0])
+    bad = cache / f"{ids[0]}.pb.gz"
+    bad.write_bytes(run_paths()[1].read_bytes()[:5000])        # damaged: truncated gzip
+    result = fetch(str(repo.root), cache_dir=cache, policy=POLICY)
+    assert result.net_id == ids[1] and result.route.startswith("full") and result.fallbacks
+    assert bad.read_bytes() == run_paths()[1].read_bytes()[:5000]   # left alone, not trusted
+    assert leftovers(cache) == []
+
+
+def test_holding_the_wanted_net_downloads_only_the_index(repo, ids, tmp_path):
+    copy_into_cache(run_paths()[1], tmp_path, ids[1])
+    out = tmp_path / "out" / "net.pb.gz"
+    out.parent.mkdir()
+    result = fetch(str(repo.root), cache_dir=tmp_path, out=out, policy=POLICY)
+    assert result.route == "already held" and result.patches == 0
+    assert result.bytes_downloaded == len(repo.index_path.read_bytes())
+    assert Net.load(out).id == ids[1]
+
+
+def test_fetch_an_unknown_net_is_one_clear_error(repo, tmp_path, capsys):
+    from lc0weights.cli import main
+    code = main(["fetch", str(repo.root), "--cache", str(tmp_path), "--net", "0123456789abcdef"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "not in the repository index" in err[0]
