@@ -29,12 +29,18 @@ Binarisation of one residual ``v`` (int64, |v| < 2^62):
   ``e`` = bit length of |v| (0 for v == 0) is coded as a walk around ``eh``,
   the class the running scale predicts: first "e >= eh?", then "e == c?" for
   c = eh, eh+1, ... upward or c = eh-1, eh-2, ... downward. Every walk
-  decision goes through the mixer (typically 2-3 per value). Then, when
-  e > 0, the sign (one adaptive estimator, context: history and base sign,
-  previous sign), then the e-1 bits below the leading one: the top three
-  through adaptive estimators, the rest at p = 1/2.
+  decision goes through the mixer (typically 2-3 per value), whose two
+  estimators are keyed by (bucket of |history|/scale, decision) and (bucket
+  of |base|/scale, decision), weight set and APM by the decision. ``eh`` is
+  a running average of past classes (rate 1/4). Then, when e > 0, the sign
+  (one estimator; context: signs of history, base and the previous value,
+  history bucket / 4), then the e-1 bits below the leading one: the top two
+  through estimators keyed by (e, bits above), the rest at p = 1/2.
+  Contexts measured and dropped as not paying on real training steps:
+  previous values' classes, same kernel position in the previous input
+  channel, slow layer-wide scale, finer mantissa contexts.
 
-Memory per call: about 0.5 MB of tables (int32), allocated and initialised
+Memory per call: about 100 KB of tables (int32), allocated and initialised
 for every layer, since layers are independent streams.
 
 Stream (what the kernels read and write): the arithmetic coder's bytes, the
