@@ -302,14 +302,16 @@ def write_chart(path: Path, labels, results, methods, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(11, 6.5))
+    fig, ax = plt.subplots(figsize=(13, 6.5))
     markers = "os^vD<>p*hX+x1234"
+    colors = plt.get_cmap("tab20").colors
     for k, m in enumerate(methods):
         ys = [results[i].get(m, {}).get("size") for i in range(len(labels))]
         if all(y is None for y in ys):
             continue
         style = "-" if m.startswith("ours") else "--"
         ax.plot(range(len(labels)), [y if y else np.nan for y in ys], style, marker=markers[k % len(markers)],
+                color=colors[k % len(colors)],
                 label=m, linewidth=1.6 if m.startswith("ours") else 1.0, markersize=4)
     ax.set_yscale("log")
     ax.set_xticks(range(len(labels)))
@@ -318,7 +320,7 @@ def write_chart(path: Path, labels, results, methods, title):
     ax.set_xlabel("pair (training step of base → target)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
