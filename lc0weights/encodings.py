@@ -67,12 +67,14 @@ def encode_linear16(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def encode_float(encoding: int, values: np.ndarray) -> np.ndarray:
     """Round float values to a float encoding's codes (round to nearest even)."""
-    if encoding == FLOAT16:
-        return values.astype(np.float16).view(np.uint16)
-    if encoding == FLOAT32:
-        return values.astype(np.float32).view(np.uint32)
+    with np.errstate(over="ignore", invalid="ignore"):   # out-of-range values become inf
+        if encoding == FLOAT16:
+            return values.astype(np.float16).view(np.uint16)
+        if encoding == FLOAT32:
+            return values.astype(np.float32).view(np.uint32)
     if encoding == BFLOAT16:
-        bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
         rounded = bits + 0x7FFF + ((bits >> 16) & 1)
         nan = np.isnan(values)
         out = (rounded >> 16).astype(np.uint16)

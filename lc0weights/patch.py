@@ -147,7 +147,8 @@ class _Context:
         if base_layer is not None and self.history is not None:
             h = _pair(self.history, base_layer)
             if h is not None:
-                history = base_values - self.history.values(h)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    history = base_values - self.history.values(h)
         return LayerInfo(path=lp.path, role=lp.role, residual=lp.residual, encoding=lp.encoding,
                          count=lp.count, shape=infer_shape(lp.path, lp.count, self.counts),
                          quant_width=lp.quant_width or 1, tolerance=self.tolerance,
