@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from lc0weights import Net
-from lc0weights.distribution import check_repository, parse_index
+from lc0weights import Net, max_error
+from lc0weights.distribution import check_repository, fetch, parse_index
 from service.prune import prune
 from service.publish import publish, training_steps
 from service.repository import Repository
 from service.watch import Watcher, looks_like_net
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, leftovers
+from repo_fixtures import FAST_CODEC, copy_into_cache, leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +66,16 @@ def test_lossy_chain_is_closed_loop_and_within_tolerance(tmp_path):
     assert lossy[0].base == index.nets[0].id              # anchored on the exact first net
     assert [p.base for p in lossy[1:]] == [p.result for p in lossy[:-1]]   # each on the rebuilt one
     assert all(p.size < index.patch(p.base, p.target).size for p in lossy[:1])
+
+    # A client that accepts the tolerance follows the lossy chain from the exact first net.
+    cache = tmp_path / "cache"
+    copy_into_cache(run_paths()[0], cache, index.nets[0].id)
+    result = fetch(str(repo.root), cache_dir=cache, tolerance=tolerance)
+    assert result.net_id == lossy[-1].result and result.target_id == index.latest
+    assert result.patches == 3
+    assert max_error(Net.load(result.path), Net.load(run_paths()[3])) <= tolerance
+    exact = fetch(str(repo.root), cache_dir=tmp_path / "exact")
+    assert exact.net_id == index.latest                              # exact unless asked
 
 
 def test_crash_between_objects_and_index_leaves_a_consistent_repository(tmp_path, monkeypatch):
