@@ -6,6 +6,7 @@ what is loaded is exactly what is saved.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -186,7 +187,7 @@ def maybe_gunzip(data: bytes, source: str = "<bytes>") -> bytes:
 def gzip_bytes(raw: bytes) -> bytes:
     """Deterministic gzip (no name, mtime 0), as an engine or client expects."""
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as f:
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0, filename="") as f:
         f.write(raw)
     return buf.getvalue()
 
@@ -200,18 +201,21 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename.
+@contextlib.contextmanager
+def atomic_file(path):
+    """A binary file object that becomes ``path`` only if the block succeeds.
 
-    The file gets the usual permissions (0666 less the umask), not the
-    private ones of a temp file, so a web server can read what is published.
+    Written to a temp file in the same folder, fsynced, then renamed over
+    ``path``; on any error the temp file is removed and ``path`` is untouched.
+    The file gets the usual permissions (0666 less the umask), not the private
+    ones of a temp file, so a web server can read what is published.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -223,7 +227,24 @@ def atomic_write(path, data: bytes) -> None:
         raise
 
 
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` by temp file, fsync and rename."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
 def write_net_file(path, raw: bytes) -> None:
-    """Save raw net bytes: gzip when the name ends in ``.gz``, raw otherwise."""
+    """Save raw net bytes: gzip when the name ends in ``.gz``, raw otherwise.
+
+    The gzip stream goes straight to the file, so saving a large net costs no
+    second copy of it in memory.
+    """
     path = Path(path)
-    atomic_write(path, gzip_bytes(raw) if path.name.endswith(".gz") else raw)
+    with atomic_file(path) as f:
+        if not path.name.endswith(".gz"):
+            f.write(raw)
+            return
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0, filename="") as z:
+            view = memoryview(raw)
+            for start in range(0, len(view), 1 << 22):
+                z.write(view[start:start + (1 << 22)])
