@@ -20,11 +20,11 @@ import datetime as _dt
 import fcntl
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from lc0weights.distribution.errors import RepositoryError
 from lc0weights.distribution.index import INDEX_NAME, RepositoryIndex, parse_index
+from lc0weights.net import atomic_file
 
 OBJECT_DIRS = ("nets", "patches")
 STATE_DIR = ".state"
@@ -36,20 +36,9 @@ def utc_now() -> str:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Temp file in the same folder, fsync, rename; readable by any web server."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path) as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
 
 
 def fsync_dir(path: Path) -> None:
