@@ -344,6 +344,10 @@ def method_table(methods, results, labels, raw_size, pbgz_total):
     rows = []
     for m in methods:
         sizes = [results[i].get(m, {}).get("size") for i in range(len(labels))]
+        failed = [labels[i] for i in range(len(labels)) if results[i].get(m, {}).get("failed")]
+        if failed:
+            rows.append([m, f"FAILED on {', '.join(failed)}", "-", "-", "-", "-", "-"])
+            continue
         if any(s is None for s in sizes):
             continue
         errs = [results[i][m].get("err") for i in range(len(labels))]
@@ -362,7 +366,8 @@ def per_pair_table(labels, results, columns):
     header = ["pair"] + [c for c, _ in columns]
     rows = []
     for i, lab in enumerate(labels):
-        rows.append([lab] + [human(results[i].get(m, {}).get("size")) for _, m in columns])
+        rows.append([lab] + ["FAILED" if results[i].get(m, {}).get("failed") else human(results[i].get(m, {}).get("size"))
+                             for _, m in columns])
     rows.append(["**total**"] + [f"**{human(sum(results[i].get(m, {}).get('size') or 0 for i in range(len(labels))))}**"
                                  for _, m in columns])
     return md_table(header, rows)
@@ -408,7 +413,13 @@ def bench_run(run_dir: Path, pairs: int | None, quick: bool, log):
         for name, codec, tol, use_hist in our_variants(history is not None):
             if quick and use_hist:
                 continue
-            size, err, enc_s, dec_s = run_ours(base, target, history if use_hist else None, codec, tol)
+            try:
+                size, err, enc_s, dec_s = run_ours(base, target, history if use_hist else None, codec, tol)
+            except lc0weights.Lc0WeightsError as e:
+                # A failure is a finding: record it in the tables instead of losing the whole run.
+                row[name] = {"size": None, "err": None, "failed": f"{type(e).__name__}: {e}"}
+                log(f"pair {labels[-1]}: {name} FAILED: {e}")
+                continue
             row[name] = {"size": size, "err": err, "enc_s": enc_s, "dec_s": dec_s}
         for mode, tol in MODES:
             row[f"order-0 entropy {mode}"] = {"size": round(residual_entropy(base, target, tol)), "err": None}
@@ -420,11 +431,18 @@ def bench_run(run_dir: Path, pairs: int | None, quick: bool, log):
     return paths, nets, labels, results
 
 
+def failures_section(labels, results) -> str:
+    lines = [f"- {labels[i]}, {m}: {results[i][m]['failed']}" for i in range(len(labels))
+             for m in results[i] if not m.startswith("_") and results[i][m].get("failed")]
+    return ("## Failures\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def history_note(labels, results):
     rows = []
     for mode, _ in MODES:
         m = f"ours default+history {mode}"
-        idx = [i for i in range(len(labels)) if m in results[i]]
+        idx = [i for i in range(len(labels)) if results[i].get(m, {}).get("size")
+               and results[i].get(f"ours default {mode}", {}).get("size")]
         if not idx:
             continue
         with_h = sum(results[i][m]["size"] for i in idx)
@@ -527,6 +545,7 @@ def main(argv=None) -> int:
               "## All methods, summed over the pairs", "",
               method_table(all_methods, results, labels, raw_size, pbgz_total), "",
               "`default+history` rows are missing on the first pair (no predecessor); see the history table.", "",
+              failures_section(labels, results),
               "## Per pair: baseline codec (varint-brotli) beside the distributed .pb.gz", "",
               per_pair_table(labels, results, core_cols), "",
               "## Per pair: default (smallest codec per layer)", "",
@@ -566,6 +585,10 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
         head += [f"SZ3 T={mode}", f"ours varint-brotli {mode}", f"ours default {mode}", f"order-0 entropy {mode}"]
     rows = []
     for m in head:
+        failed = [labels[i] for i in range(len(labels)) if results[i].get(m, {}).get("failed")]
+        if failed:
+            rows.append([m, f"FAILED on {', '.join(failed)}", "-", "-", "-"])
+            continue
         t = total(m)
         if t is None:
             continue
@@ -581,6 +604,7 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
              f"![patch size per pair](bench-{name}.png)", "",
              "## Bytes to ship every net of the run after the first", "",
              md_table(["method", "total bytes", "mean per pair", "smaller than .pb.gz by", "max error"], rows), "",
+             failures_section(labels, results),
              "The original scheme is lossy (truncation at 2^-17); SZ3 bounds the error of the float difference "
              "and its result is float, not a LINEAR16 net (re-quantising would add up to half a code step). Our "
              "lossy patches output LINEAR16 nets an engine loads, every weight within the tolerance.", "",
