@@ -9,8 +9,8 @@ TOLERANCES = [2 ** -17, 2 ** -14, 2 ** -10]
 @pytest.mark.parametrize("tolerance", TOLERANCES, ids=["2^-17", "2^-14", "2^-10"])
 def test_every_pair_within_tolerance_and_smaller(run_nets, tolerance):
     for base, target in zip(run_nets, run_nets[1:]):
-        lossy = make_patch(base, target, tolerance, codec="varint-brotli", verify=False)
-        lossless = make_patch(base, target, codec="varint-brotli", verify=False)
+        lossy = make_patch(base, target, tolerance, verify=False)
+        lossless = make_patch(base, target, verify=False)
         rebuilt = Net(apply_patch(base, lossy))
         error = max_error(rebuilt, target)
         assert error <= tolerance, f"{target.source}: error {error} over {tolerance}"
