@@ -214,19 +214,31 @@ def _config_bytes(codec) -> bytes:
     return json.dumps(config, sort_keys=True).encode() if config else b""
 
 
-def _bounded_map(fn, items, workers: int):
-    """Like map, in order, with at most ``2 * workers`` results in flight (bounded memory)."""
+def _bounded_map(fn, items, workers: int, cost=None):
+    """Like map, in order, in ``workers`` threads, with bounded results in flight.
+
+    ``cost(item)`` (default 1) is what an item holds in memory (its element
+    count); work is submitted while what is in flight costs at most two of the
+    largest items per worker, so small layers never stall the big ones and
+    memory stays a few layers' worth whatever the net's size.
+    """
+    items = list(items)
     if workers <= 1:
         yield from map(fn, items)
         return
+    costs = [max(1, cost(item)) if cost else 1 for item in items]
+    budget = 2 * workers * max(costs, default=1)
     with ThreadPoolExecutor(workers) as pool:
-        pending = []
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
+        pending, in_flight = [], 0
+        for item, c in zip(items, costs):
+            while pending and in_flight + c > budget:
+                done, dc = pending.pop(0)
+                in_flight -= dc
+                yield done.result()
+            pending.append((pool.submit(fn, item), c))
+            in_flight += c
+        for done, _ in pending:
+            yield done.result()
 
 
 def _workers(workers: int | None) -> int:
@@ -268,7 +280,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
     sections, result = [skeleton_data], hashlib.sha256()
     lossless, pos = tolerance is None, 0
-    for layer, (lp, data, codes) in zip((j[2] for j in jobs), _bounded_map(_encode_layer, jobs, _workers(workers))):
+    for layer, (lp, data, codes) in zip((j[2] for j in jobs), _bounded_map(_encode_layer, jobs, _workers(workers), lambda job: job[2].nbytes)):
         header.layers.append(lp)
         sections.append(data)
         if not lossless:
@@ -417,7 +429,7 @@ def apply_patch(base: Net | None, patch: bytes, history: Net | None = None, *,
     out = bytearray(header.result_size)
     jobs = [(ctx, lp, data) for lp, data in zip(header.layers, sections[1:])]
     src = dst = 0
-    for cut, size, payload in zip(cuts, sizes, _bounded_map(_decode_layer, jobs, _workers(workers))):
+    for cut, size, payload in zip(cuts, sizes, _bounded_map(_decode_layer, jobs, _workers(workers), lambda job: job[1].count)):
         if len(payload) != size or cut < src:
             raise PatchFormatError("a rebuilt layer has the wrong size")
         out[dst:dst + cut - src] = body[src:cut]
