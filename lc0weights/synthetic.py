@@ -186,7 +186,10 @@ def _dead_elements(spec: LayerSpec, masks) -> np.ndarray | None:
 def learning_rate_factor(pair: int, lr_drop_pair: int | None) -> float:
     """Step size of checkpoint interval ``pair`` relative to the settled high-LR phase."""
     transient = 1.0 + 1.2 * np.exp(-pair / 2.5)
-    drop = 0.1 if lr_drop_pair is not None and pair >= lr_drop_pair else 1.0
+    drop = 1.0
+    if lr_drop_pair is not None and pair >= lr_drop_pair:
+        # Right after the drop the momentum buffer still carries high-LR velocity.
+        drop = 0.14 if pair == lr_drop_pair else 0.1
     return float(transient * drop)
 
 
