@@ -17,8 +17,8 @@ import numpy as np
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
 from .errors import Lc0WeightsError, NetFormatError
-from .net import Net, atomic_write, write_net_file
-from .patch import apply_patch, make_patch, max_error, read_patch_info
+from .net import Net, atomic_write
+from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
 from . import encodings as enc
 
 NO_BASE = "none"
@@ -105,18 +105,15 @@ def cmd_diff(args) -> int:
 
 def cmd_apply(args) -> int:
     base, history = _load_net(args.base), _load_net(args.history)
-    rebuilt = apply_patch(base, _read_patch(args.patch), history, workers=args.workers)
-    del base, history
-    write_net_file(args.output, rebuilt)
-    print(f"wrote {args.output}: {len(rebuilt):,} bytes raw", file=sys.stderr)
+    net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers)
+    print(f"wrote {args.output}: net {net_id}", file=sys.stderr)
     return 0
 
 
 def cmd_verify(args) -> int:
     base, history = _load_net(args.base), _load_net(args.history)
-    patch = _read_patch(args.patch)
-    info = read_patch_info(patch)
-    rebuilt = Net(apply_patch(base, patch, history, workers=args.workers), "rebuilt net")
+    info = read_patch_info(args.patch)
+    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers), "rebuilt net")
     target = Net.load(args.target)
     if info.mode == "lossless":
         ok = rebuilt.id == target.id

@@ -92,7 +92,8 @@ class Net:
     """A loaded lc0 net. Build one with :meth:`load` or :meth:`from_bytes`."""
 
     def __init__(self, raw: bytes, source: str = "<bytes>"):
-        self.raw = bytes(raw)
+        # A bytearray is kept as it is (no copy of a large net); treat it as read-only.
+        self.raw = raw if isinstance(raw, (bytes, bytearray)) else bytes(raw)
         self.source = source
         try:
             magic = read_magic(self.raw)
@@ -116,12 +117,17 @@ class Net:
         """A net from a ``.pb.gz`` or ``.pb`` file (gzip is detected, not guessed)."""
         path = Path(path)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                if f.read(2) == GZIP_MAGIC:
+                    raw = _gunzip_file(f, str(path))
+                else:
+                    f.seek(0)
+                    raw = f.read()
         except OSError as e:
             raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
-        if not data:
+        if not raw:
             raise NetFormatError(f"{path}: empty file, not an lc0 net")
-        return cls.from_bytes(data, str(path))
+        return cls(raw, str(path))
 
     # -- identity -----------------------------------------------------------
     @property
@@ -182,6 +188,42 @@ def maybe_gunzip(data: bytes, source: str = "<bytes>") -> bytes:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
         raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
+
+
+def _gunzip_file(f, source: str) -> bytearray:
+    """Decompress a gzip file into one buffer sized from its trailer: no second copy."""
+    stored = os.fstat(f.fileno()).st_size
+    if stored < 18:
+        raise NetFormatError(f"{source}: truncated gzip stream")
+    f.seek(-4, os.SEEK_END)
+    # The trailer holds the length mod 2^32: a hint, capped so a corrupt file cannot
+    # make us allocate gigabytes up front (nets compress far less than 16x).
+    size = min(int.from_bytes(f.read(4), "little"), 16 * stored)
+    f.seek(0)
+    out, pos = bytearray(size), 0
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        while True:
+            chunk = d.unconsumed_tail or f.read(1 << 20)
+            if not chunk:
+                break
+            piece = d.decompress(chunk, 1 << 22)
+            if pos + len(piece) > len(out):
+                out.extend(bytes(pos + len(piece) - len(out)))
+            out[pos:pos + len(piece)] = piece
+            pos += len(piece)
+            if d.eof:                                    # another gzip member may follow
+                rest = d.unused_data + f.read()
+                if not rest.strip(b"\0"):
+                    break
+                f.seek(-len(rest), os.SEEK_END)
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if not d.eof:
+            raise NetFormatError(f"{source}: truncated gzip stream")
+    except zlib.error as e:
+        raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
+    del out[pos:]
+    return out
 
 
 def gzip_bytes(raw: bytes) -> bytes:

@@ -9,6 +9,7 @@ holding at most the nets and a few layers' working arrays.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from .codecs import LayerInfo, codec_ids, get_codec
 from .codecs.varint_brotli import decompress_limited, leb128, unleb128
 from .errors import (MissingHistoryError, PatchFormatError, VerificationError,
                      WrongBaseError)
-from .net import Layer, Net, layer_role
+from .net import Layer, Net, atomic_file, layer_role
 from .proto import patch_pb2
 from .wire import read_varint
 
@@ -323,9 +324,11 @@ def _hex(b: bytes) -> str | None:
     return b.hex() if b else None
 
 
-def read_patch_info(patch: bytes) -> PatchInfo:
-    """The header of a patch (after checking its checksum), as plain data."""
-    header, _ = container.unpack(patch)
+def read_patch_info(patch) -> PatchInfo:
+    """The header of a patch (bytes or a file path), after checking its checksum."""
+    with container.open_patch(patch) as source:
+        header = source.header
+        size = source.size
     layers = [{"path": lp.path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
                "count": lp.count, "residual": patch_pb2.Residual.Name(lp.residual),
                "base_index": lp.base_index, "escapes": lp.escapes} for lp in header.layers]
@@ -333,7 +336,7 @@ def read_patch_info(patch: bytes) -> PatchInfo:
                      _hex(header.history_id),
                      "tolerance" if header.mode == patch_pb2.TOLERANCE else "lossless",
                      header.tolerance if header.mode == patch_pb2.TOLERANCE else None,
-                     header.result_size, len(patch), layers)
+                     header.result_size, size, layers)
 
 
 def _check_ids(header, base: Net | None, history: Net | None):
@@ -401,17 +404,9 @@ def _check_layer_header(lp, result_size: int):
     return size
 
 
-def apply_patch(base: Net | None, patch: bytes, history: Net | None = None, *,
-                workers: int | None = None) -> bytearray:
-    """Rebuild the net a patch describes and check it against the promised id.
-
-    Returns the raw protobuf bytes (a ``bytearray``, to avoid a copy of a large
-    net). Raises :class:`WrongBaseError` for another base,
-    :class:`MissingHistoryError` when the context net is missing,
-    :class:`PatchFormatError` for a corrupt patch and
-    :class:`VerificationError` when the result is not what the patch promised.
-    """
-    header, sections = container.unpack(patch)
+def _rebuild(base: Net | None, source: container.PatchSource, history: Net | None, workers):
+    """The rebuilt net's bytes as a sequence of chunks, decoded layer by layer."""
+    header = source.header
     _check_ids(header, base, history)
     if not header.base_id:
         base = None
@@ -420,28 +415,77 @@ def apply_patch(base: Net | None, patch: bytes, history: Net | None = None, *,
     if header.result_size > MAX_RESULT_SIZE or header.skeleton_size > header.result_size + 16 * len(header.layers) + 16:
         raise PatchFormatError("declared net size is out of range")
     sizes = [_check_layer_header(lp, header.result_size) for lp in header.layers]
-    cuts, body = decode_skeleton(header.skeleton, sections[0], header.skeleton_size,
+    cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
                                  skeleton_stream(base) if base is not None else None)
     if len(cuts) != len(header.layers) or len(body) + sum(sizes) != header.result_size:
         raise PatchFormatError("skeleton and layer sizes do not add up to the declared net size")
     ctx = _Context(base, history, {lp.path: lp.count for lp in header.layers if lp.residual != patch_pb2.RAW_BYTES},
                    header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0)
-    out = bytearray(header.result_size)
-    jobs = [(ctx, lp, data) for lp, data in zip(header.layers, sections[1:])]
-    src = dst = 0
-    for cut, size, payload in zip(cuts, sizes, _bounded_map(_decode_layer, jobs, _workers(workers), lambda job: job[1].count)):
+
+    def decode(index):
+        lp = header.layers[index]
+        return _decode_layer((ctx, lp, source.section(index + 1)))
+
+    src = 0
+    payloads = _bounded_map(decode, range(len(header.layers)), _workers(workers),
+                            lambda i: header.layers[i].count)
+    for cut, size, payload in zip(cuts, sizes, payloads):
         if len(payload) != size or cut < src:
             raise PatchFormatError("a rebuilt layer has the wrong size")
-        out[dst:dst + cut - src] = body[src:cut]
-        dst += cut - src
-        out[dst:dst + size] = payload
-        dst += size
+        yield body[src:cut]
+        yield payload
         src = cut
-    out[dst:] = body[src:]
-    if hashlib.sha256(out).digest() != header.result_id:
-        raise VerificationError("the rebuilt net does not match the id the patch promises "
-                                "(corrupt patch or wrong base)")
+    yield body[src:]
+
+
+def _mismatch() -> VerificationError:
+    return VerificationError("the rebuilt net does not match the id the patch promises "
+                             "(corrupt patch or wrong base)")
+
+
+def apply_patch(base: Net | None, patch, history: Net | None = None, *,
+                workers: int | None = None) -> bytearray:
+    """Rebuild the net a patch describes and check it against the promised id.
+
+    ``patch`` is the patch's bytes or the path of a patch file. Returns the raw
+    protobuf bytes (a ``bytearray``, to avoid a copy of a large net). Raises
+    :class:`WrongBaseError` for another base, :class:`MissingHistoryError`
+    when the context net is missing, :class:`PatchFormatError` for a corrupt
+    patch and :class:`VerificationError` when the result is not what the
+    patch promised.
+    """
+    with container.open_patch(patch) as source:
+        out, dst = bytearray(source.header.result_size), 0
+        for chunk in _rebuild(base, source, history, workers):
+            out[dst:dst + len(chunk)] = chunk
+            dst += len(chunk)
+        if dst != len(out) or hashlib.sha256(out).digest() != source.header.result_id:
+            raise _mismatch()
     return out
+
+
+def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
+                        workers: int | None = None) -> str:
+    """Rebuild a net straight into ``output`` (gzip when it ends in ``.gz``).
+
+    The rebuilt bytes are streamed to a temp file and hashed on the way; the
+    file replaces ``output`` only if they match the id the patch promises, so
+    memory holds the base and a few layers, never the output net. Returns the
+    id of the written net.
+    """
+    with container.open_patch(patch) as source:
+        digest = hashlib.sha256()
+        with atomic_file(output) as f:
+            sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0, filename="") \
+                if str(output).endswith(".gz") else f
+            for chunk in _rebuild(base, source, history, workers):
+                digest.update(chunk)
+                sink.write(chunk)
+            if digest.digest() != source.header.result_id:
+                raise _mismatch()
+            if sink is not f:
+                sink.close()
+    return digest.hexdigest()
 
 
 # -- measuring -----------------------------------------------------------------------
