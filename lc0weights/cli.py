@@ -63,8 +63,9 @@ def cmd_inspect(args) -> int:
                   f"result    {info.result_id} ({info.result_size:,} bytes)")
             if info.history_id:
                 print(f"history   {info.history_id}")
-            for lp in info.layers:
-                print(f"  {lp['path']:<48} {lp['count']:>10,} {lp['residual']:<16} "
+            for i, lp in enumerate(info.layers):
+                name = lp["path"] or f"layer {i} (name needs the base)"
+                print(f"  {name:<48} {'intra' if lp['intra'] else 'delta':<6} {lp['residual']:<16} "
                       f"{lp['codec']:<14} {lp['stored_size']:>10,}")
         return 0
     net = Net.from_bytes(data, args.file)

@@ -24,11 +24,11 @@ from . import encodings as enc
 from . import residuals as res
 from .codecs import LayerInfo, codec_ids, get_codec
 from .codecs.varint_brotli import decompress_limited, leb128, unleb128
-from .errors import (MissingHistoryError, PatchFormatError, VerificationError,
-                     WrongBaseError)
+from .errors import (MissingHistoryError, NetFormatError, PatchFormatError,
+                     VerificationError, WrongBaseError)
 from .net import Layer, Net, atomic_file, layer_role
 from .proto import patch_pb2
-from .wire import read_varint
+from .wire import find_skeleton_layers, read_varint
 
 WRITER = "lc0weights 0.1"
 MAX_RESULT_SIZE = 16 << 30
@@ -125,24 +125,25 @@ def infer_shape(path: str, count: int, counts: dict[str, int], dims=()) -> tuple
 
 @dataclass
 class _Context:
-    """Everything both sides derive from the base, history and header alike."""
+    """Everything both sides derive from the base, history and skeleton alike."""
 
     base: Net | None
     history: Net | None
     counts: dict[str, int] = field(default_factory=dict)
     tolerance: float = 0.0
 
-    def base_layer(self, lp) -> Layer | None:
-        if lp.base_index < 0:
+    def base_layer(self, layer: Layer, lp) -> Layer | None:
+        if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
             return None
-        if self.base is None or lp.base_index >= len(self.base.layers):
-            raise PatchFormatError(f"layer {lp.path}: base layer {lp.base_index} does not exist")
-        layer = self.base.layers[lp.base_index]
-        if not layer.codable or layer.encoding != lp.encoding or layer.count != lp.count:
-            raise PatchFormatError(f"layer {lp.path}: base layer {lp.base_index} does not match")
-        return layer
+        index = layer.index + lp.base_shift
+        if self.base is None or not 0 <= index < len(self.base.layers):
+            raise PatchFormatError(f"layer {layer.path}: base layer {index} does not exist")
+        found = self.base.layers[index]
+        if not found.codable or found.encoding != layer.encoding or found.count != layer.count:
+            raise PatchFormatError(f"layer {layer.path}: base layer {index} does not match")
+        return found
 
-    def info(self, lp, base_layer: Layer | None, scale: float) -> LayerInfo:
+    def info(self, layer: Layer, lp, base_layer: Layer | None) -> LayerInfo:
         base_values = self.base.values(base_layer) if base_layer is not None else None
         history = None
         if base_layer is not None and self.history is not None:
@@ -150,24 +151,33 @@ class _Context:
             if h is not None:
                 with np.errstate(invalid="ignore", over="ignore"):
                     history = base_values - self.history.values(h)
-        return LayerInfo(path=lp.path, role=lp.role, residual=lp.residual, encoding=lp.encoding,
-                         count=lp.count, shape=infer_shape(lp.path, lp.count, self.counts),
+        count = layer.count if lp.residual != patch_pb2.RAW_BYTES else layer.nbytes
+        return LayerInfo(path=layer.path, role=layer.role, residual=lp.residual, encoding=layer.encoding,
+                         count=count, dims=layer.dims,
+                         shape=infer_shape(layer.path, count, self.counts, layer.dims),
                          quant_width=lp.quant_width or 1, tolerance=self.tolerance,
-                         base=base_values, history=history, scale=scale)
+                         base=base_values, history=history, scale=_scale(layer, lp, self.tolerance))
 
 
-def _scale(lp, tolerance: float) -> float:
+def _scale(layer: Layer, lp, tolerance: float) -> float:
     """The value of one residual unit, as the rebuild side can compute it."""
     if lp.residual == patch_pb2.LINEAR16_REGRID:
-        lo, hi = float(enc.f32(lp.min_bits)), float(enc.f32(lp.max_bits))
+        lo, hi = float(enc.f32(layer.min_bits)), float(enc.f32(layer.max_bits))
         return (hi - lo) / 65535.0 * (lp.quant_width or 1)
     if lp.residual == patch_pb2.FLOAT_STEP:
         return 2.0 * tolerance
     return 0.0
 
 
-def _target_of(lp) -> res.LayerTarget:
-    return res.LayerTarget(lp.encoding, lp.count, lp.min_bits, lp.max_bits)
+def _target_of(layer: Layer) -> res.LayerTarget:
+    return res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+
+
+def _value_count(layer: Layer, lp) -> int:
+    """How many integers a layer's section holds: elements, then escape pairs."""
+    if lp.residual == patch_pb2.RAW_BYTES:
+        return layer.nbytes
+    return layer.count + 2 * lp.escapes
 
 
 # -- encoding one layer ----------------------------------------------------------------
@@ -176,7 +186,7 @@ def _candidates(target: Net, layer: Layer, base: Net | None, base_layer, toleran
     if not layer.codable:
         return [res.raw_residuals(target.payload(layer))]
     codes = target.codes(layer)
-    lt = res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+    lt = _target_of(layer)
     if layer.encoding == enc.LINEAR16:
         base_values = base.values(base_layer) if base_layer is not None else None
         return [res.linear16_residuals(codes, base_values, lt, tolerance)]
@@ -192,21 +202,20 @@ def _encode_layer(job):
     base_layer = _pair(ctx.base, layer)
     best = None
     for r in _candidates(target, layer, ctx.base, base_layer, ctx.tolerance):
-        lp = patch_pb2.LayerPatch(
-            path=layer.path, base_index=base_layer.index if base_layer is not None else -1,
-            residual=r.kind, encoding=layer.encoding if layer.codable else 0,
-            count=layer.count if layer.codable else layer.nbytes,
-            min_bits=layer.min_bits, max_bits=layer.max_bits, quant_width=r.quant_width,
-            escapes=r.escapes, role=layer.role)
-        info = ctx.info(lp, base_layer if r.kind != patch_pb2.RAW_BYTES else None, _scale(lp, ctx.tolerance))
+        paired = base_layer is not None and r.kind != patch_pb2.RAW_BYTES
+        lp = patch_pb2.LayerPatch(intra=not paired, residual=r.kind, escapes=r.escapes,
+                                  base_shift=base_layer.index - layer.index if paired else 0,
+                                  quant_width=r.quant_width if r.quant_width > 1 else 0)
+        info = ctx.info(layer, lp, base_layer if paired else None)
         for codec_id in codecs:
             codec = get_codec(codec_id)
             data = codec.encode(r.values, info)
             if best is None or len(data) < len(best[1]):
-                lp.section.CopyFrom(patch_pb2.Section(
-                    codec=codec_id, stored_size=len(data), value_count=len(r.values),
-                    codec_config=_config_bytes(codec)))
-                best = (patch_pb2.LayerPatch().__class__.FromString(lp.SerializeToString()), data, r.codes)
+                lp.section.CopyFrom(patch_pb2.Section(codec=codec_id, stored_size=len(data),
+                                                      codec_config=_config_bytes(codec)))
+                chosen = patch_pb2.LayerPatch()
+                chosen.CopyFrom(lp)
+                best = (chosen, data, r.codes)
     return best
 
 
@@ -288,9 +297,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
             result.update(target.raw[pos:layer.span.params_start])
             result.update(codes.tobytes())
             pos = layer.span.params_end
-    if lossless:
-        header.result_id = header.target_id
-    else:
+    if not lossless:                      # lossless: the result is the target itself
         result.update(target.raw[pos:])
         header.result_id = result.digest()
     header.result_size = len(target.raw)
@@ -324,26 +331,46 @@ def _hex(b: bytes) -> str | None:
     return b.hex() if b else None
 
 
-def read_patch_info(patch) -> PatchInfo:
-    """The header of a patch (bytes or a file path), after checking its checksum."""
+def read_patch_info(patch, base: Net | None = None) -> PatchInfo:
+    """The header of a patch (bytes or a file path), after checking its checksum.
+
+    Layer paths come from the skeleton, which is readable without the base
+    for an intra patch and with it otherwise; without it they are None.
+    """
     with container.open_patch(patch) as source:
         header = source.header
-        size = source.size
-    layers = [{"path": lp.path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
-               "count": lp.count, "residual": patch_pb2.Residual.Name(lp.residual),
-               "base_index": lp.base_index, "escapes": lp.escapes} for lp in header.layers]
-    return PatchInfo(_hex(header.base_id), header.target_id.hex(), header.result_id.hex(),
-                     _hex(header.history_id),
-                     "tolerance" if header.mode == patch_pb2.TOLERANCE else "lossless",
-                     header.tolerance if header.mode == patch_pb2.TOLERANCE else None,
-                     header.result_size, size, layers)
+        paths = [None] * len(header.layers)
+        try:
+            usable = base if base is not None and base.id == header.base_id.hex() else None
+            cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
+                                         skeleton_stream(usable) if usable is not None else None)
+            named = [layer.path for layer in skeleton_layers(body, cuts) if layer.has_params]
+            if len(named) == len(paths):
+                paths = named
+        except PatchFormatError:
+            pass
+        layers = [{"path": path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
+                   "residual": patch_pb2.Residual.Name(lp.residual), "intra": lp.intra,
+                   "base_shift": lp.base_shift, "escapes": lp.escapes}
+                  for path, lp in zip(paths, header.layers)]
+        return PatchInfo(_hex(header.base_id), header.target_id.hex(), _result_id(header).hex(),
+                         _hex(header.history_id),
+                         "tolerance" if header.mode == patch_pb2.TOLERANCE else "lossless",
+                         header.tolerance if header.mode == patch_pb2.TOLERANCE else None,
+                         header.result_size, source.size, layers)
+
+
+def _result_id(header) -> bytes:
+    return header.result_id or header.target_id
 
 
 def _check_ids(header, base: Net | None, history: Net | None):
     for name, value in (("base_id", header.base_id), ("target_id", header.target_id),
                         ("result_id", header.result_id), ("history_id", header.history_id)):
-        if value and len(value) != 32 or (name in ("target_id", "result_id") and not value):
+        if value and len(value) != 32 or (name == "target_id" and not value):
             raise PatchFormatError(f"patch header field {name} is not a sha256")
+    if header.mode == patch_pb2.TOLERANCE and not header.result_id:
+        raise PatchFormatError("tolerance patch without the id of its result")
     if header.base_id:
         if base is None:
             raise WrongBaseError(f"this patch needs base net {header.base_id.hex()}; none was given")
@@ -358,29 +385,28 @@ def _check_ids(header, base: Net | None, history: Net | None):
 
 
 def _decode_layer(job):
-    ctx, lp, data = job
+    ctx, layer, lp, data = job
     try:
-        base_layer = ctx.base_layer(lp)
-        info = ctx.info(lp, base_layer, _scale(lp, ctx.tolerance))
-        values = get_codec(lp.section.codec, _config(lp.section)).decode(bytes(data), lp.section.value_count, info)
-        if len(values) != lp.section.value_count:
+        base_layer = ctx.base_layer(layer, lp)
+        info = ctx.info(layer, lp, base_layer)
+        count = _value_count(layer, lp)
+        values = get_codec(lp.section.codec, _config(lp.section)).decode(bytes(data), count, info)
+        if len(values) != count:
             raise PatchFormatError("codec returned the wrong number of values")
-        target = _target_of(lp)
+        target = _target_of(layer)
         if lp.residual == patch_pb2.RAW_BYTES:
-            codes = res.raw_rebuild(values, lp.count)
+            codes = res.raw_rebuild(values, layer.nbytes)
         elif lp.residual == patch_pb2.LINEAR16_REGRID:
-            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width, lp.escapes)
+            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width or 1, lp.escapes)
         else:
             base_codes = ctx.base.codes(base_layer) if base_layer is not None else None
             if lp.residual == patch_pb2.FLOAT_IMAGE:
                 codes = res.float_image_rebuild(values, base_codes, target)
-            elif lp.residual == patch_pb2.FLOAT_STEP:
-                codes = res.float_step_rebuild(values, base_codes, target, ctx.tolerance, lp.escapes)
             else:
-                raise PatchFormatError(f"unknown residual kind {lp.residual}")
+                codes = res.float_step_rebuild(values, base_codes, target, ctx.tolerance, lp.escapes)
         return codes.tobytes()
     except PatchFormatError as e:
-        raise PatchFormatError(f"layer {lp.path}: {e}") from None
+        raise PatchFormatError(f"layer {layer.path}: {e}") from None
 
 
 def _config(section) -> dict:
@@ -395,13 +421,32 @@ def _config(section) -> dict:
     return config
 
 
-def _check_layer_header(lp, result_size: int):
-    if lp.residual != patch_pb2.RAW_BYTES and lp.encoding not in enc.ELEMENT_SIZE:
-        raise PatchFormatError(f"layer {lp.path}: unknown encoding {lp.encoding}")
-    size = lp.count * (1 if lp.residual == patch_pb2.RAW_BYTES else enc.ELEMENT_SIZE[lp.encoding])
-    if size > result_size or lp.section.value_count > lp.count + 2 * lp.escapes or lp.escapes > lp.count:
-        raise PatchFormatError(f"layer {lp.path}: declared sizes are out of range")
-    return size
+_RESIDUALS_FOR = {enc.LINEAR16: (patch_pb2.LINEAR16_REGRID,),
+                  enc.FLOAT16: (patch_pb2.FLOAT_IMAGE, patch_pb2.FLOAT_STEP),
+                  enc.BFLOAT16: (patch_pb2.FLOAT_IMAGE, patch_pb2.FLOAT_STEP),
+                  enc.FLOAT32: (patch_pb2.FLOAT_IMAGE, patch_pb2.FLOAT_STEP)}
+
+
+def _check_layer_header(layer: Layer, lp, tolerance: float) -> None:
+    """The residual kind must suit the layer the skeleton describes."""
+    if lp.residual == patch_pb2.RAW_BYTES:
+        return
+    if not layer.codable or lp.residual not in _RESIDUALS_FOR.get(layer.encoding, ()):
+        raise PatchFormatError(f"layer {layer.path}: residual kind {lp.residual} does not suit "
+                               f"encoding {layer.encoding} of {layer.nbytes} bytes")
+    if lp.residual == patch_pb2.FLOAT_STEP and not tolerance > 0:
+        raise PatchFormatError(f"layer {layer.path}: value steps in a lossless patch")
+    if lp.escapes > layer.count:
+        raise PatchFormatError(f"layer {layer.path}: more escapes than elements")
+
+
+def skeleton_layers(body, cuts) -> list[Layer]:
+    """The target's layers as the skeleton describes them (payloads cut out)."""
+    try:
+        spans = find_skeleton_layers(body, cuts)
+    except NetFormatError as e:
+        raise PatchFormatError(f"corrupt skeleton ({e})") from None
+    return [Layer(i, s.path, s, enc.effective(s.encoding)) for i, s in enumerate(spans)]
 
 
 def _rebuild(base: Net | None, source: container.PatchSource, history: Net | None, workers):
@@ -412,25 +457,27 @@ def _rebuild(base: Net | None, source: container.PatchSource, history: Net | Non
         base = None
     if not header.history_id:
         history = None
-    if header.result_size > MAX_RESULT_SIZE or header.skeleton_size > header.result_size + 16 * len(header.layers) + 16:
+    tolerance = header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0
+    if header.result_size > MAX_RESULT_SIZE or header.skeleton_size > header.result_size + 16:
         raise PatchFormatError("declared net size is out of range")
-    sizes = [_check_layer_header(lp, header.result_size) for lp in header.layers]
     cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
                                  skeleton_stream(base) if base is not None else None)
-    if len(cuts) != len(header.layers) or len(body) + sum(sizes) != header.result_size:
+    layers = [layer for layer in skeleton_layers(body, cuts) if layer.has_params]
+    if len(layers) != len(header.layers) or len(cuts) != len(layers):
+        raise PatchFormatError("the skeleton and the header list different layers")
+    if len(body) + sum(layer.nbytes for layer in layers) != header.result_size:
         raise PatchFormatError("skeleton and layer sizes do not add up to the declared net size")
-    ctx = _Context(base, history, {lp.path: lp.count for lp in header.layers if lp.residual != patch_pb2.RAW_BYTES},
-                   header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0)
+    for layer, lp in zip(layers, header.layers):
+        _check_layer_header(layer, lp, tolerance)
+    ctx = _Context(base, history, {l.path: l.count for l in layers if l.codable}, tolerance)
 
     def decode(index):
-        lp = header.layers[index]
-        return _decode_layer((ctx, lp, source.section(index + 1)))
+        return _decode_layer((ctx, layers[index], header.layers[index], source.section(index + 1)))
 
     src = 0
-    payloads = _bounded_map(decode, range(len(header.layers)), _workers(workers),
-                            lambda i: header.layers[i].count)
-    for cut, size, payload in zip(cuts, sizes, payloads):
-        if len(payload) != size or cut < src:
+    payloads = _bounded_map(decode, range(len(layers)), _workers(workers), lambda i: layers[i].nbytes)
+    for cut, layer, payload in zip(cuts, layers, payloads):
+        if len(payload) != layer.nbytes or cut < src:
             raise PatchFormatError("a rebuilt layer has the wrong size")
         yield body[src:cut]
         yield payload
@@ -459,7 +506,7 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
         for chunk in _rebuild(base, source, history, workers):
             out[dst:dst + len(chunk)] = chunk
             dst += len(chunk)
-        if dst != len(out) or hashlib.sha256(out).digest() != source.header.result_id:
+        if dst != len(out) or hashlib.sha256(out).digest() != _result_id(source.header):
             raise _mismatch()
     return out
 
@@ -481,7 +528,7 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
             for chunk in _rebuild(base, source, history, workers):
                 digest.update(chunk)
                 sink.write(chunk)
-            if digest.digest() != source.header.result_id:
+            if digest.digest() != _result_id(source.header):
                 raise _mismatch()
             if sink is not f:
                 sink.close()

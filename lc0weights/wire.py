@@ -79,6 +79,7 @@ class LayerSpan:
     max_bits: int = 0
     encoding: int | None = None  # None when the field is absent (means LINEAR16)
     dims: list[int] = field(default_factory=list)
+    cut_length: int = 0         # skeleton walks: length of the payload that was cut out
 
 
 def _parse_layer(buf, path, start, end) -> LayerSpan:
@@ -162,3 +163,131 @@ def read_magic(buf) -> int | None:
         if number == 1 and wire == _FIXED32:
             magic = int.from_bytes(buf[s:e], "little")
     return magic
+
+
+def find_skeleton_layers(buf, cuts: list[int]) -> list[LayerSpan]:
+    """The layers of a net whose ``params`` payloads were cut out of ``buf``.
+
+    ``cuts`` are the skeleton offsets where payloads were removed (one per
+    layer that has params, in file order). Length prefixes in ``buf`` still
+    count the removed bytes, so the walk keeps two positions: where it is in
+    the skeleton and how much of each message's declared length it has seen.
+    Returns every layer, as :func:`find_layers` would for the whole net; a
+    layer whose payload was cut has ``params_start`` at its cut and
+    ``params_end - params_start`` (and ``cut_length``) the removed length.
+    """
+    out: list[LayerSpan] = []
+    cutset = set(cuts)
+    end = _walk_skeleton(buf, lc0net_pb2.Net.DESCRIPTOR, 0, len(buf), None, "", out, {}, cutset)
+    if end != len(buf):
+        raise NetFormatError("skeleton does not end where its fields do")
+    seen: dict[str, int] = {}
+    for span in out:
+        n = seen.get(span.path, 0)
+        seen[span.path] = n + 1
+        if n:
+            span.path = f"{span.path}~{n}"
+    return out
+
+
+def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters, cutset):
+    """Walk one message; ``declared`` is its length before the cuts (None: to ``limit``).
+
+    Returns the skeleton position where the message ends.
+    """
+    fields = _message_fields(descriptor) if descriptor is not None else {}
+    remaining = declared
+    while (pos < limit) if remaining is None else (remaining > 0):
+        start = pos
+        key, pos = read_varint(buf, pos, limit)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise NetFormatError("field number 0 in protobuf data")
+        if wire == _VARINT:
+            _, pos = read_varint(buf, pos, limit)
+        elif wire in (_FIXED64, _FIXED32):
+            pos += 8 if wire == _FIXED64 else 4
+        elif wire == _LENGTH:
+            length, body = read_varint(buf, pos, limit)
+            entry = fields.get(number)
+            if entry is not None:
+                name, repeated, child = entry
+                name = prefix + name
+                if repeated:
+                    index = counters.get(name, 0)
+                    counters[name] = index + 1
+                    name = f"{name}.{index}"
+                if child is None:
+                    span = LayerSpan(name, body, body)
+                    end = _walk_layer_skeleton(buf, body, limit, length, span, cutset)
+                    span.end = end
+                    out.append(span)
+                else:
+                    end = _walk_skeleton(buf, child, body, limit, length, name + ".", out, counters, cutset)
+                consumed = (body - start) + length
+                pos = end
+            else:
+                pos = body + length
+                consumed = None
+            if remaining is not None:
+                remaining -= consumed if consumed is not None else pos - start
+            if pos > limit:
+                raise NetFormatError("protobuf field runs past the end of its message")
+            continue
+        else:
+            raise NetFormatError(f"unsupported protobuf wire type {wire}")
+        if pos > limit:
+            raise NetFormatError("protobuf field runs past the end of its message")
+        if remaining is not None:
+            remaining -= pos - start
+    if remaining is not None and remaining != 0:
+        raise NetFormatError("skeleton message lengths do not match its cuts")
+    return pos
+
+
+def _walk_layer_skeleton(buf, pos, limit, declared, span: LayerSpan, cutset) -> int:
+    """Walk a Layer whose last params payload may be cut; fill ``span``; return its end."""
+    remaining = declared
+    while remaining > 0:
+        start = pos
+        key, pos = read_varint(buf, pos, limit)
+        number, wire = key >> 3, key & 7
+        if wire == _LENGTH:
+            length, body = read_varint(buf, pos, limit)
+            if number == 3 and body in cutset:             # the cut payload
+                span.params_start, span.params_end = body, body + length
+                span.cut_length = length
+                pos = body
+            else:
+                if number == 5:                             # packed dims
+                    p = body
+                    while p < body + length:
+                        d, p = read_varint(buf, p, body + length)
+                        span.dims.append(d)
+                pos = body + length
+            remaining -= (body - start) + length
+        elif wire == _VARINT:
+            value, pos = read_varint(buf, pos, limit)
+            if number == 4:
+                span.encoding = value
+            elif number == 5:
+                span.dims.append(value)
+            remaining -= pos - start
+        elif wire in (_FIXED32, _FIXED64):
+            pos += 4 if wire == _FIXED32 else 8
+            if pos > limit:
+                raise NetFormatError("protobuf field runs past the end of its message")
+            if number in (1, 2) and wire == _FIXED32:
+                bits = int.from_bytes(buf[pos - 4:pos], "little")
+                if number == 1:
+                    span.min_bits = bits
+                else:
+                    span.max_bits = bits
+            remaining -= pos - start
+        else:
+            raise NetFormatError(f"unsupported protobuf wire type {wire}")
+        if pos > limit:
+            raise NetFormatError("protobuf field runs past the end of its message")
+    if remaining != 0:
+        raise NetFormatError("skeleton layer length does not match its cut")
+    return pos

@@ -137,7 +137,7 @@ def test_layers_added_removed_reshaped_reencoded():
     nf.fill_layer(b.weights.policy.biases, rng.normal(0, 0.1, 80), enc.FLOAT16)  # re-encoded
     base, target = as_net(a), as_net(b)
     patch = assert_exact(base, target)
-    intra = {l["path"] for l in read_patch_info(patch).layers if l["base_index"] == -1}
+    intra = {l["path"] for l in read_patch_info(patch, base).layers if l["intra"]}
     assert {"weights.ip_mov_w", "weights.ip2_val_b", "weights.policy.biases"} <= intra
 
 
