@@ -217,6 +217,7 @@ import hashlib, json, resource, sys, time, tracemalloc
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from lc0weights import Net, apply_patch
+from lc0weights.patch import apply_patch_to_file
 def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
@@ -238,12 +239,12 @@ except OSError:
     pass
 before = rss('VmRSS:')
 tracemalloc.start()
+# What `lc0weights apply BASE PATCH -o OUT.pb.gz` does: load the base, stream the patch
+# file, write the rebuilt net through gzip into a temp file, verify its id, rename.
 base = Net.load(sys.argv[2])
-patch = Path(sys.argv[3]).read_bytes()
 start = time.perf_counter()
-out = apply_patch(base, patch, workers=int(sys.argv[4]))
+ok = apply_patch_to_file(base, sys.argv[3], Path(sys.argv[3]).with_suffix(".pb.gz"), workers=int(sys.argv[4]))
 seconds = time.perf_counter() - start
-ok = hashlib.sha256(out).hexdigest()
 _, peak = tracemalloc.get_traced_memory()
 print(json.dumps({"rss_before": before, "rss_peak": rss('VmHWM:'), "traced_peak": peak,
                   "seconds": seconds, "sha256": ok}))
@@ -554,7 +555,7 @@ def main(argv=None) -> int:
               history_note(labels, results), "",
               f"## Speed and apply memory (pair {labels[mid]})", "",
               "Encode excludes verification; apply includes the sha256 check. Memory: a fresh process applies "
-              "the patch to the base loaded from .pb.gz; peak RSS is VmHWM (includes the interpreter and imports), "
+              "the patch file to the base loaded from .pb.gz and writes the result as .pb.gz, as `lc0weights apply` does; peak RSS is VmHWM (includes the interpreter and imports), "
               "'above start' subtracts the RSS after imports, traced peak is tracemalloc's.", "",
               speed_table(speed), ""]
     if large_info:
