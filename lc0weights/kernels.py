@@ -21,8 +21,8 @@ a float, so the jitted and the interpreted kernels give the same bytes):
   clamped to +-2047, ``p = squash(d)``; after coding ``y``,
   ``w_i += st_i * ((y<<12) - p) * MIX_LR >> 10``.
 - APM (secondary estimation): per context 33 16-bit probabilities on a grid
-  of ``stretch(p)`` (step 128); the output interpolates the two neighbours of
-  ``stretch(p)`` and the nearer one moves toward ``y`` by 1/2^APM_RATE.
+  of logits (step 128); the output interpolates the two neighbours of the
+  mixer's logit ``d`` and the nearer one moves toward ``y`` by 1/2^APM_RATE.
   The final probability is ``(p_mix + 3 p_apm) / 4``.
 
 Binarisation of one residual ``v`` (int64, |v| < 2^62):
@@ -35,13 +35,19 @@ Binarisation of one residual ``v`` (int64, |v| < 2^62):
   a running average of past classes (rate 1/4). Then, when e > 0, the sign
   (one estimator; context: signs of history, base and the previous value,
   history bucket / 4), then the e-1 bits below the leading one: the top two
-  through estimators keyed by (e, bits above), the rest at p = 1/2.
+  through estimators keyed by (e, bits above), the rest at p = 1/2 as "direct"
+  bits: one operation splits the coder range into 2^j equal parts (j <= 16),
+  instead of j binary decisions.
   Contexts measured and dropped as not paying on real training steps:
   previous values' classes, same kernel position in the previous input
   channel, slow layer-wide scale, finer mantissa contexts.
 
-Memory per call: about 100 KB of tables (int32), allocated and initialised
-for every layer, since layers are independent streams.
+Memory per call: about 100 KB of tables (int32), fresh for every layer since
+layers are independent streams; the caller passes them (:func:`fresh_tables`).
+
+Speed: the coder's state lives in local variables of the layer loop (the
+helpers take and return it by value), and encoder and decoder are separate
+loops without a per-bit mode test.
 
 Stream (what the kernels read and write): the arithmetic coder's bytes, the
 last four being the flushed ``x1``. The codec module adds its own header.
@@ -88,70 +94,137 @@ def build_tables():
 SQUASH, STRETCH, RATE = build_tables()
 
 # -- arithmetic coder ------------------------------------------------------------
-# ac: int64[5] = x1, x2, x (decoder's window), pos (next byte to write/read),
-# status (ac[4]) becomes 1 when the decoder reads past the end of its input.
-# Call order: ac_init_* once, then ac_code per bit, then ac_flush (encoder).
+# The coder's state lives in the caller's local variables (x1, x2, the decoder's
+# window x, the byte position pos), passed in and returned by value, so the
+# compiled loop keeps it in registers. Call order: dec_init once (decoder),
+# then enc_bit / dec_bit and enc_direct / dec_direct, then enc_flush (encoder).
+# A decoder reading past the end of its input gets zeros and a pos beyond n_buf;
+# the caller checks pos once per value.
 
 MASK32 = 0xFFFFFFFF
+TOP = 0xFF000000
+DIRECT_CHUNK = 16              # bits per equal-split operation of the coder range
 
 
 @njit(cache=True, nogil=True, inline='always')
-def ac_init_decoder(ac, buf, n_buf):
-    """Load the first four bytes into the window x (missing bytes mark corruption)."""
-    ac[0] = 0
-    ac[1] = MASK32
-    x = 0
-    for _ in range(4):
-        x = (x << 8) | _next_byte(ac, buf, n_buf)
-    ac[2] = x
-
-
-@njit(cache=True, nogil=True, inline='always')
-def _next_byte(ac, buf, n_buf):
-    pos = ac[3]
-    ac[3] = pos + 1
+def _byte_at(buf, n_buf, pos):
     if pos < n_buf:
         return np.int64(buf[pos])
-    ac[4] = 1
     return np.int64(0)
 
 
 @njit(cache=True, nogil=True, inline='always')
-def ac_code(ac, buf, n_buf, p, y, encode):
-    """Code bit y (encoder) or decode it (decoder, y ignored) with P(1) = p/4096.
+def dec_init(buf, n_buf):
+    """(x1, x2, x, pos) of a decoder that has loaded its first four bytes."""
+    x = 0
+    for k in range(4):
+        x = (x << 8) | _byte_at(buf, n_buf, k)
+    return np.int64(0), np.int64(MASK32), x, np.int64(4)
 
-    p must be in [1, 4095]. The encoder's buf must have room for 4 more bytes
-    (the caller grows it). Returns the bit.
-    """
-    x1 = ac[0]
-    x2 = ac[1]
+
+@njit(cache=True, nogil=True, inline='always')
+def enc_bit(x1, x2, buf, pos, p, y):
+    """Code bit y with P(1) = p/4096 (p in [1, 4095]). buf needs room for 4 more bytes."""
     xmid = x1 + ((x2 - x1) >> 12) * p
-    if not encode:
-        y = 1 if ac[2] <= xmid else 0
     if y:
         x2 = xmid
     else:
         x1 = xmid + 1
-    while ((x1 ^ x2) & 0xFF000000) == 0:
-        if encode:
-            buf[ac[3]] = x2 >> 24
-            ac[3] += 1
-        else:
-            ac[2] = ((ac[2] << 8) & MASK32) | _next_byte(ac, buf, n_buf)
+    while ((x1 ^ x2) & TOP) == 0:
+        buf[pos] = x2 >> 24
+        pos += 1
         x1 = (x1 << 8) & MASK32
         x2 = ((x2 << 8) & MASK32) | 255
-    ac[0] = x1
-    ac[1] = x2
-    return y
+    return x1, x2, pos
 
 
 @njit(cache=True, nogil=True, inline='always')
-def ac_flush(ac, buf):
-    """Encoder only: write the 4 bytes of x1, so the decoder's reads end exactly at the end."""
-    x1 = ac[0]
+def dec_bit(x1, x2, x, buf, n_buf, pos, p):
+    """Decode one bit with P(1) = p/4096: (x1, x2, x, pos, y)."""
+    xmid = x1 + ((x2 - x1) >> 12) * p
+    y = np.int64(1) if x <= xmid else np.int64(0)
+    if y:
+        x2 = xmid
+    else:
+        x1 = xmid + 1
+    while ((x1 ^ x2) & TOP) == 0:
+        x = ((x << 8) & MASK32) | _byte_at(buf, n_buf, pos)
+        pos += 1
+        x1 = (x1 << 8) & MASK32
+        x2 = ((x2 << 8) & MASK32) | 255
+    return x1, x2, x, pos, y
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _direct_width(x1, x2, k):
+    """Bits the next equal split codes: up to DIRECT_CHUNK, 0 when the range is too narrow."""
+    j = k if k < DIRECT_CHUNK else DIRECT_CHUNK
+    if ((x2 - x1) >> j) == 0:
+        return 0
+    return j
+
+
+@njit(cache=True, nogil=True, inline='always')
+def enc_direct(x1, x2, buf, pos, bits, k):
+    """Code the k low bits of bits (k <= 62), each at P = 1/2, by splitting the range
+    into 2^j equal parts, j bits at a time (the last part takes the remainder).
+    A range narrower than 2^j (rare, after a carry-less underflow) codes one bit."""
+    while k > 0:
+        j = _direct_width(x1, x2, k)
+        if j == 0:
+            k -= 1
+            x1, x2, pos = enc_bit(x1, x2, buf, pos, 2048, (bits >> k) & 1)
+            continue
+        k -= j
+        s = (bits >> k) & ((1 << j) - 1)
+        step = (x2 - x1) >> j
+        x1 = x1 + s * step
+        if s != (1 << j) - 1:
+            x2 = x1 + step - 1
+        while ((x1 ^ x2) & TOP) == 0:
+            buf[pos] = x2 >> 24
+            pos += 1
+            x1 = (x1 << 8) & MASK32
+            x2 = ((x2 << 8) & MASK32) | 255
+    return x1, x2, pos
+
+
+@njit(cache=True, nogil=True, inline='always')
+def dec_direct(x1, x2, x, buf, n_buf, pos, k):
+    """Inverse of enc_direct: (x1, x2, x, pos, bits). Any window x gives in-range bits."""
+    bits = np.int64(0)
+    while k > 0:
+        j = _direct_width(x1, x2, k)
+        if j == 0:
+            k -= 1
+            x1, x2, x, pos, y = dec_bit(x1, x2, x, buf, n_buf, pos, 2048)
+            bits = (bits << 1) | y
+            continue
+        k -= j
+        step = (x2 - x1) >> j
+        last = (1 << j) - 1
+        s = (x - x1) // step if x >= x1 else 0
+        if s >= last:
+            s = last
+        x1 = x1 + s * step
+        if s != last:
+            x2 = x1 + step - 1
+        bits = (bits << j) | s
+        while ((x1 ^ x2) & TOP) == 0:
+            x = ((x << 8) & MASK32) | _byte_at(buf, n_buf, pos)
+            pos += 1
+            x1 = (x1 << 8) & MASK32
+            x2 = ((x2 << 8) & MASK32) | 255
+    return x1, x2, x, pos, bits
+
+
+@njit(cache=True, nogil=True, inline='always')
+def enc_flush(x1, buf, pos):
+    """Write the 4 bytes of x1, so the decoder's reads end exactly at the end."""
     for k in range(4):
-        buf[ac[3]] = (x1 >> (24 - 8 * k)) & 255
-        ac[3] += 1
+        buf[pos] = (x1 >> (24 - 8 * k)) & 255
+        pos += 1
+    return pos
 
 
 # -- adaptive estimators ---------------------------------------------------------
@@ -183,83 +256,81 @@ def sm_update(sm, i, y, limit, rate):
 
 
 # -- mixer ---------------------------------------------------------------------
-# w: int32[n_sets, N_IN] in 16.16; st: int64[N_IN] stretched inputs in
-# [-2047, 2047]. Call order: fill st, mix_predict(set), code, mix_update(set).
+# w: int32[n_sets * N_IN] in 16.16, set ws at ws * N_IN; inputs: two stretched
+# probabilities in [-2047, 2047] and a constant bias. Call order: mix_dot,
+# squash, code, mix_update(set).
 
 N_IN = 3                      # two estimators and a constant bias input
-MIX_LR = 6
+MIX_LR = 4
 BIAS_INPUT = 256
 
 
 @njit(cache=True, nogil=True, inline='always')
-def mix_predict(w, ws, st, squash):
-    d = 0
-    for k in range(N_IN):
-        d += np.int64(w[ws, k]) * st[k]
-    d >>= 16
+def mix_dot(w, ws, st0, st1):
+    """The mixer's logit, clamped to [-2047, 2047]."""
+    k = ws * N_IN
+    d = (np.int64(w[k]) * st0 + np.int64(w[k + 1]) * st1 + np.int64(w[k + 2]) * BIAS_INPUT) >> 16
     if d > 2047:
         d = 2047
     elif d < -2047:
         d = -2047
-    return np.int64(squash[d + 2048])
+    return d
 
 
 @njit(cache=True, nogil=True, inline='always')
-def mix_update(w, ws, st, p, y):
+def mix_update(w, ws, st0, st1, p, y):
     err = ((y << 12) - p) * MIX_LR
-    for k in range(N_IN):
-        w[ws, k] += (st[k] * err + 512) >> 10
+    k = ws * N_IN
+    w[k] += (st0 * err + 512) >> 10
+    w[k + 1] += (st1 * err + 512) >> 10
+    w[k + 2] += (BIAS_INPUT * err + 512) >> 10
 
 
 # -- APM / SSE -------------------------------------------------------------------
 # apm: int32[n_ctx * 33], 16-bit probabilities on a stretch grid. Call order:
-# apm_p (returns p and remembers the nearer cell in cell[0]), code, apm_update.
+# apm_p (returns p and the nearer cell), code, apm_update(cell).
 
-APM_RATE = 6
+APM_RATE = 7
 
 
-@njit(cache=True, nogil=True, inline='always')
-def apm_init(apm, n_ctx, squash):
-    for c in range(n_ctx):
-        for j in range(33):
-            d = (j - 16) * 128
-            if d > 2047:
-                d = 2047
-            apm[c * 33 + j] = squash[d + 2048] * 16
+def apm_table(n_ctx):
+    """n_ctx fresh APM contexts: each cell holds squash of its grid point (16-bit)."""
+    grid = np.minimum((np.arange(33) - 16) * 128, 2047)
+    return np.tile(SQUASH[grid + 2048].astype(np.int32) * 16, n_ctx)
 
 
 @njit(cache=True, nogil=True, inline='always')
-def apm_p(apm, cx, p, stretch, cell):
-    s = np.int64(stretch[p]) + 2048          # 0..4095
+def apm_p(apm, cx, d):
+    """(12-bit p, nearer cell) for logit d in [-2048, 2047] in context cx."""
+    s = d + 2048
     j = s >> 7
     wt = s & 127
     base = cx * 33 + j
-    cell[0] = base + (wt >> 6)
-    return (np.int64(apm[base]) * (128 - wt) + np.int64(apm[base + 1]) * wt) >> 11
+    return (np.int64(apm[base]) * (128 - wt) + np.int64(apm[base + 1]) * wt) >> 11, base + (wt >> 6)
 
 
 @njit(cache=True, nogil=True, inline='always')
-def apm_update(apm, cell, y):
-    i = cell[0]
+def apm_update(apm, i, y):
     t = np.int64(apm[i])
     apm[i] = t + ((((y << 16) - y) - t) >> APM_RATE)
 
 
 # -- wiring: one layer's residuals ------------------------------------------------
 # Context features per element: hbits / bbits are the float32 bit patterns
-# (viewed as int32) of the base's last step and of the base weight, or all
-# zeros when absent; scale_key = float32(scale) bits >> 22. The kernel turns
-# them into integer buckets: (|x| bits >> 22) is twice the binary exponent
-# plus the top mantissa bit, so its difference with scale_key is a half-log2
+# (viewed as int32) of the base's last step and of the base weight; an absent
+# one is passed as an array shorter than n_main (empty) and reads as zeros.
+# scale_key = float32(scale) bits >> 22. The kernel turns them into integer
+# buckets: (|x| bits >> 22) is twice the binary exponent plus the top mantissa bit, so its difference with scale_key is a half-log2
 # bucket of |x| / scale. Elements from n_main on are escapes: no features,
 # running state reset, their own mixer weights.
 
 NODES = 144                    # walk decision: 48 * direction + candidate class
+MODELLED_BITS = 2              # mantissa bits below the leading one with an estimator
 F_HIST = 0                     # family offsets in the one estimator table
 F_BASE = F_HIST + 64 * NODES
 F_SIGN = F_BASE + 64 * NODES
 F_MANT = F_SIGN + 3 * 3 * 3 * 16
-SM_SIZE = F_MANT + 2 * 64 * 4
+SM_SIZE = F_MANT + MODELLED_BITS * 64 * 4
 LIMIT_WALK = 255
 LIMIT_BITS = 1023
 MAX_CLASS = 63
@@ -281,72 +352,74 @@ def _bucket(bits, scale_key):
 
 
 @njit(cache=True, nogil=True, inline='always')
-def _walk_bit(sm, w, apm, slots, st, cell, ws, acx, squash, stretch, rate,
-              ac, buf, n_buf, y, encode):
-    """One mixed decision of the class walk: predict, code, update everything."""
-    for k in range(N_IN - 1):
-        st[k] = stretch[sm_p(sm, slots[k])]
-    st[N_IN - 1] = BIAS_INPUT
-    pm = mix_predict(w, ws, st, squash)
-    pa = apm_p(apm, acx, pm, stretch, cell)
-    p = (pm + 3 * pa + 2) >> 2
-    y = ac_code(ac, buf, n_buf, p, y, encode)
-    for k in range(N_IN - 1):
-        sm_update(sm, slots[k], y, LIMIT_WALK, rate)
-    mix_update(w, ws, st, pm, y)
-    apm_update(apm, cell, y)
-    return y
+def _node_p(sm, w, apm, i0, i1, ws, acx, squash, stretch):
+    """A walk decision's prediction: (p, mixer p, two stretched inputs, APM cell)."""
+    st0 = np.int64(stretch[np.int64(sm[i0]) >> 18])
+    st1 = np.int64(stretch[np.int64(sm[i1]) >> 18])
+    d = mix_dot(w, ws, st0, st1)
+    pm = np.int64(squash[d + 2048])
+    pa, cell = apm_p(apm, acx, d)
+    return (pm + 3 * pa + 2) >> 2, pm, st0, st1, cell
 
 
 @njit(cache=True, nogil=True, inline='always')
-def _plain_bit(sm, i, ac, buf, n_buf, y, encode, rate):
-    """One decision through a single adaptive estimator (sign, mantissa)."""
-    y = ac_code(ac, buf, n_buf, sm_p(sm, i), y, encode)
-    sm_update(sm, i, y, LIMIT_BITS, rate)
-    return y
+def _node_update(sm, w, apm, i0, i1, ws, st0, st1, pm, cell, y, rate):
+    sm_update(sm, i0, y, LIMIT_WALK, rate)
+    sm_update(sm, i1, y, LIMIT_WALK, rate)
+    mix_update(w, ws, st0, st1, pm, y)
+    apm_update(apm, cell, y)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _predicted_class(a1):
+    eh = (a1 + 16) >> 4
+    return eh if eh < MAX_CLASS - 1 else MAX_CLASS - 1
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _node(c):
+    return c if c < 47 else 47
+
+
+_FRESH = (np.full(SM_SIZE, SM_INIT, np.int32),
+          np.full(2 * NODES * N_IN, (1 << 16) // 2, np.int32),
+          apm_table(NODES))
+
+
+def fresh_tables():
+    """The adaptive state every layer starts from: (estimators, mixer weights, APM),
+    copies of one prepared set (cheaper than building them for each small layer)."""
+    return tuple(t.copy() for t in _FRESH)
 
 
 @njit(cache=True, nogil=True)
-def code_layer(values, hbits, bbits, scale_key, n_main, row_len, buf, n_buf, encode,
-               squash, stretch, rate):
-    """Encode values into buf (encode=True) or decode them from buf[:n_buf].
-
-    values: int64[n], read when encoding (|v| < 2^62), written when decoding.
-    hbits, bbits: int32[n_main] or longer; row_len >= 1 elements per output
-    channel. When encoding, buf is any uint8 array (it is replaced by a
-    larger one when it runs short). Returns (buf, bytes written or read,
-    status): 0 fine, 1 read past the end, 2 bytes left after the last value.
-    """
+def encode_layer(values, hbits, bbits, scale_key, n_main, row_len, buf, sm, w, apm,
+                 squash, stretch, rate):
+    """Encode values (int64, |v| < 2^62) into buf, replaced by a larger array when it
+    runs short. hbits, bbits: int32[>= n_main], or shorter (empty) for a feature that
+    is absent (read as zeros); row_len >= 1 elements per output channel; sm, w, apm:
+    fresh tables (changed). Returns (buf, bytes written)."""
     n = values.shape[0]
-    sm = np.full(SM_SIZE, SM_INIT, np.int32)
-    w = np.full((2 * NODES, N_IN), (1 << 16) // 2, np.int32)
-    apm = np.zeros(NODES * 33, np.int32)
-    apm_init(apm, NODES, squash)
-    slots = np.zeros(N_IN - 1, np.int64)
-    st = np.zeros(N_IN, np.int64)
-    cell = np.zeros(1, np.int64)
-    ac = np.zeros(5, np.int64)
-    ac[1] = MASK32
     if n == 0:
-        return buf, 0, 0
-    if not encode:
-        ac_init_decoder(ac, buf, n_buf)
-    a1 = 0                    # running class, 1/16 units
-    esc = 0
-    col = 0
-    s1 = 0
+        return buf, 0
+    x1, x2, pos = np.int64(0), np.int64(MASK32), np.int64(0)
+    a1, esc, col, s1 = 0, 0, 0, 0
+    has_h = hbits.shape[0] >= n_main
+    has_b = bbits.shape[0] >= n_main
     for i in range(n):
-        if encode and ac[3] + 1024 > buf.shape[0]:
+        if pos + 1024 > buf.shape[0]:
             bigger = np.zeros(2 * buf.shape[0] + 1024, np.uint8)
-            bigger[:ac[3]] = buf[:ac[3]]
+            bigger[:pos] = buf[:pos]
             buf = bigger
         if i == n_main:
             a1 = 0
             esc = NODES
         hb, hs, bb, bs = 0, 0, 0, 0
         if esc == 0:
-            hb, hs = _bucket(np.int64(hbits[i]), scale_key)
-            bb, bs = _bucket(np.int64(bbits[i]), scale_key)
+            if has_h:
+                hb, hs = _bucket(np.int64(hbits[i]), scale_key)
+            if has_b:
+                bb, bs = _bucket(np.int64(bbits[i]), scale_key)
             if col == 0:
                 s1 = 0
             col += 1
@@ -354,71 +427,162 @@ def code_layer(values, hbits, bbits, scale_key, n_main, row_len, buf, n_buf, enc
                 col = 0
         f_hist = F_HIST + hb * NODES
         f_base = F_BASE + bb * NODES
-        # -- class walk around the predicted class eh
-        eh = (a1 + 16) >> 4
-        if eh > MAX_CLASS - 1:
-            eh = MAX_CLASS - 1
-        v = values[i] if encode else 0
+        v = values[i]
         mag = v if v >= 0 else -v
-        e = _bit_length(mag) if encode else 0
+        e = _bit_length(mag)
+        eh = _predicted_class(a1)
         up = 1
         if eh > 0:
-            node = eh if eh < 47 else 47
-            slots[0] = f_hist + node
-            slots[1] = f_base + node
-            up = _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
-                           rate, ac, buf, n_buf, 1 if e >= eh else 0, encode)
+            node = _node(eh)
+            p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                            node + esc, node, squash, stretch)
+            up = 1 if e >= eh else 0
+            x1, x2, pos = enc_bit(x1, x2, buf, pos, p, up)
+            _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                         st0, st1, pm, cell, up, rate)
         if up:
             c = eh
             while c < MAX_CLASS:
-                node = 48 + (c if c < 47 else 47)
-                slots[0] = f_hist + node
-                slots[1] = f_base + node
-                if _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
-                             rate, ac, buf, n_buf, 1 if e == c else 0, encode):
+                node = 48 + _node(c)
+                p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                                node + esc, node, squash, stretch)
+                y = 1 if e == c else 0
+                x1, x2, pos = enc_bit(x1, x2, buf, pos, p, y)
+                _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                             st0, st1, pm, cell, y, rate)
+                if y:
                     break
                 c += 1
         else:
             c = eh - 1
             while c > 0:
-                node = 96 + (c if c < 47 else 47)
-                slots[0] = f_hist + node
-                slots[1] = f_base + node
-                if _walk_bit(sm, w, apm, slots, st, cell, node + esc, node, squash, stretch,
-                             rate, ac, buf, n_buf, 1 if e == c else 0, encode):
+                node = 96 + _node(c)
+                p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                                node + esc, node, squash, stretch)
+                y = 1 if e == c else 0
+                x1, x2, pos = enc_bit(x1, x2, buf, pos, p, y)
+                _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                             st0, st1, pm, cell, y, rate)
+                if y:
+                    break
+                c -= 1
+        if e > 0:
+            neg = 1 if v < 0 else 0
+            k = F_SIGN + ((hs * 3 + bs) * 3 + s1) * 16 + (hb >> 2)
+            x1, x2, pos = enc_bit(x1, x2, buf, pos, sm_p(sm, k), neg)
+            sm_update(sm, k, neg, LIMIT_BITS, rate)
+            s1 = 2 if neg else 1
+            m = 1
+            b = e - 2
+            for top in range(MODELLED_BITS):
+                if b < 0:
+                    break
+                bit = (mag >> b) & 1
+                k = F_MANT + (top * 64 + e) * 4 + (m & 3)
+                x1, x2, pos = enc_bit(x1, x2, buf, pos, sm_p(sm, k), bit)
+                sm_update(sm, k, bit, LIMIT_BITS, rate)
+                m = (m << 1) | bit
+                b -= 1
+            if b >= 0:
+                x1, x2, pos = enc_direct(x1, x2, buf, pos, mag, b + 1)
+        else:
+            s1 = 0
+        a1 += ((e << 4) - a1) >> 2
+    return buf, enc_flush(x1, buf, pos)
+
+
+@njit(cache=True, nogil=True)
+def decode_layer(values, hbits, bbits, scale_key, n_main, row_len, buf, n_buf, sm, w, apm,
+                 squash, stretch, rate):
+    """Decode values (int64[n], written) from buf[:n_buf]; the other arguments as for
+    encode_layer. Returns (bytes read, status): 0 fine, 1 read past the end, 2 bytes
+    left after the last value. Any input bytes give in-range table indices."""
+    n = values.shape[0]
+    if n == 0:
+        return 0, 0
+    x1, x2, x, pos = dec_init(buf, n_buf)
+    a1, esc, col, s1 = 0, 0, 0, 0
+    has_h = hbits.shape[0] >= n_main
+    has_b = bbits.shape[0] >= n_main
+    for i in range(n):
+        if i == n_main:
+            a1 = 0
+            esc = NODES
+        hb, hs, bb, bs = 0, 0, 0, 0
+        if esc == 0:
+            if has_h:
+                hb, hs = _bucket(np.int64(hbits[i]), scale_key)
+            if has_b:
+                bb, bs = _bucket(np.int64(bbits[i]), scale_key)
+            if col == 0:
+                s1 = 0
+            col += 1
+            if col == row_len:
+                col = 0
+        f_hist = F_HIST + hb * NODES
+        f_base = F_BASE + bb * NODES
+        eh = _predicted_class(a1)
+        up = 1
+        if eh > 0:
+            node = _node(eh)
+            p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                            node + esc, node, squash, stretch)
+            x1, x2, x, pos, up = dec_bit(x1, x2, x, buf, n_buf, pos, p)
+            _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                         st0, st1, pm, cell, up, rate)
+        if up:
+            c = eh
+            while c < MAX_CLASS:
+                node = 48 + _node(c)
+                p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                                node + esc, node, squash, stretch)
+                x1, x2, x, pos, y = dec_bit(x1, x2, x, buf, n_buf, pos, p)
+                _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                             st0, st1, pm, cell, y, rate)
+                if y:
+                    break
+                c += 1
+        else:
+            c = eh - 1
+            while c > 0:
+                node = 96 + _node(c)
+                p, pm, st0, st1, cell = _node_p(sm, w, apm, f_hist + node, f_base + node,
+                                                node + esc, node, squash, stretch)
+                x1, x2, x, pos, y = dec_bit(x1, x2, x, buf, n_buf, pos, p)
+                _node_update(sm, w, apm, f_hist + node, f_base + node, node + esc,
+                             st0, st1, pm, cell, y, rate)
+                if y:
                     break
                 c -= 1
         e = c
-        # -- sign and the bits below the leading one
         if e > 0:
-            sctx = ((hs * 3 + bs) * 3 + s1) * 16 + (hb >> 2)
-            neg = _plain_bit(sm, F_SIGN + sctx, ac, buf, n_buf, 1 if v < 0 else 0, encode, rate)
+            k = F_SIGN + ((hs * 3 + bs) * 3 + s1) * 16 + (hb >> 2)
+            x1, x2, x, pos, neg = dec_bit(x1, x2, x, buf, n_buf, pos, sm_p(sm, k))
+            sm_update(sm, k, neg, LIMIT_BITS, rate)
             s1 = 2 if neg else 1
-            m = 1
-            for b in range(e - 2, -1, -1):
-                top = e - 2 - b                # 0 for the bit right below the leading one
-                bit = (mag >> b) & 1
-                if top < 2:
-                    mctx = F_MANT + (top * 64 + e) * 4 + (m & 3)
-                    bit = _plain_bit(sm, mctx, ac, buf, n_buf, bit, encode, rate)
-                else:
-                    bit = ac_code(ac, buf, n_buf, 2048, bit, encode)
+            m = np.int64(1)
+            b = e - 2
+            for top in range(MODELLED_BITS):
+                if b < 0:
+                    break
+                k = F_MANT + (top * 64 + e) * 4 + (m & 3)
+                x1, x2, x, pos, bit = dec_bit(x1, x2, x, buf, n_buf, pos, sm_p(sm, k))
+                sm_update(sm, k, bit, LIMIT_BITS, rate)
                 m = (m << 1) | bit
-            if not encode:
-                values[i] = -m if neg else m
+                b -= 1
+            if b >= 0:
+                x1, x2, x, pos, low = dec_direct(x1, x2, x, buf, n_buf, pos, b + 1)
+                m = (m << (b + 1)) | low
+            values[i] = -m if neg else m
         else:
             s1 = 0
-            if not encode:
-                values[i] = 0
-        if ac[4]:
-            return buf, ac[3], 1
+            values[i] = 0
+        if pos > n_buf:
+            return pos, 1
         a1 += ((e << 4) - a1) >> 2
-    if encode:
-        ac_flush(ac, buf)
-        return buf, ac[3], 0
-    if ac[3] != n_buf:
-        return buf, ac[3], 2
-    return buf, ac[3], 0
+    if pos != n_buf:
+        return pos, 2
+    return pos, 0
 
 
 @njit(cache=True, nogil=True, inline='always')

@@ -17,7 +17,7 @@ from lc0weights.errors import PatchFormatError
 
 from conftest import run_paths, load
 
-GOLDEN = Path(__file__).parent / "golden" / "cm1_v1.json"
+GOLDEN = Path(__file__).parent / "golden" / "cm1_v2.json"
 REPO = Path(__file__).resolve().parents[1]
 CODEC = get_codec("cm1")
 
@@ -126,7 +126,7 @@ def test_truncated_and_corrupt_streams_raise_format_errors():
     for cut in (1, 2, 5, len(data) // 2, len(data) - 1):
         with pytest.raises(PatchFormatError):
             CODEC.decode(data[:cut], len(resid), info)
-    for bad in (b"", b"\x02" + data[1:], data + b"\x00", data[:1]):
+    for bad in (b"", b"\x01" + data[1:], b"\x03" + data[1:], data + b"\x00", data[:1]):
         with pytest.raises(PatchFormatError):
             CODEC.decode(bad, len(resid), info)
     with pytest.raises(PatchFormatError):
@@ -199,3 +199,21 @@ def test_interpreted_kernels_give_the_same_bytes():
                          text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert bytes.fromhex(out.stdout.strip()) == jitted
+
+
+def test_random_streams_never_crash_the_decoder():
+    """Any bytes decode to the declared count or raise PatchFormatError: table indices
+    derived from decoded data stay in range (the compiled kernels check no bounds)."""
+    values, info = golden_input()
+    rng = np.random.default_rng(11)
+    outcomes = set()
+    for trial in range(300):
+        size = int(rng.integers(1, 200)) if trial % 2 else int(rng.integers(200, 4000))
+        junk = bytes([2]) + rng.integers(0, 256, size).astype(np.uint8).tobytes()
+        try:
+            out = CODEC.decode(junk, len(values), info)
+            assert len(out) == len(values)
+            outcomes.add("values")
+        except PatchFormatError:
+            outcomes.add("error")
+    assert "error" in outcomes

@@ -31,38 +31,86 @@ def test_tables_are_rebuilt_identically():
 
 def _code_bits(bits, probs):
     buf = np.zeros(len(bits) * 2 + 16, np.uint8)
-    ac = np.zeros(5, np.int64)
-    ac[1] = K.MASK32
+    x1, x2, pos = 0, K.MASK32, 0
     for y, p in zip(bits, probs):
-        K.ac_code(ac, buf, 0, int(p), int(y), True)
-    K.ac_flush(ac, buf)
-    data = buf[:ac[3]].copy()
-    dec = np.zeros(5, np.int64)
-    K.ac_init_decoder(dec, data, len(data))
-    out = [K.ac_code(dec, data, len(data), int(p), 0, False) for p in probs]
-    return data, out, dec
+        x1, x2, pos = K.enc_bit(x1, x2, buf, pos, int(p), int(y))
+    pos = K.enc_flush(x1, buf, pos)
+    data = buf[:pos].copy()
+    out = []
+    x1, x2, x, pos = K.dec_init(data, len(data))
+    for p in probs:
+        x1, x2, x, pos, y = K.dec_bit(x1, x2, x, data, len(data), pos, int(p))
+        out.append(int(y))
+    return data, out, pos
 
 
 def test_arithmetic_coder_round_trip_and_cost():
     rng = np.random.default_rng(1)
     probs = rng.integers(1, 4096, 3000)
     bits = (rng.integers(0, 4096, 3000) < probs).astype(int)
-    data, out, dec = _code_bits(bits, probs)
+    data, out, pos = _code_bits(bits, probs)
     assert out == list(bits)
-    assert dec[3] == len(data) and dec[4] == 0          # read exactly what was written
+    assert pos == len(data)                               # read exactly what was written
     ideal = -np.sum(np.log2(np.where(bits == 1, probs, 4096 - probs) / 4096)) / 8
     assert len(data) <= ideal * 1.02 + 8
 
 
-def test_arithmetic_decoder_flags_reading_past_the_end():
+def test_arithmetic_decoder_reading_past_the_end_shows_in_its_position():
     bits = [1, 0] * 200
     data, _, _ = _code_bits(bits, [2048] * len(bits))
-    dec = np.zeros(5, np.int64)
     cut = data[:-3].copy()
-    K.ac_init_decoder(dec, cut, len(cut))
+    x1, x2, x, pos = K.dec_init(cut, len(cut))
     for _ in bits:
-        K.ac_code(dec, cut, len(cut), 2048, 0, False)
-    assert dec[4] == 1
+        x1, x2, x, pos, _y = K.dec_bit(x1, x2, x, cut, len(cut), pos, 2048)
+    assert pos > len(cut)
+
+
+def _direct_round_trip(groups, prefix_probs=()):
+    """Code (bits, k) groups as direct bits, after some skewed binary decisions."""
+    buf = np.zeros(64 + 16 * len(groups) + len(prefix_probs), np.uint8)
+    x1, x2, pos = 0, K.MASK32, 0
+    for p in prefix_probs:
+        x1, x2, pos = K.enc_bit(x1, x2, buf, pos, int(p), 1)
+    for bits, k in groups:
+        x1, x2, pos = K.enc_direct(x1, x2, buf, pos, bits, k)
+    pos = K.enc_flush(x1, buf, pos)
+    data = buf[:pos].copy()
+    x1, x2, x, pos = K.dec_init(data, len(data))
+    for p in prefix_probs:
+        x1, x2, x, pos, _y = K.dec_bit(x1, x2, x, data, len(data), pos, int(p))
+    out = []
+    for _, k in groups:
+        x1, x2, x, pos, bits = K.dec_direct(x1, x2, x, data, len(data), pos, k)
+        out.append(int(bits))
+    assert pos == len(data)
+    return data, out
+
+
+def test_direct_bits_round_trip_and_cost_one_bit_each():
+    rng = np.random.default_rng(4)
+    ks = rng.integers(1, 63, 400)
+    groups = [(int(rng.integers(0, 1 << 62)) & ((1 << int(k)) - 1), int(k)) for k in ks]
+    data, out = _direct_round_trip(groups)
+    assert out == [b for b, _ in groups]
+    assert len(data) <= ks.sum() / 8 * 1.001 + 8
+
+
+def test_direct_bits_survive_a_narrow_range():
+    """p = 1 decisions drive the carry-less range down to a few units: the split must
+    fall back to single bits there and still round-trip."""
+    groups = [((1 << k) - 1 - (k % 3), k) for k in (1, 5, 16, 17, 40, 62)] * 4
+    for prefix in ([1] * 7, [1, 4095] * 9, [2, 1, 1, 1, 3]):
+        _, out = _direct_round_trip(groups, prefix)
+        assert out == [b for b, _ in groups]
+
+
+def test_direct_decoder_gives_in_range_bits_from_any_window():
+    rng = np.random.default_rng(6)
+    junk = rng.integers(0, 256, 64).astype(np.uint8)
+    x1, x2, x, pos = K.dec_init(junk, len(junk))
+    for k in (3, 16, 20, 62):
+        x1, x2, x, pos, bits = K.dec_direct(x1, x2, x, junk, len(junk), pos, k)
+        assert 0 <= bits < (1 << k) and 0 <= x1 <= x2 <= K.MASK32
 
 
 def test_estimator_learns_fast_then_settles():
@@ -76,40 +124,59 @@ def test_estimator_learns_fast_then_settles():
 
 
 def test_mixer_learns_to_trust_the_right_input():
-    w = np.full((1, K.N_IN), 1 << 14, np.int32)
-    st = np.zeros(K.N_IN, np.int64)
+    w = np.full(K.N_IN, 1 << 14, np.int32)
     rng = np.random.default_rng(2)
     for _ in range(3000):
         y = int(rng.integers(0, 2))
-        st[:] = [1000 if y else -1000, int(rng.integers(-1000, 1001)), K.BIAS_INPUT][:K.N_IN]
-        p = K.mix_predict(w, 0, st, K.SQUASH)
-        K.mix_update(w, 0, st, p, y)
-    assert w[0, 0] > 4 * abs(int(w[0, 1]))
-    st[:] = [1000, 0, K.BIAS_INPUT][:K.N_IN]
-    assert K.mix_predict(w, 0, st, K.SQUASH) > 3900
+        st0, st1 = (1000 if y else -1000), int(rng.integers(-1000, 1001))
+        p = int(K.SQUASH[K.mix_dot(w, 0, st0, st1) + 2048])
+        K.mix_update(w, 0, st0, st1, p, y)
+    assert w[0] > 4 * abs(int(w[1]))
+    assert K.SQUASH[K.mix_dot(w, 0, 1000, 0) + 2048] > 3900
 
 
 def test_apm_starts_as_identity_and_adapts():
-    apm = np.zeros(2 * 33, np.int32)
-    K.apm_init(apm, 2, K.SQUASH)
-    cell = np.zeros(1, np.int64)
-    for p in (100, 2048, 3900):
-        assert abs(K.apm_p(apm, 1, p, K.STRETCH, cell) - p) <= 2 + p // 50
+    apm = K.apm_table(2)
+    for d in (-1500, -300, 0, 700, 2047):
+        p, _ = K.apm_p(apm, 1, d)
+        assert abs(p - K.SQUASH[d + 2048]) <= 2 + K.SQUASH[d + 2048] // 50
     for _ in range(500):
-        K.apm_p(apm, 0, 2048, K.STRETCH, cell)
+        _, cell = K.apm_p(apm, 0, 0)
         K.apm_update(apm, cell, 1)
-    assert K.apm_p(apm, 0, 2048, K.STRETCH, cell) > 3500
-    assert abs(K.apm_p(apm, 1, 2048, K.STRETCH, cell) - 2048) <= 2   # other context untouched
+    assert K.apm_p(apm, 0, 0)[0] > 3500
+    assert abs(K.apm_p(apm, 1, 0)[0] - 2048) <= 2          # other context untouched
 
 
-@pytest.mark.parametrize("values", [[0], [5, -5, 0, 1 << 40, -(1 << 40), 7], [-(1 << 61)] * 3])
-def test_code_layer_round_trip_without_features(values):
-    v = np.array(values, np.int64)
+def _layer_round_trip(v, hbits=None, bbits=None, row=1, start=None):
     none = np.zeros(len(v), np.int32)
-    buf, used, status = K.code_layer(v, none, none, 0, len(v), 1, np.zeros(4, np.uint8), 0, True,
-                                     K.SQUASH, K.STRETCH, K.RATE)
-    assert status == 0
+    hbits = none if hbits is None else hbits
+    bbits = none if bbits is None else bbits
+    buf, used = K.encode_layer(v, hbits, bbits, 120, len(v), row,
+                               np.zeros(4 if start is None else start, np.uint8),
+                               *K.fresh_tables(), K.SQUASH, K.STRETCH, K.RATE)
     out = np.zeros(len(v), np.int64)
-    _, read, status = K.code_layer(out, none, none, 0, len(v), 1, buf[:used].copy(), used, False,
-                                   K.SQUASH, K.STRETCH, K.RATE)
+    read, status = K.decode_layer(out, hbits, bbits, 120, len(v), row, buf[:used].copy(), used,
+                                  *K.fresh_tables(), K.SQUASH, K.STRETCH, K.RATE)
     assert status == 0 and read == used and np.array_equal(out, v)
+    return buf[:used]
+
+
+@pytest.mark.parametrize("values", [[0], [5, -5, 0, 1 << 40, -(1 << 40), 7], [-(1 << 61)] * 3,
+                                    [(1 << 62) - 1, 0, -((1 << 62) - 1)]])
+def test_layer_round_trip_without_features(values):
+    _layer_round_trip(np.array(values, np.int64))
+
+
+def test_layer_round_trip_with_features_and_a_growing_buffer():
+    rng = np.random.default_rng(7)
+    v = np.rint(rng.laplace(0, 40, 20000)).astype(np.int64)
+    hbits = rng.normal(0, 1e-3, 20000).astype(np.float32).view(np.int32)
+    bbits = rng.normal(0, 1e-1, 20000).astype(np.float32).view(np.int32)
+    data = _layer_round_trip(v, hbits, bbits, row=9, start=1)
+    assert len(data) < 20000 * 8 / 8                       # about 7.3 bits a value
+
+
+def test_fresh_tables_are_independent_copies():
+    a, b = K.fresh_tables(), K.fresh_tables()
+    a[0][0] = 0
+    assert b[0][0] == K.SM_INIT and K.fresh_tables()[0][0] == K.SM_INIT

@@ -5,8 +5,9 @@ every decision is predicted from adaptive estimators whose contexts are the
 already coded neighbours, the base weight and the base's own last step
 (``info.history``), both measured in residual units (``info.scale``).
 
-Stream: one version byte (1), then the arithmetic coder's bytes (none for an
-empty layer). The value count is not stored: the patch declares it.
+Stream: one version byte (2), then the arithmetic coder's bytes (none for an
+empty layer). The value count is not stored: the patch declares it. Version 1
+coded the low mantissa bits one binary decision at a time; it is not read.
 """
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ from ..errors import PatchFormatError
 from . import register
 from .base import Codec, LayerInfo
 
-VERSION = 1
+VERSION = 2
 MAX_MAGNITUDE = 1 << 62
 
 
+NO_FEATURE = np.zeros(0, np.int32)      # the kernels read an absent feature as zeros
+
+
 def float_bits(x: np.ndarray | None, count: int) -> np.ndarray:
-    """The float32 bit patterns of x as int32, or zeros when x is absent or misfits."""
+    """The float32 bit patterns of x as int32, or an empty array (all zeros to the
+    kernels) when x is absent or misfits."""
     if x is None or count == 0:
-        return np.zeros(count, np.int32)
+        return NO_FEATURE
     x = np.ascontiguousarray(np.asarray(x, np.float32).ravel())
     if len(x) != count:
-        return np.zeros(count, np.int32)
+        return NO_FEATURE
     return x.view(np.int32)
 
 
@@ -66,9 +71,10 @@ class ContextModel(Codec):
                 len(values) and values.min() == np.iinfo(np.int64).min):
             raise ValueError("cm1 codes residuals of magnitude below 2^62")
         hbits, bbits, key, count, row = self._features(info, len(values))
-        buf = np.zeros(64 + 2 * len(values), np.uint8)
-        buf, used, _ = kernels.code_layer(values, hbits, bbits, key, count, row, buf, 0, True,
-                                          kernels.SQUASH, kernels.STRETCH, kernels.RATE)
+        buf = np.zeros(1024 + len(values), np.uint8)      # grown by the kernel if short
+        buf, used = kernels.encode_layer(values, hbits, bbits, key, count, row, buf,
+                                         *kernels.fresh_tables(),
+                                         kernels.SQUASH, kernels.STRETCH, kernels.RATE)
         return bytes([VERSION]) + buf[:used].tobytes()
 
     def decode(self, data: bytes, count: int, info: LayerInfo) -> np.ndarray:
@@ -86,9 +92,9 @@ class ContextModel(Codec):
             return np.zeros(0, np.int64)
         values = np.zeros(count, np.int64)
         hbits, bbits, key, main, row = self._features(info, count)
-        _, used, status = kernels.code_layer(values, hbits, bbits, key, main, row, body.copy(),
-                                             len(body), False,
-                                             kernels.SQUASH, kernels.STRETCH, kernels.RATE)
+        used, status = kernels.decode_layer(values, hbits, bbits, key, main, row, body, len(body),
+                                            *kernels.fresh_tables(),
+                                            kernels.SQUASH, kernels.STRETCH, kernels.RATE)
         if status == 1:
             raise PatchFormatError("cm1 section is truncated or corrupt (read past its end)")
         if status == 2:
