@@ -24,6 +24,9 @@ from .wire import LayerSpan, find_layers, read_magic
 
 MAGIC = 0x1C0
 GZIP_MAGIC = b"\x1f\x8b"
+# Nets written on a client (rebuilt, fetched) favour speed: level 1 writes a 100 MB net
+# several times faster than level 6 for about a tenth more disk.
+GZIP_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ def write_net_file(path, raw: bytes) -> None:
         if not path.name.endswith(".gz"):
             f.write(raw)
             return
-        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0, filename="") as z:
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") as z:
             view = memoryview(raw)
             for start in range(0, len(view), 1 << 22):
                 z.write(view[start:start + (1 << 22)])

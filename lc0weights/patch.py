@@ -26,7 +26,7 @@ from .codecs import LayerInfo, codec_ids, get_codec
 from .codecs.varint_brotli import decompress_limited, leb128, unleb128
 from .errors import (MissingHistoryError, NetFormatError, PatchFormatError,
                      VerificationError, WrongBaseError)
-from .net import Layer, Net, atomic_file, layer_role
+from .net import GZIP_LEVEL, Layer, Net, atomic_file, layer_role
 from .proto import patch_pb2
 from .wire import find_skeleton_layers, read_varint
 
@@ -523,7 +523,7 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
     with container.open_patch(patch) as source:
         digest = hashlib.sha256()
         with atomic_file(output) as f:
-            sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0, filename="") \
+            sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") \
                 if str(output).endswith(".gz") else f
             for chunk in _rebuild(base, source, history, workers):
                 digest.update(chunk)

@@ -80,8 +80,16 @@ def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
     lo, hi = target.bounds
     if base is None or not hi > lo or not np.isfinite(hi - lo):
         return np.zeros(target.count, np.int64)
-    b = np.nan_to_num(base.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
-    return np.clip(np.rint((b - lo) / (hi - lo) * 65535.0), 0, 65535).astype(np.int64)
+    # In place, one float64 buffer: the same IEEE operations in the same order as
+    # rint((b - lo) / (hi - lo) * 65535), so encoder and decoder agree bit for bit.
+    x = base.astype(np.float64)
+    np.nan_to_num(x, copy=False, nan=lo, posinf=hi, neginf=lo)
+    x -= lo
+    x /= hi - lo
+    x *= 65535.0
+    np.rint(x, out=x)
+    np.clip(x, 0, 65535, out=x)
+    return x.astype(np.int64)
 
 
 def _zero_prediction(target: LayerTarget) -> np.ndarray:
@@ -123,8 +131,10 @@ def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escape
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
     p = regrid(base, target) if base is not None else _zero_prediction(target)
     q, positions, exact = _split_escapes(values, target.count, escapes)
-    k = p + q * quant_width
-    k[positions] = p[positions] + exact
+    k = p                                  # the prediction's buffer, reused
+    k += q if quant_width == 1 else q * quant_width
+    if escapes:
+        k[positions] += exact - q[positions] * quant_width
     if len(k) and (k.min() < 0 or k.max() > 65535):
         raise PatchFormatError("rebuilt LINEAR16 code out of range")
     return k.astype(np.uint16)
