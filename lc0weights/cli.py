@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
-from .errors import Lc0WeightsError, NetFormatError
+from .errors import NetFormatError
 from .net import Net, atomic_write
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
 from . import encodings as enc
@@ -44,7 +44,7 @@ def _read_patch(path: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise NetFormatError(f"{path}: cannot read patch ({e.strerror})") from None
+        raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
     return data
 
 
@@ -174,24 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+def run_command(prog: str, run, args) -> int:
+    """Run a command; turn every expected failure into one line on stderr and exit 1.
+
+    Bad input and failed checks raise Lc0WeightsError (a ValueError); file
+    system trouble raises OSError. Anything else is a bug and keeps its traceback.
+    """
     try:
-        return args.run(args)
-    except Lc0WeightsError as e:
-        print(f"lc0weights: error: {e}", file=sys.stderr)
+        return run(args)
     except ValueError as e:
-        print(f"lc0weights: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
     except OSError as e:
-        name = f" {e.filename}" if e.filename else ""
-        print(f"lc0weights: error:{name} {e.strerror or e}", file=sys.stderr)
+        name = f" {e.filename}:" if e.filename else ""
+        print(f"{prog}: error:{name} {e.strerror or e}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("lc0weights: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 1
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    return run_command("lc0weights", args.run, args)
 
 
 if __name__ == "__main__":

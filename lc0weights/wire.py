@@ -119,6 +119,26 @@ def _message_fields(descriptor) -> dict[int, tuple]:
     return table
 
 
+def _path(prefix: str, name: str, repeated: bool, counters: dict) -> str:
+    """A field's path; a repeated field is numbered by its occurrence."""
+    name = prefix + name
+    if repeated:
+        index = counters.get(name, 0)
+        counters[name] = index + 1
+        name = f"{name}.{index}"
+    return name
+
+
+def _number_duplicates(spans: list[LayerSpan]) -> None:
+    """A second occurrence of a singular field (legal; the last wins) gets a ``~N`` suffix."""
+    seen: dict[str, int] = {}
+    for span in spans:
+        n = seen.get(span.path, 0)
+        seen[span.path] = n + 1
+        if n:
+            span.path = f"{span.path}~{n}"
+
+
 def _walk(buf, descriptor, start, end, prefix, out, counters):
     fields = _message_fields(descriptor)
     for number, wire, s, e, _ in iter_fields(buf, start, end):
@@ -126,11 +146,7 @@ def _walk(buf, descriptor, start, end, prefix, out, counters):
         if entry is None or wire != _LENGTH:
             continue
         name, repeated, child = entry
-        name = prefix + name
-        if repeated:
-            index = counters.get(name, 0)
-            counters[name] = index + 1
-            name = f"{name}.{index}"
+        name = _path(prefix, name, repeated, counters)
         if child is None:
             out.append(_parse_layer(buf, name, s, e))
         else:
@@ -147,12 +163,7 @@ def find_layers(buf) -> list[LayerSpan]:
     """
     out: list[LayerSpan] = []
     _walk(buf, lc0net_pb2.Net.DESCRIPTOR, 0, len(buf), "", out, {})
-    seen: dict[str, int] = {}
-    for span in out:
-        n = seen.get(span.path, 0)
-        seen[span.path] = n + 1
-        if n:
-            span.path = f"{span.path}~{n}"
+    _number_duplicates(out)
     return out
 
 
@@ -181,12 +192,7 @@ def find_skeleton_layers(buf, cuts: list[int]) -> list[LayerSpan]:
     end = _walk_skeleton(buf, lc0net_pb2.Net.DESCRIPTOR, 0, len(buf), None, "", out, {}, cutset)
     if end != len(buf):
         raise NetFormatError("skeleton does not end where its fields do")
-    seen: dict[str, int] = {}
-    for span in out:
-        n = seen.get(span.path, 0)
-        seen[span.path] = n + 1
-        if n:
-            span.path = f"{span.path}~{n}"
+    _number_duplicates(out)
     return out
 
 
@@ -212,11 +218,7 @@ def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters,
             entry = fields.get(number)
             if entry is not None:
                 name, repeated, child = entry
-                name = prefix + name
-                if repeated:
-                    index = counters.get(name, 0)
-                    counters[name] = index + 1
-                    name = f"{name}.{index}"
+                name = _path(prefix, name, repeated, counters)
                 if child is None:
                     span = LayerSpan(name, body, body)
                     end = _walk_layer_skeleton(buf, body, limit, length, span, cutset)

@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from lc0weights.cli import run_command
 from lc0weights.errors import Lc0WeightsError
 
 
@@ -91,15 +92,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        return args.func(args)
-    except Lc0WeightsError as e:
-        print(f"lc0weights-server: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"lc0weights-server: error: {e.strerror or e}"
-              f"{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
-        return 1
+    return run_command("lc0weights-server", args.func, args)
 
 
 if __name__ == "__main__":
