@@ -407,7 +407,7 @@ def bench_run(run_dir: Path, pairs: int | None, quick: bool, log):
             if quick and name in SLOW_PEERS:
                 continue
             start = time.perf_counter()
-            size, err = fn(base.raw, target.raw, base_values=bv, target_values=tv)
+            size, err = fn(bytes(base.raw), bytes(target.raw), base_values=bv, target_values=tv)
             if size is not None:
                 row[name] = {"size": size, "err": err if kind == "lossy" else 0.0,
                              "enc_s": time.perf_counter() - start}
