@@ -92,7 +92,12 @@ def layer_role(path: str) -> str:
 
 
 class Net:
-    """A loaded lc0 net. Build one with :meth:`load` or :meth:`from_bytes`."""
+    """A loaded lc0 net. Build one with :meth:`load` or :meth:`from_bytes`.
+
+    ``raw`` holds the raw protobuf bytes, as ``bytes`` or (when loaded from a
+    gzip file, or rebuilt by a patch) a ``bytearray`` that is never modified:
+    large nets are kept in one buffer, without a second copy.
+    """
 
     def __init__(self, raw: bytes, source: str = "<bytes>"):
         # A bytearray is kept as it is (no copy of a large net); treat it as read-only.
