@@ -485,13 +485,18 @@ def _rebuild(base: Net | None, source: container.PatchSource, history: Net | Non
     yield body[src:]
 
 
+def _chunks(base, source, history, workers, progress):
+    chunks = _rebuild(base, source, history, workers)
+    return progress(chunks, source.header.result_size) if progress else chunks
+
+
 def _mismatch() -> VerificationError:
     return VerificationError("the rebuilt net does not match the id the patch promises "
                              "(corrupt patch or wrong base)")
 
 
 def apply_patch(base: Net | None, patch, history: Net | None = None, *,
-                workers: int | None = None) -> bytearray:
+                workers: int | None = None, progress=None) -> bytearray:
     """Rebuild the net a patch describes and check it against the promised id.
 
     ``patch`` is the patch's bytes or the path of a patch file. Returns the raw
@@ -499,11 +504,13 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     :class:`WrongBaseError` for another base, :class:`MissingHistoryError`
     when the context net is missing, :class:`PatchFormatError` for a corrupt
     patch and :class:`VerificationError` when the result is not what the
-    patch promised.
+    patch promised. ``progress``, if given, is called as ``progress(chunks,
+    total_bytes)`` and returns the chunk iterator it was given, wrapped (in a
+    progress bar, say): the decoder never knows how progress is shown.
     """
     with container.open_patch(patch) as source:
         out, dst = bytearray(source.header.result_size), 0
-        for chunk in _rebuild(base, source, history, workers):
+        for chunk in _chunks(base, source, history, workers, progress):
             out[dst:dst + len(chunk)] = chunk
             dst += len(chunk)
         if dst != len(out) or hashlib.sha256(out).digest() != _result_id(source.header):
@@ -512,7 +519,7 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
-                        workers: int | None = None) -> str:
+                        workers: int | None = None, progress=None) -> str:
     """Rebuild a net straight into ``output`` (gzip when it ends in ``.gz``).
 
     The rebuilt bytes are streamed to a temp file and hashed on the way; the
@@ -525,7 +532,7 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
         with atomic_file(output) as f:
             sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") \
                 if str(output).endswith(".gz") else f
-            for chunk in _rebuild(base, source, history, workers):
+            for chunk in _chunks(base, source, history, workers, progress):
                 digest.update(chunk)
                 sink.write(chunk)
             if digest.digest() != _result_id(source.header):

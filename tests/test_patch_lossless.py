@@ -67,3 +67,21 @@ def test_history_context_round_trips_and_is_required(run_nets):
     from lc0weights import MissingHistoryError
     with pytest.raises(MissingHistoryError):
         apply_patch(base, patch)
+
+
+def test_progress_hook_sees_every_rebuilt_byte(run_nets, tmp_path):
+    base, target = run_nets[3], run_nets[4]
+    patch = make_patch(base, target, verify=False)
+    seen = []
+
+    def progress(chunks, total):
+        seen.append(total)
+        for chunk in chunks:
+            seen.append(len(chunk))
+            yield chunk
+    rebuilt = apply_patch(base, patch, progress=progress)
+    assert seen[0] == len(target.raw) == sum(seen[1:]) == len(rebuilt)
+    from lc0weights.patch import apply_patch_to_file
+    out = tmp_path / "net.pb.gz"
+    assert apply_patch_to_file(base, patch, out) == target.id
+    assert Net.load(out).id == target.id

@@ -60,7 +60,7 @@ class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
 
 
-def _progress(chunks, total: int, initial: int, desc: str, enabled: bool):
+def progress_bar(chunks, total: int, initial: int, desc: str, enabled: bool = True):
     """Wrap a chunk iterator in a tqdm bar; plain iteration when not on a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield from chunks
@@ -205,7 +205,7 @@ class HttpSource:
             declared = r.headers.get("Content-Length")
             if r.status_code == 200 and declared and declared.isdigit() and int(declared) > state.size:
                 raise IntegrityError(f"{state.url}: server sends {declared} bytes, the index says {state.size}")
-            chunks = _progress(r.iter_content(CHUNK), state.size, state.received, desc, self.policy.progress)
+            chunks = progress_bar(r.iter_content(CHUNK), state.size, state.received, desc, self.policy.progress)
             with open(state.path, mode) as f:
                 for chunk in chunks:
                     state.transferred += len(chunk)

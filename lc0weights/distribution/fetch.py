@@ -148,8 +148,8 @@ def _follow(route, source, cache: NetCache) -> Net:
                 if isinstance(step, NetEntry):
                     current = _full_net(data, step)
                 else:
-                    current = checked_net(apply_patch(current, data), step.result,
-                                          f"patch {step.path}")
+                    current = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}"),
+                                          step.result, f"patch {step.path}")
             except Lc0WeightsError as e:
                 raise _StepFailed(step.path, e) from None
     return current
