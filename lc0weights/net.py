@@ -7,6 +7,7 @@ what is loaded is exactly what is saved.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -38,7 +39,7 @@ class Layer:
     span: LayerSpan
     encoding: int          # effective encoding (absent field -> LINEAR16)
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return max(0, self.span.params_end - self.span.params_start)
 
@@ -46,12 +47,12 @@ class Layer:
     def has_params(self) -> bool:
         return self.span.params_start >= 0
 
-    @property
+    @functools.cached_property
     def codable(self) -> bool:
         """True when the payload is whole elements of a known encoding."""
         return self.has_params and enc.is_codable(self.encoding, self.nbytes)
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
         size = enc.ELEMENT_SIZE.get(self.encoding)
         return self.nbytes // size if size and self.codable else 0

@@ -83,7 +83,8 @@ def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
     # In place, one float64 buffer: the same IEEE operations in the same order as
     # rint((b - lo) / (hi - lo) * 65535), so encoder and decoder agree bit for bit.
     x = base.astype(np.float64)
-    np.nan_to_num(x, copy=False, nan=lo, posinf=hi, neginf=lo)
+    if not np.isfinite(x).all():
+        np.nan_to_num(x, copy=False, nan=lo, posinf=hi, neginf=lo)
     x -= lo
     x /= hi - lo
     x *= 65535.0

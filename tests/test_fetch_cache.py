@@ -70,3 +70,17 @@ def test_fetch_an_unknown_net_is_one_clear_error(repo, tmp_path, capsys):
     code = main(["fetch", str(repo.root), "--cache", str(tmp_path), "--net", "0123456789abcdef"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "not in the repository index" in err[0]
+
+
+def test_work_folders_of_killed_fetches_are_cleaned_up_after_a_day(tmp_path):
+    import os
+    import time
+    from lc0weights.distribution.fetch import STALE_TEMP_SECONDS, _remove_stale_temp
+    old, fresh = tmp_path / ".fetch-old", tmp_path / ".fetch-live"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "step-0").write_bytes(b"partial")
+    past = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(old, (past, past))
+    _remove_stale_temp(tmp_path)
+    assert not old.exists() and fresh.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import shutil
 import tempfile
 import time
 import zlib
@@ -129,6 +130,19 @@ class _StepFailed(Lc0WeightsError):
         self.object_path = object_path
 
 
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+def _remove_stale_temp(root: Path) -> None:
+    """Delete work folders of fetches killed outright (a day old: no live fetch owns them)."""
+    for folder in Path(root).glob(".fetch-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _follow(route, source, cache: NetCache) -> Net:
     """Download and apply each step of ``route``; return the verified final net."""
     current = None
@@ -136,6 +150,7 @@ def _follow(route, source, cache: NetCache) -> Net:
         current = cache.load(route.start)
         if current is None:
             raise _BadBase(route.start)
+    _remove_stale_temp(cache.root)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache.root) as tmp:
         for i, step in enumerate(route.steps):
             where = Path(tmp) / f"step-{i}"
