@@ -52,6 +52,7 @@ def test_intra_patch_of_every_shared_net(path):
     rebuilt = apply_patch(None, patch)
     assert hashlib.sha256(rebuilt).hexdigest() == net.id
     assert read_patch_info(patch).base_id is None
+    assert len(patch) < 0.95 * path.stat().st_size, "a patch against no base beats the .pb.gz"
 
 
 def test_apply_ignores_a_base_for_an_intra_patch(run_nets):
