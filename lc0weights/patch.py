@@ -33,6 +33,9 @@ from .wire import find_skeleton_layers, read_varint
 WRITER = "lc0weights 0.1"
 MAX_RESULT_SIZE = 16 << 30
 DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
+# The context model wins on every sizeable layer of real runs; the baseline is
+# tried beside it only where it is cheap to try (small layers).
+BASELINE_TRIAL_LIMIT = 1 << 14
 
 
 # -- skeleton: the net's bytes with every layer payload cut out ----------------------
@@ -207,7 +210,7 @@ def _encode_layer(job):
                                   base_shift=base_layer.index - layer.index if paired else 0,
                                   quant_width=r.quant_width if r.quant_width > 1 else 0)
         info = ctx.info(layer, lp, base_layer if paired else None)
-        for codec_id in codecs:
+        for codec_id in _trials(codecs, len(r.values)):
             codec = get_codec(codec_id)
             data = codec.encode(r.values, info)
             if best is None or len(data) < len(best[1]):
@@ -217,6 +220,13 @@ def _encode_layer(job):
                 chosen.CopyFrom(lp)
                 best = (chosen, data, r.codes)
     return best
+
+
+def _trials(codecs: tuple, count: int) -> tuple:
+    """The codecs to try on a layer of ``count`` values (all of them when forced)."""
+    if len(codecs) > 1 and "cm1" in codecs and count > BASELINE_TRIAL_LIMIT:
+        return tuple(c for c in codecs if c != "varint-brotli")
+    return codecs
 
 
 def _config_bytes(codec) -> bytes:
