@@ -506,7 +506,7 @@ def _mismatch() -> VerificationError:
 
 
 def apply_patch(base: Net | None, patch, history: Net | None = None, *,
-                workers: int | None = None, progress=None) -> bytearray:
+                workers: int | None = None, progress=None, max_size: int | None = None) -> bytearray:
     """Rebuild the net a patch describes and check it against the promised id.
 
     ``patch`` is the patch's bytes or the path of a patch file. Returns the raw
@@ -517,8 +517,13 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     patch promised. ``progress``, if given, is called as ``progress(chunks,
     total_bytes)`` and returns the chunk iterator it was given, wrapped (in a
     progress bar, say): the decoder never knows how progress is shown.
+    ``max_size`` refuses a patch whose net would be larger (when the caller
+    knows the size to expect, say from a repository index).
     """
     with container.open_patch(patch) as source:
+        if max_size is not None and source.header.result_size > max_size:
+            raise PatchFormatError(f"the patch rebuilds a net of {source.header.result_size:,} bytes, "
+                                   f"more than the {max_size:,} expected")
         out, dst = bytearray(source.header.result_size), 0
         for chunk in _chunks(base, source, history, workers, progress):
             out[dst:dst + len(chunk)] = chunk

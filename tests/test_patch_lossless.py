@@ -86,3 +86,12 @@ def test_progress_hook_sees_every_rebuilt_byte(run_nets, tmp_path):
     out = tmp_path / "net.pb.gz"
     assert apply_patch_to_file(base, patch, out) == target.id
     assert Net.load(out).id == target.id
+
+
+def test_apply_refuses_a_net_larger_than_expected(run_nets):
+    from lc0weights import PatchFormatError
+    base, target = run_nets[0], run_nets[1]
+    patch = make_patch(base, target, codec="varint-brotli", verify=False)
+    assert Net(apply_patch(base, patch, max_size=len(target.raw))).id == target.id
+    with pytest.raises(PatchFormatError, match="more than"):
+        apply_patch(base, patch, max_size=len(target.raw) - 1)

@@ -18,11 +18,12 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
     return lc0weights.make_patch(base, target, tolerance=tolerance, codec=codec)
 
 
-def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding") -> bytes:
+def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",
+                max_size: int | None = None) -> bytes:
     """Rebuild a net, with a progress bar over the decoding when on a terminal."""
     import lc0weights
     from .download import progress_bar
-    return lc0weights.apply_patch(base, patch,
+    return lc0weights.apply_patch(base, patch, max_size=max_size,
                                   progress=lambda chunks, total: progress_bar(chunks, total, 0, desc))
 
 

@@ -105,7 +105,7 @@ def obtain(index, goals, source, cache: NetCache):
             held.discard(route.start)
             continue
         try:
-            return _follow(route, source, cache), route, fallbacks
+            return _follow(route, source, cache, index), route, fallbacks
         except _BadBase as e:
             held.discard(e.net_id)
             fallbacks.append(f"{route.describe()}: {e}")
@@ -143,7 +143,7 @@ def _remove_stale_temp(root: Path) -> None:
             pass
 
 
-def _follow(route, source, cache: NetCache) -> Net:
+def _follow(route, source, cache: NetCache, index) -> Net:
     """Download and apply each step of ``route``; return the verified final net."""
     current = None
     if route.start is not None:
@@ -163,7 +163,11 @@ def _follow(route, source, cache: NetCache) -> Net:
                 if isinstance(step, NetEntry):
                     current = _full_net(data, step)
                 else:
-                    current = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}"),
+                    # The rebuilt net is the size of its target (a lossy one too): refuse
+                    # a patch that declares more before anything is allocated for it.
+                    entry = index.net(step.target)
+                    current = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
+                                                      entry.raw_size if entry else None),
                                           step.result, f"patch {step.path}")
             except Lc0WeightsError as e:
                 raise _StepFailed(step.path, e) from None
