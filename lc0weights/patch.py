@@ -23,10 +23,10 @@ from . import container
 from . import encodings as enc
 from . import residuals as res
 from .codecs import LayerInfo, codec_ids, get_codec
-from .codecs.varint_brotli import decompress_limited, leb128, unleb128
+from .codecs.varint_brotli import decompress_limited, leb128
 from .errors import (MissingHistoryError, NetFormatError, PatchFormatError,
                      VerificationError, WrongBaseError)
-from .net import GZIP_LEVEL, Layer, Net, atomic_file, layer_role
+from .net import GZIP_LEVEL, Layer, Net, atomic_file
 from .proto import patch_pb2
 from .wire import find_skeleton_layers, read_varint
 
@@ -78,14 +78,17 @@ def decode_skeleton(section: patch_pb2.Section, data, size: int, base_stream) ->
             raise PatchFormatError("skeleton is coded against a base skeleton of another size")
         stream = _xor(stream, base_stream)
     view = memoryview(stream)
-    n, pos = read_varint(view, 0, len(view))
-    if n > size:
-        raise PatchFormatError("skeleton declares more cuts than it has bytes")
-    cuts, at = [], 0
-    for _ in range(n):
-        delta, pos = read_varint(view, pos, len(view))
-        at += delta
-        cuts.append(at)
+    try:
+        n, pos = read_varint(view, 0, len(view))
+        if n > size:
+            raise PatchFormatError("skeleton declares more cuts than it has bytes")
+        cuts, at = [], 0
+        for _ in range(n):
+            delta, pos = read_varint(view, pos, len(view))
+            at += delta
+            cuts.append(at)
+    except NetFormatError as e:
+        raise PatchFormatError(f"corrupt skeleton ({e})") from None
     body = view[pos:]
     if cuts and cuts[-1] > len(body):
         raise PatchFormatError("skeleton cut offset past its end")
