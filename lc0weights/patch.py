@@ -296,7 +296,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
         tolerance=float(tolerance or 0.0), writer=WRITER,
         history_id=bytes.fromhex(history.id) if history is not None else b"")
     stream = skeleton_stream(target)
-    skeleton_codec, skeleton_data = encode_skeleton(stream, skeleton_stream(base) if base else None)
+    skeleton_codec, skeleton_data = encode_skeleton(stream, skeleton_stream(base) if base is not None else None)
     header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
     header.skeleton_size = len(stream)
 
