@@ -81,7 +81,7 @@ def test_corrupt_but_resealed_patches_fail_cleanly():
     for tolerance in (None, 2 ** -12):
         patch = make_patch(base, target, tolerance, verify=False)
         expected = bytes(apply_patch(base, patch))
-        for i in range(300):
+        for _ in range(300):
             data = bytearray(patch[:-container.CHECKSUM_SIZE])
             pos = int(rng.integers(0, len(data)))
             data[pos] ^= 1 << int(rng.integers(0, 8))

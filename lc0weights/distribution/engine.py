@@ -1,35 +1,28 @@
-"""The patch functions the distribution layer uses, looked up when first needed.
+"""The patch functions the distribution layer uses, in one place.
 
-Keeping the lookup in one place lets the transport, index and routing code be
-used (and tested) on their own, and gives one spot that turns a rebuilt net
-into a checked :class:`~lc0weights.net.Net`.
+It also gives the one spot that turns a rebuilt net into a checked
+:class:`~lc0weights.net.Net`.
 """
 from __future__ import annotations
 
 import hashlib
 
+from .. import patch as _patch
 from ..errors import VerificationError
 from ..net import Net
+from .download import progress_bar
 
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
                codec: str | None = None) -> bytes:
-    import lc0weights
-    return lc0weights.make_patch(base, target, tolerance=tolerance, codec=codec)
+    return _patch.make_patch(base, target, tolerance=tolerance, codec=codec)
 
 
 def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",
                 max_size: int | None = None) -> bytes:
     """Rebuild a net, with a progress bar over the decoding when on a terminal."""
-    import lc0weights
-    from .download import progress_bar
-    return lc0weights.apply_patch(base, patch, max_size=max_size,
-                                  progress=lambda chunks, total: progress_bar(chunks, total, 0, desc))
-
-
-def read_patch_info(patch: bytes):
-    import lc0weights
-    return lc0weights.read_patch_info(patch)
+    return _patch.apply_patch(base, patch, max_size=max_size,
+                              progress=lambda chunks, total: progress_bar(chunks, total, 0, desc))
 
 
 def checked_net(raw: bytes, expected_id: str, what: str) -> Net:
