@@ -19,21 +19,10 @@ from .container import MAGIC as PATCH_MAGIC
 from .errors import NetFormatError
 from .net import Net, atomic_write
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
+from .settings import parse_tolerance
 from . import encodings as enc
 
 NO_BASE = "none"
-
-
-def parse_tolerance(text: str) -> float:
-    """``2^-17``, ``2**-17`` or a decimal such as ``7.6e-6``."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:\^|\*\*)\s*(-?\d+)\s*", text)
-    try:
-        value = float(m.group(1)) ** int(m.group(2)) if m else float(text)
-    except (ValueError, OverflowError):
-        value = float("nan")
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"tolerance must be a positive number like 2^-17, not {text!r}")
-    return value
 
 
 def _load_net(path: str | None) -> Net | None:

@@ -7,6 +7,9 @@ import sys
 
 from lc0weights.cli import run_command
 from lc0weights.errors import Lc0WeightsError
+from lc0weights.settings import parse_duration, parse_tolerance
+
+from .repository import DEFAULT_EXPIRES, ROOT_EXPIRES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,11 +18,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def signing_options(p):
+        p.add_argument("--key", metavar="KEYFILE",
+                       help="online signing key (from 'keygen'); every metadata document written is signed "
+                            "with it. Without it the repository is unsigned")
+        p.add_argument("--expires", type=parse_duration, default=DEFAULT_EXPIRES.total_seconds(),
+                       metavar="DURATION", help="how long signed metadata stays valid (default: 7d)")
+
     def publishing_options(p):
         p.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
-        p.add_argument("--tolerance", type=float, metavar="T",
-                       help="also publish a lossy chain within T of every weight")
+        p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
+                       help="also publish a lossy chain within T of every weight (e.g. 2^-10)")
         p.add_argument("--codec", help="force one codec id for every layer (default: smallest)")
+        signing_options(p)
+
+    k = sub.add_parser("keygen", help="make a new Ed25519 signing key; print its public key",
+                       description="Write a new private key to KEYFILE (mode 0600; an existing file is "
+                                   "never overwritten) and print the public key clients pass to --trust.")
+    k.add_argument("keyfile", metavar="KEYFILE")
+    k.set_defaults(func=_keygen)
+
+    c = sub.add_parser("certify", help="sign a new root.json naming the online signing keys",
+                       description="With the (offline) root key, write a new version of root.json that "
+                                   "certifies the given online keys. Run 'resign' with an online key after.")
+    c.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
+    c.add_argument("--root-key", required=True, metavar="KEYFILE", help="the root private key")
+    c.add_argument("--online-key", required=True, action="append", metavar="PUBLIC_KEY",
+                   help="an online public key (ed25519:... or @FILE); repeat for several")
+    c.add_argument("--expires", type=parse_duration, default=ROOT_EXPIRES.total_seconds(), metavar="DURATION",
+                   help="how long the root stays valid (default: 365d)")
+    c.set_defaults(func=_certify)
+
+    g = sub.add_parser("resign", help="sign the timestamp again with a fresh expiry",
+                       description="Write a new timestamp version naming the same nets; run it from cron "
+                                   "when nothing publishes for days, or after 'certify'.")
+    g.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
+    signing_options(g)
+    g.set_defaults(func=_resign)
 
     p = sub.add_parser("publish", help="add nets to the repository, in order")
     publishing_options(p)
@@ -42,14 +77,57 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("prune", help="keep only the newest nets")
     r.add_argument("--repo", required=True, metavar="DIR")
     r.add_argument("--keep", type=int, required=True, metavar="N")
+    signing_options(r)
     r.set_defaults(func=_prune)
     return parser
+
+
+def _signing(args):
+    """The signing key and expiry the command was given, loaded before any work is done."""
+    import datetime as dt
+
+    from lc0weights.distribution.keys import SigningKey
+    key = SigningKey.load(args.key) if args.key else None
+    return key, dt.timedelta(seconds=args.expires)
+
+
+def _keygen(args) -> int:
+    from lc0weights.distribution.keys import SigningKey
+    key = SigningKey.generate()
+    key.save(args.keyfile)
+    print(key.public.text)
+    return 0
+
+
+def _certify(args) -> int:
+    import datetime as dt
+
+    from lc0weights.distribution.keys import SigningKey, read_trust
+
+    from .repository import Repository
+    root_key = SigningKey.load(args.root_key)
+    online = [read_trust(k) for k in args.online_key]
+    root = Repository.create(args.repo).certify(root_key, online, dt.timedelta(seconds=args.expires))
+    print(f"root.json version {root.version}: {len(online)} online key(s), expires {root.expires:%Y-%m-%d}; "
+          "now run 'lc0weights-server resign --key ONLINE_KEY'")
+    return 0
+
+
+def _resign(args) -> int:
+    from .repository import Repository
+    key, expires = _signing(args)
+    repo = Repository.existing(args.repo, key, expires)
+    with repo.lock():
+        ts = repo.resign()
+    print(f"timestamp version {ts.version}, expires {ts.expires:%Y-%m-%d %H:%M} UTC")
+    return 0
 
 
 def _publish(args) -> int:
     from .publish import publish
     from .repository import Repository
-    for result in publish(Repository.create(args.repo), args.nets, args.tolerance, args.codec):
+    key, expires = _signing(args)
+    for result in publish(Repository.create(args.repo, key, expires), args.nets, args.tolerance, args.codec):
         state = f"{len(result.patches)} patches" if result.new else "already published"
         sizes = ", ".join(f"{p.size:,}" for p in result.patches)
         print(f"{result.net_id}  {result.source}: {state}{f' ({sizes} bytes)' if sizes else ''}")
@@ -59,7 +137,8 @@ def _publish(args) -> int:
 def _watch(args) -> int:
     from .repository import Repository
     from .watch import Watcher
-    watcher = Watcher(args.incoming, Repository.create(args.repo), args.interval,
+    key, expires = _signing(args)
+    watcher = Watcher(args.incoming, Repository.create(args.repo, key, expires), args.interval,
                       args.tolerance, args.codec)
     if args.once:
         watcher.run_once()
@@ -82,7 +161,8 @@ def _prune(args) -> int:
     from .repository import Repository
     if args.keep < 1:
         raise Lc0WeightsError("--keep must be at least 1")
-    report = prune(Repository(args.repo), args.keep)
+    key, expires = _signing(args)
+    report = prune(Repository.existing(args.repo, key, expires), args.keep)
     print(f"removed {report.nets_removed} nets, {report.patches_removed} patches; "
           f"deleted {report.files_deleted} files")
     return 0

@@ -1,9 +1,9 @@
 """``publish``: add nets to a repository, with patches that let clients catch up cheaply.
 
 Each new net is stored whole and gets a patch from its predecessor plus skip
-patches from 2, 4, 8 and 16 nets back, so a client any number of nets behind
-needs only a few hops. With a tolerance, a lossy chain is published too: each
-lossy patch is made against the lossy net clients actually rebuild (closed
+patches from 2, 4, 8 and 16 nets back and from the skip list's powers of two,
+so a client any number of nets behind needs only a few hops. With a
+tolerance, a lossy chain is published too: each lossy patch is made against the lossy net clients actually rebuild (closed
 loop), so errors never add up along the chain. Publishing a net the
 repository already knows does nothing.
 """
@@ -15,19 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lc0weights.distribution.cache import NetCache
-from lc0weights.distribution.download import LocalSource
 from lc0weights.distribution.engine import apply_patch, checked_net, make_patch
 from lc0weights.distribution.errors import RepositoryError
-from lc0weights.distribution.fetch import obtain
 from lc0weights.distribution.index import NetEntry, PatchEntry, net_object_path, patch_object_path
+from lc0weights.distribution.metadata import Record
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields
 
-from .repository import Repository, utc_now
+from .migrate import migrate_if_needed
+from .repository import Repository, link_distances, utc_text_now
 
 log = logging.getLogger(__name__)
 SKIPS = (1, 2, 4, 8, 16)
+MAX_POWER_SKIP = 1024      # further back, a patch costs about what the net does
 
 
 @dataclass
@@ -69,67 +70,91 @@ def publish(repo: Repository, paths, tolerance: float | None = None,
     return out
 
 
+def patch_distances(seq: int, skips=SKIPS) -> list[int]:
+    """How far back net ``seq`` gets patches from: the skips, and the skip list's powers of two.
+
+    The powers (every 2^j dividing ``seq``, up to MAX_POWER_SKIP) cost one
+    extra patch per 16 nets on average and give a client far behind a route
+    of O(log distance) patches along the same links it reads metadata by.
+    """
+    return [d for d in link_distances(seq, skips) if d in skips or d <= MAX_POWER_SKIP]
+
+
 def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 tolerance: float | None = None, codec: str | None = None,
                 skips=SKIPS) -> Published:
-    """Publish one net: its objects first, then the index naming them."""
+    """Publish one net: its objects and record first, then the signed timestamp naming them."""
     with repo.lock():
-        index = repo.read_index()
-        if index.known(net.id):
+        migrate_if_needed(repo)
+        if repo.known(net.id):
             log.info("%s (%s) is already published", source or net.id[:16], net.id[:16])
             return Published(net.id, source, False)
-        log.info("publishing %s as %s", source or "net", net.id)
+        ts = repo.read_timestamp()
+        seq = 0 if ts is None or ts.latest is None else ts.latest.seq + 1
+        horizon = 0 if ts is None else ts.horizon
+        log.info("publishing %s as net %d, %s", source or "net", seq, net.id)
         entry = NetEntry(id=net.id, path=net_object_path(net.id), size=len(gz),
                          sha256=hashlib.sha256(gz).hexdigest(), raw_size=len(net.raw),
-                         training_steps=training_steps(net.raw), published=utc_now(),
-                         predecessor=index.latest, source=source[:256])
+                         training_steps=training_steps(net.raw), published=utc_text_now(),
+                         predecessor=None, source=source[:256])
         repo.write_object(entry.path, gz)
 
         patches = []
-        for back in sorted(set(skips)):
-            if back <= len(index.nets):
-                base_entry = index.nets[-back]
-                base = Net.load(repo.object_file(base_entry.path))
-                patches.append(_store_patch(repo, base, net, make_patch(base, net, codec=codec)))
-        if tolerance is not None and index.latest is not None:
-            patches.append(_lossy_patch(repo, index, net, tolerance, codec))
+        for back in patch_distances(seq, skips):
+            if seq - back >= horizon:
+                base = Net.load(repo.object_file(net_object_path(repo.net_at(seq - back))))
+                data = make_patch(base, net, codec=codec)
+                if len(data) < len(gz):             # never a patch dearer than the net itself
+                    patches.append(_store_patch(repo, base, net, data, seq - back))
+        if tolerance is not None and seq > horizon:
+            lossy = _lossy_patch(repo, seq, net, tolerance, codec)
+            if lossy is not None:
+                patches.append(lossy)
 
-        index.nets.append(entry)
-        index.patches.extend(patches)
-        index.latest = net.id
-        repo.commit(index)
+        links = [repo.link_to(seq - d) for d in link_distances(seq) if seq - d >= horizon]
+        repo.add_net(Record(repository=repo.repository_id(), seq=seq, net=entry,
+                            patches=patches, links=links))
         for p in patches:
             log.info("  patch %s -> %s: %d bytes (%s)", p.base[:8], p.result[:8], p.size, p.mode)
         return Published(net.id, source, True, patches)
 
 
-def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, result: str | None = None,
-                 tolerance: float | None = None) -> PatchEntry:
+def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, base_seq: int,
+                 result: str | None = None, tolerance: float | None = None) -> PatchEntry:
     sha = hashlib.sha256(data).hexdigest()
     entry = PatchEntry(base=base.id, target=target.id, result=result or target.id,
                        path=patch_object_path(sha), size=len(data), sha256=sha,
-                       mode="lossless" if tolerance is None else "tolerance", tolerance=tolerance)
+                       mode="lossless" if tolerance is None else "tolerance", tolerance=tolerance,
+                       base_seq=base_seq)
     repo.write_object(entry.path, data)
     return entry
 
 
-def _lossy_patch(repo: Repository, index, net: Net, tolerance: float, codec) -> PatchEntry:
-    """Next link of the lossy chain, made against the lossy net clients hold (closed loop)."""
-    heads = index.lossy_results(index.latest, tolerance)
+def _lossy_patch(repo: Repository, seq: int, net: Net, tolerance: float, codec) -> PatchEntry | None:
+    """Next link of the lossy chain, made against the lossy net clients hold (closed loop).
+
+    The lossy net the previous link rebuilt is kept in ``.state/lossy``; when
+    it is gone (or the chain never started) the chain starts again from the
+    exact predecessor, which every client following exactly also holds.
+    """
+    previous = repo.read_record(seq - 1)
+    heads = [p.result for p in previous.patches if p.lossy and p.tolerance == tolerance]
     lossy_cache = NetCache(repo.state_dir / "lossy")
-    if heads:
-        base, _route, failures = obtain(index, {heads[-1]}, LocalSource(repo.root), lossy_cache)
-        if base is None:
-            raise RepositoryError(f"cannot rebuild the lossy net {heads[-1][:16]}...: {failures}")
-    else:  # the chain starts from the exact predecessor
-        base = Net.load(repo.object_file(index.net(index.latest).path))
+    base = lossy_cache.load(heads[-1]) if heads else None
+    if base is None:
+        if heads:
+            log.warning("lossy net %s... is not in %s; restarting the lossy chain from the exact net",
+                        heads[-1][:16], lossy_cache.root)
+        base = Net.load(repo.object_file(previous.net.path))
     data = make_patch(base, net, tolerance=tolerance, codec=codec)
     try:
         rebuilt = apply_patch(base, data)
     except Lc0WeightsError as e:
         raise RepositoryError(f"the lossy patch does not apply to its own base: {e}") from None
     result = checked_net(rebuilt, hashlib.sha256(rebuilt).hexdigest(), "lossy net")
-    lossy_cache.store(result)           # publisher-private: the next link starts from it
-    for held in lossy_cache.held_ids() - {result.id, base.id}:
+    if result.id == net.id:
+        return None                       # the tolerance changed nothing: the exact patches serve
+    lossy_cache.store(result)             # publisher-private: the next link starts from it
+    for held in lossy_cache.held_ids() - {result.id}:
         lossy_cache.file_for(held).unlink(missing_ok=True)
-    return _store_patch(repo, base, net, data, result=result.id, tolerance=tolerance)
+    return _store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)

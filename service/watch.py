@@ -91,10 +91,19 @@ class Watcher:
         time.sleep(self.interval)
         return first + self.poll()
 
+    def keep_signed(self) -> None:
+        """Re-sign the timestamp when half its validity has passed, even if no net arrives."""
+        repo = self.repo
+        if repo.key is not None and repo.expires_soon(repo.expires / 2):
+            with repo.lock():
+                ts = repo.resign()
+            log.info("re-signed the timestamp: version %d, expires %s", ts.version, ts.expires)
+
     def run(self, stop=None) -> None:
         log.info("watching %s, publishing into %s", self.incoming, self.repo.root)
         while stop is None or not stop.is_set():
             try:
+                self.keep_signed()
                 self.poll()
             except Lc0WeightsError as e:
                 log.error("publish failed, will retry: %s", e)

@@ -1,6 +1,7 @@
 """Helpers for distribution tests: small published repositories and a fault-injecting server."""
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -69,6 +70,8 @@ class FaultyHandler(RepositoryHandler):
         fault = self._next_fault(path)
         if path == "/index.json" and self.index_body is not None and fault == "ok":
             return self._raw(200, self.index_body)
+        if fault == "404":
+            return self._raw(404, b"not here")
         file = self._resolve()
         data = file.read_bytes() if file else b""
         if fault == "500":
@@ -122,7 +125,27 @@ def copy_into_cache(net_path: Path, cache: Path, net_id: str) -> Path:
     return dest
 
 
+TRUST_STATE = ".lc0weights-trust"      # what a client remembers of a repository: not a leftover
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temp or partial files anywhere under ``folder`` (there must be none)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.name.startswith(".") or p.name.endswith((".tmp", ".part")))
+                  if TRUST_STATE not in p.parts
+                  and (p.name.startswith(".") or p.name.endswith((".tmp", ".part"))))
+
+
+def cache_files(folder: Path) -> list[str]:
+    """The names in a cache folder, the client's trust state aside."""
+    return sorted(p.name for p in folder.iterdir() if p.name != TRUST_STATE)
+
+
+def legacy_index(repo) -> dict:
+    """The repository as a schema-1 ``index.json`` document (what older publishers wrote)."""
+    return json.loads(repo.read_index().to_json())
+
+
+def legacy_handler(doc: dict, **attrs):
+    """A server that hides the signed metadata and serves ``doc`` as a schema-1 index."""
+    faults = {"/timestamp.json": ["always:404"], **attrs.pop("faults", {})}
+    return faulty_handler(index_body=json.dumps(doc).encode(), faults=faults, **attrs)

@@ -29,7 +29,9 @@ def test_index_round_trips_through_json():
 def test_resolve_latest_and_prefixes():
     index = sample_index()
     assert index.resolve("latest") == B
-    assert index.resolve(A[:12]) == A
+    assert index.resolve(A[:16]) == A
+    with pytest.raises(RepositoryIndexError):
+        index.resolve(A[:15])       # 60 bits: too short to resist a brute-forced collision
     with pytest.raises(RepositoryIndexError):
         index.resolve("f" * 64)
     with pytest.raises(RepositoryIndexError):

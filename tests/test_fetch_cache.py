@@ -55,13 +55,13 @@ def test_a_cached_net_that_does_not_match_its_name_is_not_used(repo, ids, tmp_pa
     assert leftovers(cache) == []
 
 
-def test_holding_the_wanted_net_downloads_only_the_index(repo, ids, tmp_path):
+def test_holding_the_wanted_net_downloads_only_metadata(repo, ids, tmp_path):
     copy_into_cache(run_paths()[1], tmp_path, ids[1])
     out = tmp_path / "out" / "net.pb.gz"
     out.parent.mkdir()
     result = fetch(str(repo.root), cache_dir=tmp_path, out=out, policy=POLICY)
     assert result.route == "already held" and result.patches == 0
-    assert result.bytes_downloaded == len(repo.index_path.read_bytes())
+    assert result.bytes_downloaded == result.metadata_bytes < 4096
     assert Net.load(out).id == ids[1]
 
 
@@ -69,7 +69,8 @@ def test_fetch_an_unknown_net_is_one_clear_error(repo, tmp_path, capsys):
     from lc0weights.cli import main
     code = main(["fetch", str(repo.root), "--cache", str(tmp_path), "--net", "0123456789abcdef"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "not in the repository index" in err[0]
+    assert code != 0 and err[-1].startswith("lc0weights: error:") and "not in the repository" in err[-1]
+    assert all(line.startswith(("warning:", "lc0weights: error:")) for line in err)
 
 
 def test_work_folders_of_killed_fetches_are_cleaned_up_after_a_day(tmp_path):

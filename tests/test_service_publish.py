@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net, max_error
-from lc0weights.distribution import check_repository, fetch, parse_index
+from lc0weights.distribution import check_repository, fetch
 from service.prune import prune
 from service.publish import publish, training_steps
 from service.repository import Repository
@@ -78,20 +78,22 @@ def test_lossy_chain_is_closed_loop_and_within_tolerance(tmp_path):
     assert exact.net_id == index.latest                              # exact unless asked
 
 
-def test_crash_between_objects_and_index_leaves_a_consistent_repository(tmp_path, monkeypatch):
+def test_crash_between_objects_and_timestamp_leaves_a_consistent_repository(tmp_path, monkeypatch):
     repo = Repository.create(tmp_path / "repo")
     paths = run_paths()[:3]
     publish(repo, paths[:2], codec=FAST_CODEC)
-    before = repo.index_path.read_bytes()
+    before = (repo.root / "timestamp.json").read_bytes()
 
-    def crash(self, index):
+    def crash(self, latest, horizon):
         raise KeyboardInterrupt("power cut")
     monkeypatch.setattr(Repository, "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         publish(repo, paths[2:], codec=FAST_CODEC)
     monkeypatch.undo()
 
-    assert repo.index_path.read_bytes() == before        # objects may exist, the index is untouched
+    # Objects, the record and the sequence line may exist; the timestamp, the commit point, is untouched.
+    assert (repo.root / "timestamp.json").read_bytes() == before
+    assert len(repo.read_index().nets) == 2
     assert_consistent(repo)
     publish(repo, paths[2:], codec=FAST_CODEC)           # the restart publishes it once
     index = assert_consistent(repo)
@@ -150,8 +152,7 @@ def test_watcher_killed_mid_publish_then_restarted(tmp_path):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:      # wait until it is busy with the second net
-            index = root / "index.json"
-            if index.exists() and len(parse_index(index.read_bytes()).nets) >= 2:
+            if (root / "timestamp.json").exists() and len(Repository(root).read_index().nets) >= 2:
                 break
             time.sleep(0.02)
         time.sleep(0.3)                          # somewhere inside the next publish
@@ -179,7 +180,7 @@ def test_prune_keeps_the_newest_nets_and_never_republishes_old_ones(tmp_path):
     index = assert_consistent(repo)
     assert [n.id for n in index.nets] == ids(paths[3:])
     assert len(index.patches) == 1 and report.nets_removed == 3 and report.files_deleted >= 3
-    referenced = {e.path for e in index.nets + index.patches}
+    referenced = {e.path for e in index.nets + index.patches} | {f"records/{n.id}.json" for n in index.nets}
     assert set(repo.stored_objects()) == referenced
     assert set(index.retired) == set(ids(paths[:3]))
 
@@ -200,4 +201,4 @@ def test_server_cli_reports_errors_on_one_line(tmp_path):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lc0weights-server: error:") and "gzip" in lines[0]
-    assert not (tmp_path / "r" / "index.json").exists()
+    assert not (tmp_path / "r" / "timestamp.json").exists()

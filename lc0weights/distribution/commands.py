@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import Lc0WeightsError
+from ..settings import config_path, parse_tolerance, setting
 from .download import TransferPolicy
 
 
@@ -12,13 +14,17 @@ def add_commands(subparsers) -> None:
         "fetch", help="get a published net, downloading as few bytes as possible",
         description="Bring the local cache up to a published net: patches from a net the cache "
                     "already holds when that is cheaper, a full download otherwise.")
-    p.add_argument("url", metavar="URL", help="repository URL (http://...) or repository directory")
-    p.add_argument("--net", default="latest", help="'latest' (default) or a net id (8+ hex digits)")
-    p.add_argument("--cache", metavar="DIR", help="cache folder (default: the user cache folder)")
+    p.add_argument("url", metavar="URL", nargs="?",
+                   help="repository URL (http://...) or repository directory (default: $LC0WEIGHTS_URL "
+                        "or 'url' in the config file)")
+    p.add_argument("--net", default="latest", help="'latest' (default) or a net id (16+ hex digits)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="cache folder (default: $LC0WEIGHTS_CACHE, the config file, else the user cache folder)")
+    add_trust_option(p)
     p.add_argument("-o", "--output", metavar="OUT", help="also write the net here (.pb.gz)")
     p.add_argument("--client-layout", action="store_true",
                    help="keep the cache as the training client does: gzip files named by net id")
-    p.add_argument("--tolerance", type=float, metavar="T",
+    p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
                    help="accept a published lossy net within T of every weight")
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="retries per download")
@@ -28,17 +34,40 @@ def add_commands(subparsers) -> None:
     c = subparsers.add_parser(
         "check", help="re-apply every published patch and verify every net id",
         description="Verify a published repository: every net id, every patch, every tolerance.")
-    c.add_argument("url", metavar="REPO_DIR_OR_URL")
+    c.add_argument("url", metavar="REPO_DIR_OR_URL", nargs="?",
+                   help="repository URL or directory (default: $LC0WEIGHTS_URL or the config file)")
+    add_trust_option(c)
     c.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
 
 
+def add_trust_option(p) -> None:
+    p.add_argument("--trust", metavar="KEY",
+                   help="the repository's public key, as 'lc0weights-server keygen' printed it "
+                        "(ed25519:...), or @FILE holding it; default: $LC0WEIGHTS_TRUST or 'trust' in the "
+                        "config file. Without one, nothing is authenticated")
+
+
+def client_settings(args):
+    """Fill url, cache and trust from the environment or config file when not given."""
+    args.url = setting("url", args.url)
+    if not args.url:
+        raise Lc0WeightsError("no repository given: pass URL, or set LC0WEIGHTS_URL or 'url' in "
+                              f"{config_path()}")
+    if hasattr(args, "cache"):
+        args.cache = setting("cache", args.cache)
+    args.trust = setting("trust", args.trust)
+    return args
+
+
 def run_fetch(args) -> int:
     from .fetch import fetch
+    client_settings(args)
     policy = TransferPolicy(timeout=args.timeout, retries=max(0, args.retries))
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
-                   client_layout=args.client_layout, tolerance=args.tolerance, policy=policy)
+                   client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
+                   trust=args.trust)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
@@ -53,13 +82,17 @@ def run_fetch(args) -> int:
 
 def run_check(args) -> int:
     from .check import check_repository
-    report = check_repository(args.url, TransferPolicy(timeout=args.timeout, progress=False))
+    client_settings(args)
+    report = check_repository(args.url, TransferPolicy(timeout=args.timeout, progress=False), trust=args.trust)
     if args.json:
         print(json.dumps({"nets": report.nets, "patches": report.patches,
-                          "failures": report.failures}, indent=1))
+                          "failures": report.failures, "kinds": report.kinds}, indent=1))
     else:
-        for failure in report.failures:
+        for failure in report.first_of_each_kind():
             print(f"FAIL {failure}")
+        if len(report.failures) > len(report.kinds):
+            print(f"({len(report.failures)} failures in all: "
+                  + ", ".join(f"{n} {kind}" for kind, n in report.kinds.items()) + ")")
         state = "ok" if report.ok else f"{len(report.failures)} failure(s)"
         print(f"checked {report.nets} nets and {report.patches} patches: {state}")
     return 0 if report.ok else 1

@@ -56,6 +56,16 @@ class Download:
     transferred: int = 0          # body bytes read off the wire, over all attempts
 
 
+@dataclass
+class DocumentReply:
+    """A top document as the source answered: its bytes, or 'not modified' since ``etag``."""
+
+    data: bytes | None
+    etag: str | None
+    not_modified: bool = False
+    transferred: int = 0
+
+
 class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
 
@@ -107,6 +117,40 @@ class HttpSource:
     def _pause(self, attempt: int) -> None:
         p = self.policy
         time.sleep(min(p.max_backoff, p.backoff * (2 ** (attempt - 1))))
+
+    # -- top documents --------------------------------------------------------
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply | None:
+        """GET a small top document (conditionally on ``etag``); None when the server has none (404)."""
+        url = self.url(name)
+        last = None
+        headers = {"Cache-Control": "no-cache"}
+        if etag:
+            headers["If-None-Match"] = etag
+        for attempt in range(self.policy.retries + 1):
+            if attempt:
+                self._pause(attempt)
+            try:
+                with self.session.get(url, timeout=self.policy.timeout, stream=True, headers=headers) as r:
+                    if r.status_code in _RETRY_STATUS:
+                        last = f"HTTP {r.status_code}"
+                        continue
+                    if r.status_code == 304 and etag:
+                        return DocumentReply(None, etag, True, 0)
+                    if r.status_code == 404:
+                        return None
+                    if r.status_code != 200:
+                        raise DownloadError(f"{url}: HTTP {r.status_code}; is this an lc0weights repository?")
+                    data = bytearray()
+                    for chunk in r.iter_content(CHUNK):
+                        data += chunk
+                        if len(data) > max_bytes:
+                            self.bytes_downloaded += len(data)
+                            raise DownloadError(f"{url}: larger than {max_bytes} bytes, refused")
+                    self.bytes_downloaded += len(data)
+                    return DocumentReply(bytes(data), r.headers.get("ETag"), False, len(data))
+            except requests.RequestException as e:
+                last = _describe(e)
+        raise DownloadError(f"{url}: cannot read it after {self.policy.retries + 1} attempts ({last})")
 
     # -- the index ------------------------------------------------------------
     def read_index(self) -> bytes:
@@ -253,6 +297,19 @@ class LocalSource:
         if not full.is_relative_to(self.root):
             raise DownloadError(f"{path}: outside the repository {self.root}")
         return full
+
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply | None:
+        f = self._file(name)
+        try:
+            if f.stat().st_size > max_bytes:
+                raise DownloadError(f"{f}: larger than {max_bytes} bytes, refused")
+            data = f.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise DownloadError(f"{f}: cannot read ({e.strerror})") from None
+        self.bytes_downloaded += len(data)
+        return DocumentReply(data, None, False, len(data))
 
     def read_index(self) -> bytes:
         f = self._file(INDEX_NAME)

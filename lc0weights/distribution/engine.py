@@ -19,9 +19,9 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
 
 
 def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",
-                max_size: int | None = None) -> bytes:
+                max_size: int | None = None, history: Net | None = None) -> bytes:
     """Rebuild a net, with a progress bar over the decoding when on a terminal."""
-    return _patch.apply_patch(base, patch, max_size=max_size,
+    return _patch.apply_patch(base, patch, history=history, max_size=max_size,
                               progress=lambda chunks, total: progress_bar(chunks, total, 0, desc))
 
 

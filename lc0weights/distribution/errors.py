@@ -20,3 +20,11 @@ class NoRouteError(Lc0WeightsError):
 
 class RepositoryError(Lc0WeightsError):
     """A publishing repository cannot be used (busy, unwritable, inconsistent)."""
+
+
+class KeyFileError(Lc0WeightsError):
+    """A key string or key file cannot be used: fix the argument or the file."""
+
+
+class UntrustedError(Lc0WeightsError):
+    """Repository metadata failed a trust check (signature, version, expiry, hash): refuse it."""

@@ -25,6 +25,7 @@ from .engine import apply_patch, checked_net
 from .errors import IntegrityError, NoRouteError
 from .index import NetEntry, parse_index
 from .route import cheapest_route
+from .updater import Updater
 
 log = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 6
@@ -39,7 +40,8 @@ class FetchResult:
     route: str                       # what was downloaded, e.g. "abcd1234->ef567890"
     start: str | None                # the held net the route began from
     patches: int
-    bytes_downloaded: int            # every byte read from the source, index included
+    bytes_downloaded: int            # every byte read from the source, metadata included
+    metadata_bytes: int              # of which metadata (timestamp, root, records, or a schema-1 index)
     full_size: int                   # size of the full .pb.gz of the target
     seconds: float
     fallbacks: list[str] = field(default_factory=list)  # routes that failed, with why
@@ -50,17 +52,22 @@ class FetchResult:
 
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
-          policy: TransferPolicy | None = None, source=None) -> FetchResult:
-    """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache."""
+          policy: TransferPolicy | None = None, source=None, trust=None) -> FetchResult:
+    """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
+
+    ``trust`` pins the repository's root key (``ed25519:...``, ``@FILE`` or a
+    PublicKey): every document and object is then checked against signed
+    metadata. Without it nothing is authenticated, and a warning says so.
+    """
     started = time.monotonic()
     source = source or open_source(location, policy)
-    index = parse_index(source.read_index())
-    target = index.resolve(net)
+    cache = NetCache(cache_dir, client_layout)
+    index, target = read_catalog(source, trust, cache, net, tolerance)
+    metadata_bytes = source.bytes_downloaded
     goals = {target}
     if tolerance is not None:
         goals |= {p.result for p in index.patches
                   if p.lossy and p.target == target and p.tolerance <= tolerance}
-    cache = NetCache(cache_dir, client_layout)
     cache.root.mkdir(parents=True, exist_ok=True)
 
     result, route, fallbacks = obtain(index, goals, source, cache)
@@ -68,17 +75,35 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                            f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
 
-    path = cache.file_for(result.id)
-    if not path.exists():
-        path = cache.store(result)
+    path = cache.store(result)          # replaces whatever sat under the name, never writes through it
     if out is not None:
         write_net_file(out, result.raw)
     target_entry = index.net(target)
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
         route=route.describe(), start=route.start, patches=route.patch_count,
-        bytes_downloaded=source.bytes_downloaded, full_size=target_entry.size,
+        bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes, full_size=target_entry.size,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
+
+
+def trust_state_dir(cache: NetCache) -> Path:
+    return cache.root / ".lc0weights-trust"
+
+
+def read_catalog(source, trust, cache: NetCache, net: str = "latest", tolerance=None):
+    """The verified nets and patches a route to ``net`` may use, and that net's id.
+
+    A repository with signed metadata goes through the :class:`Updater`'s
+    checks; a schema-1 ``index.json`` is read only when no key is pinned.
+    """
+    updater = Updater(source, trust, trust_state_dir(cache))
+    try:
+        if updater.refresh() is not None:
+            return updater.catalog(net, cache.held_ids(), tolerance)
+    finally:
+        updater.close()
+    index = parse_index(source.read_index())
+    return index, index.resolve(net)
 
 
 def obtain(index, goals, source, cache: NetCache):

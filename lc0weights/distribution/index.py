@@ -10,22 +10,32 @@ index with one :class:`RepositoryIndexError` before any of it is used.
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass, field
 
 from .errors import RepositoryIndexError
+from .strict import MAX_ENTRIES, MAX_OBJECT_BYTES, Strict, show
 
 SCHEMA = 1
 FORMAT = "lc0weights-repository"
 INDEX_NAME = "index.json"
 MAX_INDEX_BYTES = 64 << 20          # a generous bound; real indexes are kilobytes
-MAX_OBJECT_BYTES = 16 << 30         # no lc0 net comes near 16 GiB
-MAX_ENTRIES = 1_000_000
 MODES = ("lossless", "tolerance")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+
+MIN_PREFIX = 16                     # 64 bits: a prefix no one can brute-force a collision for
+
+
+def resolve_prefix(wanted: str, ids) -> str:
+    """The one id in ``ids`` that starts with ``wanted`` (16 or more hex digits)."""
+    wanted = wanted.lower()
+    if not all(c in "0123456789abcdef" for c in wanted) or not MIN_PREFIX <= len(wanted) <= 64:
+        raise RepositoryIndexError(f"net {wanted[:70]!r}: give 'latest', a full id or at least "
+                                   f"{MIN_PREFIX} hex digits of one")
+    matches = sorted({i for i in ids if i.startswith(wanted)})
+    if len(matches) != 1:
+        kind = "ambiguous" if matches else "not in the repository's signed metadata"
+        raise RepositoryIndexError(f"net {wanted!r} is {kind} (give 'latest' or a full id)")
+    return matches[0]
 
 
 def net_object_path(net_id: str) -> str:
@@ -71,13 +81,19 @@ class PatchEntry:
     sha256: str
     mode: str = "lossless"
     tolerance: float | None = None
+    history: str | None = None     # a second net the client must hold (the base's predecessor)
+    base_seq: int | None = None    # publication number of the net the base is (or stands for)
 
     @property
     def lossy(self) -> bool:
         return self.mode == "tolerance"
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        doc = dict(self.__dict__)
+        for optional in ("history", "base_seq"):
+            if doc[optional] is None:
+                del doc[optional]
+        return doc
 
 
 @dataclass
@@ -114,17 +130,12 @@ class RepositoryIndex:
                 if p.lossy and p.target == target and (tolerance is None or p.tolerance == tolerance)]
 
     def resolve(self, wanted: str) -> str:
-        """A net id from ``latest``, a full id, or a unique id prefix (8+ digits)."""
+        """A net id from ``latest``, a full id, or a unique id prefix of 16+ digits."""
         if wanted == "latest":
             if self.latest is None:
                 raise RepositoryIndexError("the repository has no nets yet")
             return self.latest
-        wanted = wanted.lower()
-        matches = [n.id for n in self.nets if n.id.startswith(wanted)]
-        if len(wanted) < 8 or len(matches) != 1:
-            kind = "ambiguous" if len(matches) > 1 else "not in the repository index"
-            raise RepositoryIndexError(f"net {wanted!r} is {kind} (give 'latest' or a full id)")
-        return matches[0]
+        return resolve_prefix(wanted, [n.id for n in self.nets])
 
     # -- serialisation --------------------------------------------------------
     def to_json(self) -> bytes:
@@ -145,144 +156,89 @@ class RepositoryIndex:
 
 
 # -- strict reading -----------------------------------------------------------
-def _fail(where: str, what: str):
-    raise RepositoryIndexError(f"refusing repository index: {where}: {what}")
-
-
-def _hex(value, where: str) -> str:
-    if not isinstance(value, str) or not _HEX64.match(value):
-        _fail(where, f"expected 64 lowercase hex digits, found {_show(value)}")
-    return value
-
-
-def _opt_hex(value, where: str) -> str | None:
-    return None if value is None else _hex(value, where)
-
-
-def _size(value, where: str, limit: int = MAX_OBJECT_BYTES) -> int:
-    if type(value) is not int or value < 0:
-        _fail(where, f"expected a non-negative integer, found {_show(value)}")
-    if value > limit:
-        _fail(where, f"declared size {value} exceeds the limit of {limit} bytes")
-    return value
-
-
-def _str(value, where: str, limit: int = 256) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        _fail(where, f"expected a string of at most {limit} characters, found {_show(value)}")
-    return value
-
-
-def _path(value, where: str) -> str:
-    """A relative object path that cannot leave the repository."""
-    _str(value, where, 512)
-    segments = value.split("/")
-    if value.startswith("/") or "\\" in value or not all(_SEGMENT.match(s) for s in segments):
-        _fail(where, f"unsafe object path {_show(value)} (must be relative, no '..', no hidden parts)")
-    return value
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _object(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        _fail(where, f"expected an object, found {type(value).__name__}")
-    return value
-
-
-def _list(value, where: str) -> list:
-    if not isinstance(value, list):
-        _fail(where, f"expected a list, found {type(value).__name__}")
-    if len(value) > MAX_ENTRIES:
-        _fail(where, f"{len(value)} entries, more than the limit of {MAX_ENTRIES}")
-    return value
+_INDEX = Strict("repository index")
 
 
 def _parse_net(doc, where: str) -> NetEntry:
-    doc = _object(doc, where)
-    steps = doc.get("training_steps")
-    if steps is not None and (type(steps) is not int or steps < 0):
-        _fail(f"{where}.training_steps", f"expected a non-negative integer or null, found {_show(steps)}")
+    v = _INDEX
+    doc = v.object(doc, where)
     return NetEntry(
-        id=_hex(doc.get("id"), f"{where}.id"),
-        path=_path(doc.get("path"), f"{where}.path"),
-        size=_size(doc.get("size"), f"{where}.size"),
-        sha256=_hex(doc.get("sha256"), f"{where}.sha256"),
-        raw_size=_size(doc.get("raw_size"), f"{where}.raw_size"),
-        training_steps=steps,
-        published=_str(doc.get("published", ""), f"{where}.published", 64),
-        predecessor=_opt_hex(doc.get("predecessor"), f"{where}.predecessor"),
-        source=_str(doc.get("source", ""), f"{where}.source"),
+        id=v.hex64(doc.get("id"), f"{where}.id"),
+        path=v.path(doc.get("path"), f"{where}.path"),
+        size=v.count(doc.get("size"), f"{where}.size"),
+        sha256=v.hex64(doc.get("sha256"), f"{where}.sha256"),
+        raw_size=v.count(doc.get("raw_size"), f"{where}.raw_size"),
+        training_steps=v.opt_count(doc.get("training_steps"), f"{where}.training_steps", 1 << 62),
+        published=v.string(doc.get("published", ""), f"{where}.published", 64),
+        predecessor=v.opt_hex64(doc.get("predecessor"), f"{where}.predecessor"),
+        source=v.string(doc.get("source", ""), f"{where}.source"),
     )
 
 
-def _parse_patch(doc, where: str) -> PatchEntry:
-    doc = _object(doc, where)
+def parse_patch_entry(v: Strict, doc, where: str, target: str | None = None) -> PatchEntry:
+    """A patch entry of the index or of a record (a record's patches all rebuild its own net)."""
+    doc = v.object(doc, where)
     mode = doc.get("mode", "lossless")
     if mode not in MODES:
-        _fail(f"{where}.mode", f"expected one of {MODES}, found {_show(mode)}")
-    target = _hex(doc.get("target"), f"{where}.target")
-    result = _hex(doc.get("result", target), f"{where}.result")
+        v.fail(f"{where}.mode", f"expected one of {MODES}, found {show(mode)}")
+    target = v.hex64(doc.get("target", target), f"{where}.target")
+    result = v.hex64(doc.get("result", target), f"{where}.result")
     tolerance = doc.get("tolerance")
     if mode == "lossless":
         if tolerance is not None:
-            _fail(f"{where}.tolerance", "a lossless patch has no tolerance")
+            v.fail(f"{where}.tolerance", "a lossless patch has no tolerance")
         if result != target:
-            _fail(f"{where}.result", "a lossless patch must rebuild its target exactly")
-    elif (type(tolerance) not in (int, float) or not math.isfinite(tolerance) or tolerance <= 0):
-        _fail(f"{where}.tolerance", f"expected a positive number, found {_show(tolerance)}")
-    return PatchEntry(
-        base=_hex(doc.get("base"), f"{where}.base"),
+            v.fail(f"{where}.result", "a lossless patch must rebuild its target exactly")
+    else:
+        tolerance = v.positive(tolerance, f"{where}.tolerance")
+    sha256 = v.hex64(doc.get("sha256"), f"{where}.sha256")
+    entry = PatchEntry(
+        base=v.hex64(doc.get("base"), f"{where}.base"),
         target=target,
         result=result,
-        path=_path(doc.get("path"), f"{where}.path"),
-        size=_size(doc.get("size"), f"{where}.size"),
-        sha256=_hex(doc.get("sha256"), f"{where}.sha256"),
+        path=v.path(doc.get("path", patch_object_path(sha256)), f"{where}.path"),
+        size=v.count(doc.get("size"), f"{where}.size"),
+        sha256=sha256,
         mode=mode,
-        tolerance=None if tolerance is None else float(tolerance),
+        tolerance=tolerance,
+        history=v.opt_hex64(doc.get("history"), f"{where}.history"),
+        base_seq=v.opt_count(doc.get("base_seq"), f"{where}.base_seq", 1 << 62),
     )
+    if entry.base == entry.result or entry.history in (entry.base, entry.result):
+        v.fail(where, "a patch's base, history and result must be three different nets")
+    return entry
 
 
 def parse_index(data: bytes) -> RepositoryIndex:
     """Read and validate an index; raise :class:`RepositoryIndexError` on anything wrong."""
-    if len(data) > MAX_INDEX_BYTES:
-        _fail("index.json", f"{len(data)} bytes, more than the limit of {MAX_INDEX_BYTES}")
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        _fail("index.json", f"not valid JSON ({e})")
-    doc = _object(doc, "index.json")
+    v = _INDEX
+    doc = v.object(v.load_json(data, MAX_INDEX_BYTES), "index.json")
     schema = doc.get("schema")
     if type(schema) is not int:
-        _fail("schema", f"expected an integer schema version, found {_show(schema)}")
+        v.fail("schema", f"expected an integer schema version, found {show(schema)}")
     if schema != SCHEMA:
-        _fail("schema", f"version {schema} is not supported by this build (it reads {SCHEMA})")
+        v.fail("schema", f"version {schema} is not supported by this build (it reads {SCHEMA})")
     if doc.get("format", FORMAT) != FORMAT:
-        _fail("format", f"expected {FORMAT!r}, found {_show(doc.get('format'))}")
-    nets = [_parse_net(n, f"nets[{i}]") for i, n in enumerate(_list(doc.get("nets", []), "nets"))]
-    patches = [_parse_patch(p, f"patches[{i}]")
-               for i, p in enumerate(_list(doc.get("patches", []), "patches"))]
-    retired = [_hex(r, f"retired[{i}]") for i, r in enumerate(_list(doc.get("retired", []), "retired"))]
-    latest = _opt_hex(doc.get("latest"), "latest")
+        v.fail("format", f"expected {FORMAT!r}, found {show(doc.get('format'))}")
+    nets = [_parse_net(n, f"nets[{i}]") for i, n in enumerate(v.list(doc.get("nets", []), "nets"))]
+    patches = [parse_patch_entry(v, p, f"patches[{i}]")
+               for i, p in enumerate(v.list(doc.get("patches", []), "patches"))]
+    retired = [v.hex64(r, f"retired[{i}]") for i, r in enumerate(v.list(doc.get("retired", []), "retired"))]
+    latest = v.opt_hex64(doc.get("latest"), "latest")
 
     ids = [n.id for n in nets]
     if len(set(ids)) != len(ids):
-        _fail("nets", "the same net id is listed twice")
+        v.fail("nets", "the same net id is listed twice")
     if latest is None and nets:
-        _fail("latest", "missing while nets are listed")
+        v.fail("latest", "missing while nets are listed")
     if latest is not None and latest not in ids:
-        _fail("latest", f"{latest} is not one of the listed nets")
+        v.fail("latest", f"{latest} is not one of the listed nets")
     id_set = set(ids)
     for i, p in enumerate(patches):
         if p.target not in id_set:
-            _fail(f"patches[{i}].target", f"{p.target} is not one of the listed nets")
-        if p.base == p.result:
-            _fail(f"patches[{i}]", "base and result are the same net")
+            v.fail(f"patches[{i}].target", f"{p.target} is not one of the listed nets")
     paths = [n.path for n in nets] + [p.path for p in patches]
     if len(set(paths)) != len(paths):
-        _fail("paths", "two entries share one object path")
+        v.fail("paths", "two entries share one object path")
     return RepositoryIndex(nets=nets, patches=patches, latest=latest, retired=retired,
-                           updated=_str(doc.get("updated", ""), "updated", 64))
+                           updated=v.string(doc.get("updated", ""), "updated", 64))

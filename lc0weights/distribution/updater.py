@@ -1,0 +1,357 @@
+"""The client's checks, in the order docs/REPOSITORY.md gives them, before any metadata is used.
+
+:class:`Updater` reads the timestamp (conditionally: an unchanged one costs a
+304), the root when the timestamp names another version or the cached one is
+stale, verifies signatures against the pinned key, refuses rollback and
+expired documents, then reads only the records a route needs: the target's,
+and those on the skip-list path down to each net the client holds. What it
+has accepted is remembered in a :class:`TrustState` per repository and key.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from ..net import atomic_write
+from .errors import RepositoryIndexError, UntrustedError
+from .index import RepositoryIndex, resolve_prefix
+from .keys import PublicKey, read_trust
+from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Link, Record,
+                       Root, Timestamp, open_envelope, parse_record, parse_root, parse_timestamp,
+                       record_path, utc_now)
+
+log = logging.getLogger(__name__)
+KNOWN_LIMIT = 512          # net ids whose publication number a client remembers
+PREFIX_WINDOW = 64         # a short id prefix may name one of this many most recent nets
+LOSSY_WINDOW = 64          # how far back a client looks for the start of a lossy chain
+_warned = False
+
+
+def pinned_key(trust) -> PublicKey | None:
+    """The pinned key from a ``--trust`` value (text, ``@FILE``), a PublicKey, or None."""
+    if trust is None or isinstance(trust, PublicKey):
+        return trust
+    return read_trust(str(trust))
+
+
+def warn_unauthenticated(location) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        print(f"warning: no --trust key given: nothing from {location} is authenticated", file=sys.stderr)
+
+
+class TrustState:
+    """What a client has accepted from one repository: root, newest timestamp, known net numbers.
+
+    Two small JSON files in the client's state folder: one per location for
+    conditional requests (ETag and the bytes it stands for), one per pinned
+    key and repository for what must never go backwards.
+    """
+
+    def __init__(self, folder: Path, key: PublicKey | None, location: str):
+        self.folder = Path(folder)
+        self.key = key
+        owner = key.text if key else "-"
+        self._http_file = self.folder / f"http-{_short_hash(owner + ' ' + location)}.json"
+        self.http = _read_json(self._http_file)
+        self.repo_file: Path | None = None
+        self.repo: dict = {}
+
+    def bind(self, repository: str) -> None:
+        """Open the per-repository part, now that the repository's id is known.
+
+        A location keeps the repository it first served: one key may sign
+        several repositories, and a mirror must not swap one for another.
+        """
+        first = self.http.setdefault("repository", repository)
+        if self.key is not None and first != repository:
+            raise UntrustedError(f"this location served repository {first} before and now serves "
+                                 f"{repository}; refusing the swap (use a new --cache to start over)")
+        owner = self.key.fingerprint if self.key else "unsigned"
+        self.repo_file = self.folder / f"repo-{owner}-{repository}.json"
+        self.repo = _read_json(self.repo_file)
+
+    def cached_document(self, name: str) -> tuple[str | None, bytes | None]:
+        entry = self.http.get(name)
+        if not isinstance(entry, dict):
+            return None, None
+        try:
+            return entry.get("etag"), base64.b64decode(entry.get("data", ""), validate=True)
+        except ValueError:
+            return None, None
+
+    def remember_document(self, name: str, etag: str | None, data: bytes) -> None:
+        self.http[name] = {"etag": etag, "data": base64.b64encode(data).decode()}
+
+    def known(self, net_id: str) -> Link | None:
+        entry = self.repo.get("known", {}).get(net_id)
+        try:
+            seq, size, sha = entry
+            return Link(int(seq), net_id, int(size), str(sha))
+        except (TypeError, ValueError):
+            return None
+
+    def learn(self, link: Link, net_id: str | None = None) -> None:
+        known = self.repo.setdefault("known", {})
+        known[net_id or link.id] = [link.seq, link.size, link.sha256]
+        if len(known) > KNOWN_LIMIT:
+            for old in sorted(known, key=lambda k: known[k][0])[:len(known) - KNOWN_LIMIT]:
+                del known[old]
+
+    def save(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._http_file, json.dumps(self.http).encode())
+            if self.repo_file is not None:
+                atomic_write(self.repo_file, json.dumps(self.repo).encode())
+        except OSError as e:
+            log.warning("cannot save the trust state in %s: %s", self.folder, e.strerror)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        if path.stat().st_size > 4 << 20:
+            return {}
+        doc = json.loads(path.read_bytes())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+
+
+class Updater:
+    """One client's view of one repository, built from verified documents only."""
+
+    def __init__(self, source, trust=None, state_dir=None):
+        self.source = source
+        self.key = pinned_key(trust)
+        self.state = TrustState(Path(state_dir) if state_dir else Path(tempfile.gettempdir()),
+                                self.key, str(source))
+        self.timestamp: Timestamp | None = None
+        self.root: Root | None = None
+        self._records: dict[int, Record] = {}
+        self.links: dict[int, Link] = {}          # the verified link each record was read by
+        self._hints: dict[str, bytes] = {}
+        self._work = None
+
+    # -- steps 1-5: the top documents -------------------------------------------------------
+    def refresh(self) -> Timestamp | None:
+        """The verified timestamp, or None for a repository without one (schema 1, unsigned only)."""
+        data = self._top_document(TIMESTAMP_NAME)
+        if data is None:
+            if self.key is not None:
+                raise UntrustedError(f"{self.source} has no signed metadata ({TIMESTAMP_NAME}); "
+                                     "refusing it because a --trust key is pinned")
+            return None
+        envelope = open_envelope("timestamp", data, TIMESTAMP_NAME)
+        ts = parse_timestamp(envelope)
+        self.state.bind(ts.repository)
+        now = utc_now()
+        if self.key is not None:
+            root = self._cached_root()
+            if (root is None or root.version != ts.root_version or root.expires <= now
+                    or envelope.signed_by(root.online_keys) is None):
+                root = self._fetch_root()
+            if root.repository != ts.repository:
+                raise UntrustedError(f"{TIMESTAMP_NAME} names repository {ts.repository}, "
+                                     f"{ROOT_NAME} names {root.repository}")
+            if envelope.signed_by(root.online_keys) is None:
+                raise UntrustedError(f"{TIMESTAMP_NAME} is not signed by an online key that "
+                                     f"{ROOT_NAME} (version {root.version}) certifies")
+            if ts.root_version != root.version:
+                raise UntrustedError(f"{TIMESTAMP_NAME} names root version {ts.root_version}, the root in "
+                                     f"force is version {root.version}: the publisher must re-sign")
+            self.root = root
+        else:
+            warn_unauthenticated(self.source)
+        if ts.expires <= now:
+            raise UntrustedError(f"{TIMESTAMP_NAME} expired on {ts.expires:%Y-%m-%d %H:%M} UTC: the "
+                                 "repository or a mirror serves stale metadata; refusing it")
+        if self.key is not None:
+            seen = self.state.repo.get("timestamp_version", 0)
+            if ts.version < seen:
+                raise UntrustedError(f"{TIMESTAMP_NAME} version {ts.version} is older than version {seen} "
+                                     "already accepted from this repository: refusing a rollback")
+            digest = hashlib.sha256(envelope.payload).hexdigest()
+            if ts.version == seen and self.state.repo.get("timestamp_sha256") not in (None, digest):
+                raise UntrustedError(f"{TIMESTAMP_NAME}: two different documents carry version {ts.version}")
+            self.state.repo.update(timestamp_version=ts.version, timestamp_sha256=digest)
+        self.timestamp = ts
+        return ts
+
+    def _top_document(self, name: str) -> bytes | None:
+        etag, cached = self.state.cached_document(name)
+        reply = self.source.read_document(name, MAX_TOP_BYTES, etag if cached is not None else None)
+        if reply is None:
+            return None
+        if reply.not_modified:
+            return cached
+        self.state.remember_document(name, reply.etag, reply.data)
+        return reply.data
+
+    def _cached_root(self) -> Root | None:
+        text = self.state.repo.get("root")
+        if not isinstance(text, str):
+            return None
+        try:
+            envelope = open_envelope("root", base64.b64decode(text), ROOT_NAME)
+            if envelope.signed_by([self.key]) is None:
+                return None
+            return parse_root(envelope)
+        except (ValueError, UntrustedError):
+            return None
+
+    def _fetch_root(self) -> Root:
+        data = self._top_document(ROOT_NAME)
+        if data is None:
+            raise UntrustedError(f"{self.source} has no {ROOT_NAME}: it is not signed")
+        envelope = open_envelope("root", data, ROOT_NAME)
+        if envelope.signed_by([self.key]) is None:
+            raise UntrustedError(f"{ROOT_NAME} is not signed by the pinned key {self.key.text}")
+        root = parse_root(envelope)
+        if self.key not in root.root_keys:
+            raise UntrustedError(f"{ROOT_NAME} does not list the pinned key among its root keys")
+        known = self.state.repo.get("root_version", 0)
+        if root.version < known:
+            raise UntrustedError(f"{ROOT_NAME} version {root.version} is older than version {known} "
+                                 "already accepted: refusing a rollback")
+        if root.expires <= utc_now():
+            raise UntrustedError(f"{ROOT_NAME} expired on {root.expires:%Y-%m-%d}: the publisher must renew it")
+        self.state.repo.update(root=base64.b64encode(data).decode(), root_version=root.version)
+        return root
+
+    # -- step 6: records ------------------------------------------------------------------------
+    def record(self, link: Link) -> Record:
+        """The record ``link`` names, checked against its length and sha256, then its content."""
+        if link.seq in self._records:
+            return self._records[link.seq]
+        data = self._hints.get(link.sha256)
+        if data is None or len(data) != link.size:
+            data = self._read_object(link.path, link.size, link.sha256)
+        record = parse_record(data, link, self.timestamp.repository)
+        self._records[link.seq] = record
+        self.links[link.seq] = link
+        self.state.learn(link)
+        return record
+
+    def _read_object(self, path: str, size: int, sha256: str) -> bytes:
+        if self._work is None:
+            self._work = tempfile.TemporaryDirectory(prefix="lc0weights-meta-")
+        dest = Path(self._work.name) / "record"
+        self.source.fetch_object(path, dest, size, sha256, desc="metadata")
+        data = dest.read_bytes()
+        dest.unlink()
+        return data
+
+    def _hinted_seq(self, net_id: str) -> int | None:
+        """Where a held net sits, from memory or from its record read unverified (checked later)."""
+        known = self.state.known(net_id)
+        if known is not None:
+            return known.seq
+        reply = self.source.read_document(record_path(net_id), MAX_RECORD_BYTES)
+        if reply is None or reply.data is None:
+            return None
+        try:
+            seq = json.loads(reply.data).get("seq")
+        except (ValueError, RecursionError, AttributeError):
+            return None
+        if type(seq) is not int or seq < 0:
+            return None
+        self._hints[hashlib.sha256(reply.data).hexdigest()] = reply.data
+        return seq
+
+    def descend(self, record: Record, seq: int) -> Record | None:
+        """Follow links from ``record`` down to the record numbered ``seq`` (largest safe jumps)."""
+        horizon = self.timestamp.horizon
+        while record.seq > seq:
+            steps = [l for l in record.links if seq <= l.seq < record.seq and l.seq >= horizon]
+            if not steps:
+                return None
+            record = self.record(min(steps, key=lambda l: l.seq))
+        return record
+
+    # -- what the route search needs ------------------------------------------------------------
+    def catalog(self, wanted: str, held, tolerance: float | None = None) -> tuple[RepositoryIndex, str]:
+        """The nets and patches a route to ``wanted`` can use, and the wanted net's id."""
+        ts = self.timestamp
+        if ts.latest is None:
+            raise RepositoryIndexError("the repository has no nets yet")
+        top = self.record(ts.latest)
+        target = top if wanted == "latest" else self._find(top, wanted)
+        lossy_targets = {p.result for p in target.patches if p.lossy}
+        for net_id in set(held) - {target.net.id} - lossy_targets:
+            seq = self._hinted_seq(net_id)
+            if seq is None or not ts.horizon <= seq < target.seq:
+                continue
+            if tolerance is not None:
+                self._walk_back(target, max(seq, target.seq - LOSSY_WINDOW))
+            else:
+                reached = self.descend(target, seq)
+                if reached is None or reached.net.id != net_id:
+                    log.info("held net %s... is not net %d of this repository", net_id[:16], seq)
+        if tolerance is not None:
+            self._walk_back(target, max(ts.horizon, target.seq - 1))
+        for record in self._records.values():
+            for p in record.patches:
+                if p.lossy:
+                    self.state.learn(Link(record.seq, record.net.id, 0, "0" * 64), p.result)
+        self.state.save()
+        return self._index(), target.net.id
+
+    def _find(self, top: Record, wanted: str) -> Record:
+        """The record of a full id, or of a 16+ digit prefix of a recent or already known net."""
+        wanted = wanted.lower()
+        if len(wanted) < 64:
+            resolve_prefix(wanted, [wanted])          # refuses a short or non-hex prefix up front
+            ids = {top.net.id} | set(self.state.repo.get("known", {}))
+            record = top
+            for _ in range(PREFIX_WINDOW):
+                if any(i.startswith(wanted) for i in ids) or record is None:
+                    break
+                record = self.descend(record, record.seq - 1) if record.seq > self.timestamp.horizon else None
+                if record is not None:
+                    ids.add(record.net.id)
+            wanted = resolve_prefix(wanted, ids)
+        seq = self._hinted_seq(wanted)
+        found = self.descend(top, seq) if seq is not None and seq >= self.timestamp.horizon else None
+        if found is None or found.net.id != wanted:
+            raise RepositoryIndexError(f"net {wanted[:16]}... is not in the repository's signed metadata "
+                                       "(or no longer served)")
+        return found
+
+    def read_all(self) -> RepositoryIndex:
+        """Every record from the latest down to the horizon, one link at a time (for ``check``)."""
+        ts = self.timestamp
+        if ts.latest is not None:
+            self._walk_back(self.record(ts.latest), ts.horizon)
+        return self._index()
+
+    def _walk_back(self, record: Record, seq: int) -> None:
+        while record.seq > seq:
+            record = self.descend(record, record.seq - 1)
+            if record is None:
+                return
+
+    def _index(self) -> RepositoryIndex:
+        horizon = self.timestamp.horizon
+        records = sorted(self._records.values(), key=lambda r: r.seq)
+        return RepositoryIndex(nets=[r.net for r in records],
+                               patches=[p for r in records for p in r.patches if p.base_seq >= horizon],
+                               latest=None if self.timestamp.latest is None else self.timestamp.latest.id)
+
+    def records(self) -> list[Record]:
+        return sorted(self._records.values(), key=lambda r: r.seq)
+
+    def close(self) -> None:
+        if self._work is not None:
+            self._work.cleanup()
+            self._work = None
