@@ -71,10 +71,14 @@ def run_fetch(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
-        share = 100.0 * result.bytes_downloaded / result.full_size if result.full_size else 0.0
         print(f"{result.net_id}  {result.out or result.path}")
-        print(f"route: {result.route}; downloaded {result.bytes_downloaded:,} bytes "
-              f"({share:.1f}% of the {result.full_size:,}-byte full net) in {result.seconds:.2f} s")
+        if result.full_size:
+            share = 100.0 * result.bytes_downloaded / result.full_size
+            print(f"route: {result.route}; downloaded {result.bytes_downloaded:,} bytes "
+                  f"({share:.1f}% of the {result.full_size:,}-byte full net) in {result.seconds:.2f} s")
+        else:
+            print(f"route: {result.route}; downloaded {result.bytes_downloaded:,} bytes of metadata "
+                  f"in {result.seconds:.2f} s")
         for failure in result.fallbacks:
             print(f"fell back after: {failure}", file=sys.stderr)
     return 0

@@ -42,7 +42,7 @@ class FetchResult:
     patches: int
     bytes_downloaded: int            # every byte read from the source, metadata included
     metadata_bytes: int              # of which metadata (timestamp, root, records, or a schema-1 index)
-    full_size: int                   # size of the full .pb.gz of the target
+    full_size: int                   # size of the full .pb.gz of the target (0: held, not looked up)
     seconds: float
     fallbacks: list[str] = field(default_factory=list)  # routes that failed, with why
 
@@ -78,11 +78,12 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     path = cache.store(result)          # replaces whatever sat under the name, never writes through it
     if out is not None:
         write_net_file(out, result.raw)
-    target_entry = index.net(target)
+    target_entry = index.net(target)          # None when the net was held: no record was read
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
         route=route.describe(), start=route.start, patches=route.patch_count,
-        bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes, full_size=target_entry.size,
+        bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
+        full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
 
 

@@ -285,6 +285,9 @@ class Updater:
         ts = self.timestamp
         if ts.latest is None:
             raise RepositoryIndexError("the repository has no nets yet")
+        if wanted in ("latest", ts.latest.id) and ts.latest.id in set(held):
+            self.state.save()             # a poll with nothing new: no record is needed
+            return RepositoryIndex(latest=ts.latest.id), ts.latest.id
         top = self.record(ts.latest)
         target = top if wanted == "latest" else self._find(top, wanted)
         lossy_targets = {p.result for p in target.patches if p.lossy}
