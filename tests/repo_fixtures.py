@@ -17,8 +17,8 @@ from conftest import run_paths
 FAST_CODEC = "varint-brotli"   # the fast baseline codec keeps publishing quick in tests
 
 
-def publish_run(root: Path, count: int | None = None, skips=(1, 2), tolerance=None) -> Repository:
-    repo = Repository.create(root)
+def publish_run(root: Path, count: int | None = None, skips=(1, 2), tolerance=None, key=None) -> Repository:
+    repo = Repository.create(root, key)
     paths = run_paths()[:count] if count else run_paths()
     publish(repo, paths, tolerance=tolerance, codec=FAST_CODEC, skips=skips)
     return repo
@@ -27,6 +27,7 @@ def publish_run(root: Path, count: int | None = None, skips=(1, 2), tolerance=No
 @contextmanager
 def serving(root, handler_cls=None):
     server = RepositoryServer(root)
+    server.handle_error = _quiet_on_hangups(server.handle_error)
     if handler_cls is not None:
         server.RequestHandlerClass = type("H", (handler_cls,), {"root": Path(root).resolve()})
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -36,6 +37,16 @@ def serving(root, handler_cls=None):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _quiet_on_hangups(handle_error):
+    """A client hanging up mid-reply is expected in these tests; print other server errors."""
+    import sys
+
+    def handle(request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            handle_error(request, client_address)
+    return handle
 
 
 class FaultyHandler(RepositoryHandler):

@@ -62,22 +62,26 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     started = time.monotonic()
     source = source or open_source(location, policy)
     cache = NetCache(cache_dir, client_layout)
-    index, target = read_catalog(source, trust, cache, net, tolerance)
-    metadata_bytes = source.bytes_downloaded
-    goals = {target}
-    if tolerance is not None:
-        goals |= {p.result for p in index.patches
-                  if p.lossy and p.target == target and p.tolerance <= tolerance}
-    cache.root.mkdir(parents=True, exist_ok=True)
+    updater = Updater(source, trust, trust_state_dir(cache))
+    try:
+        index, target = read_catalog(updater, cache.held_ids(), net, tolerance)
+        metadata_bytes = source.bytes_downloaded
+        goals = {target}
+        if tolerance is not None:
+            goals |= {p.result for p in index.patches
+                      if p.lossy and p.target == target and p.tolerance <= tolerance}
+        cache.root.mkdir(parents=True, exist_ok=True)
 
-    result, route, fallbacks = obtain(index, goals, source, cache)
-    if result is None:
-        raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
-                           f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
-
-    path = cache.store(result)          # replaces whatever sat under the name, never writes through it
-    if out is not None:
-        write_net_file(out, result.raw)
+        result, route, fallbacks = obtain(index, goals, source, cache)
+        if result is None:
+            raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
+                               f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
+        path = cache.store(result)      # replaces whatever sat under the name, never writes through it
+        if out is not None:
+            write_net_file(out, result.raw)
+        updater.save()                  # what was accepted is remembered only once it has been used
+    finally:
+        updater.close()
     target_entry = index.net(target)          # None when the net was held: no record was read
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
@@ -91,19 +95,15 @@ def trust_state_dir(cache: NetCache) -> Path:
     return cache.root / ".lc0weights-trust"
 
 
-def read_catalog(source, trust, cache: NetCache, net: str = "latest", tolerance=None):
+def read_catalog(updater: Updater, held, net: str = "latest", tolerance=None):
     """The verified nets and patches a route to ``net`` may use, and that net's id.
 
     A repository with signed metadata goes through the :class:`Updater`'s
     checks; a schema-1 ``index.json`` is read only when no key is pinned.
     """
-    updater = Updater(source, trust, trust_state_dir(cache))
-    try:
-        if updater.refresh() is not None:
-            return updater.catalog(net, cache.held_ids(), tolerance)
-    finally:
-        updater.close()
-    index = parse_index(source.read_index())
+    if updater.refresh() is not None:
+        return updater.catalog(net, held, tolerance)
+    index = parse_index(updater.source.read_index())
     return index, index.resolve(net)
 
 

@@ -69,6 +69,8 @@ class TrustState:
         A location keeps the repository it first served: one key may sign
         several repositories, and a mirror must not swap one for another.
         """
+        if self.repo_file is not None and self.repo.get("repository") == repository:
+            return
         first = self.http.setdefault("repository", repository)
         if self.key is not None and first != repository:
             raise UntrustedError(f"this location served repository {first} before and now serves "
@@ -76,6 +78,7 @@ class TrustState:
         owner = self.key.fingerprint if self.key else "unsigned"
         self.repo_file = self.folder / f"repo-{owner}-{repository}.json"
         self.repo = _read_json(self.repo_file)
+        self.repo["repository"] = repository
 
     def cached_document(self, name: str) -> tuple[str | None, bytes | None]:
         entry = self.http.get(name)
@@ -153,26 +156,30 @@ class Updater:
                                      "refusing it because a --trust key is pinned")
             return None
         envelope = open_envelope("timestamp", data, TIMESTAMP_NAME)
-        ts = parse_timestamp(envelope)
-        self.state.bind(ts.repository)
         now = utc_now()
-        if self.key is not None:
-            root = self._cached_root()
-            if (root is None or root.version != ts.root_version or root.expires <= now
-                    or envelope.signed_by(root.online_keys) is None):
-                root = self._fetch_root()
-            if root.repository != ts.repository:
-                raise UntrustedError(f"{TIMESTAMP_NAME} names repository {ts.repository}, "
-                                     f"{ROOT_NAME} names {root.repository}")
+        if self.key is None:
+            warn_unauthenticated(self.source)
+            ts = parse_timestamp(envelope)
+            self.state.bind(ts.repository)
+        else:
+            # No byte of the payload is interpreted before its signature is verified.
+            root, fresh = self._cached_root(), False
+            if root is None or root.expires <= now or envelope.signed_by(root.online_keys) is None:
+                root, fresh = self._fetch_root(), True
             if envelope.signed_by(root.online_keys) is None:
                 raise UntrustedError(f"{TIMESTAMP_NAME} is not signed by an online key that "
                                      f"{ROOT_NAME} (version {root.version}) certifies")
+            ts = parse_timestamp(envelope)
+            if ts.root_version != root.version and not fresh:
+                root = self._fetch_root()
             if ts.root_version != root.version:
                 raise UntrustedError(f"{TIMESTAMP_NAME} names root version {ts.root_version}, the root in "
                                      f"force is version {root.version}: the publisher must re-sign")
+            if root.repository != ts.repository:
+                raise UntrustedError(f"{TIMESTAMP_NAME} names repository {ts.repository}, "
+                                     f"{ROOT_NAME} names {root.repository}")
+            self.state.bind(ts.repository)
             self.root = root
-        else:
-            warn_unauthenticated(self.source)
         if ts.expires <= now:
             raise UntrustedError(f"{TIMESTAMP_NAME} expired on {ts.expires:%Y-%m-%d %H:%M} UTC: the "
                                  "repository or a mirror serves stale metadata; refusing it")
@@ -199,7 +206,7 @@ class Updater:
         return reply.data
 
     def _cached_root(self) -> Root | None:
-        text = self.state.repo.get("root")
+        text = self.state.http.get("trusted_root")
         if not isinstance(text, str):
             return None
         try:
@@ -220,13 +227,15 @@ class Updater:
         root = parse_root(envelope)
         if self.key not in root.root_keys:
             raise UntrustedError(f"{ROOT_NAME} does not list the pinned key among its root keys")
+        self.state.bind(root.repository)
         known = self.state.repo.get("root_version", 0)
         if root.version < known:
             raise UntrustedError(f"{ROOT_NAME} version {root.version} is older than version {known} "
                                  "already accepted: refusing a rollback")
         if root.expires <= utc_now():
             raise UntrustedError(f"{ROOT_NAME} expired on {root.expires:%Y-%m-%d}: the publisher must renew it")
-        self.state.repo.update(root=base64.b64encode(data).decode(), root_version=root.version)
+        self.state.repo["root_version"] = root.version
+        self.state.http["trusted_root"] = base64.b64encode(data).decode()
         return root
 
     # -- step 6: records ------------------------------------------------------------------------
@@ -286,7 +295,7 @@ class Updater:
         if ts.latest is None:
             raise RepositoryIndexError("the repository has no nets yet")
         if wanted in ("latest", ts.latest.id) and ts.latest.id in set(held):
-            self.state.save()             # a poll with nothing new: no record is needed
+            # A poll with nothing new: no record is needed.
             return RepositoryIndex(latest=ts.latest.id), ts.latest.id
         top = self.record(ts.latest)
         target = top if wanted == "latest" else self._find(top, wanted)
@@ -307,7 +316,6 @@ class Updater:
             for p in record.patches:
                 if p.lossy:
                     self.state.learn(Link(record.seq, record.net.id, 0, "0" * 64), p.result)
-        self.state.save()
         return self._index(), target.net.id
 
     def _find(self, top: Record, wanted: str) -> Record:
@@ -353,6 +361,10 @@ class Updater:
 
     def records(self) -> list[Record]:
         return sorted(self._records.values(), key=lambda r: r.seq)
+
+    def save(self) -> None:
+        """Remember what was accepted (call once it has been used successfully)."""
+        self.state.save()
 
     def close(self) -> None:
         if self._work is not None:
