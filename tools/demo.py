@@ -2,11 +2,13 @@
 
     python tools/demo.py [NET_DIR]
 
-With no NET_DIR a small synthetic run is generated first. The nets are
-published into a temporary repository (a patch from each predecessor plus
-skip patches), served on a free localhost port, a client cache is seeded with
-an old net, and ``fetch`` brings it to the latest one. The last lines compare
-the bytes downloaded with a full download.
+With no NET_DIR a small synthetic run is generated first. A signing key is
+made (as ``lc0weights-server keygen`` does), the nets are published into a
+temporary signed repository (a patch from each predecessor plus skip
+patches), served on a free localhost port, a client cache is seeded with the
+next-to-last net, and ``fetch`` with the public key pinned (``--trust``)
+brings it to the latest one. The last lines compare the bytes downloaded for
+that one step with a full download.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights import Net  # noqa: E402
 from lc0weights.distribution import TransferPolicy, check_repository, fetch  # noqa: E402
+from lc0weights.distribution.keys import SigningKey  # noqa: E402
 from service.publish import publish  # noqa: E402
 from service.repository import Repository  # noqa: E402
 from service.serve import RepositoryServer  # noqa: E402
@@ -51,7 +54,10 @@ def main(argv=None) -> int:
             print("need at least two nets", file=sys.stderr)
             return 1
 
-        repo = Repository.create(tmp / "repo")
+        key = SigningKey.generate()
+        key.save(tmp / "online.key")
+        print(f"signing key {tmp / 'online.key'}; clients pin --trust {key.public.text}")
+        repo = Repository.create(tmp / "repo", key)
         started = time.monotonic()
         for result in publish(repo, paths, codec=args.codec):
             sizes = ", ".join(f"{p.size:,}" for p in result.patches) or "-"
@@ -66,17 +72,20 @@ def main(argv=None) -> int:
             cache = tmp / "client-cache"
             cache.mkdir()
             old.save(cache / f"{old.id}.pb.gz")
-            print(f"client holds {paths[-2].name} ({old.id[:12]}); fetching the latest ...")
+            print(f"client holds {paths[-2].name} ({old.id[:12]}); fetching the latest, "
+                  "signatures checked against the pinned key ...")
             policy = TransferPolicy(progress=True)
-            result = fetch(server.url, cache_dir=cache, out=tmp / "latest.pb.gz", policy=policy)
+            result = fetch(server.url, cache_dir=cache, out=tmp / "latest.pb.gz", policy=policy,
+                           trust=key.public.text)
             assert Net.load(result.out).id == result.net_id == repo.read_index().latest
-            report = check_repository(server.url)
+            report = check_repository(server.url, trust=key.public)
         finally:
             server.shutdown()
             server.server_close()
 
-        print(f"route: {result.route}  (net id verified: {result.net_id[:12]})")
-        print(f"downloaded {result.bytes_downloaded:,} bytes (index included) "
+        print(f"route: {result.route}  (signed metadata and net id verified: {result.net_id[:12]})")
+        print(f"one net behind: downloaded {result.bytes_downloaded:,} bytes "
+              f"({result.metadata_bytes:,} of them signed metadata) "
               f"vs {result.full_size:,} bytes for the full net: "
               f"{100.0 * result.bytes_downloaded / result.full_size:.1f}%, "
               f"{result.full_size / max(1, result.bytes_downloaded):.1f}x less, in {result.seconds:.2f} s")
