@@ -62,11 +62,11 @@ def load_net_file(path) -> tuple[Net, bytes]:
 
 
 def publish(repo: Repository, paths, tolerance: float | None = None,
-            codec: str | None = None, skips=SKIPS) -> list[Published]:
+            codec: str | None = None, skips=SKIPS, history: bool = True) -> list[Published]:
     out = []
     for path in paths:
         net, gz = load_net_file(path)
-        out.append(publish_net(repo, net, gz, Path(path).name, tolerance, codec, skips))
+        out.append(publish_net(repo, net, gz, Path(path).name, tolerance, codec, skips, history))
     return out
 
 
@@ -82,8 +82,14 @@ def patch_distances(seq: int, skips=SKIPS) -> list[int]:
 
 def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 tolerance: float | None = None, codec: str | None = None,
-                skips=SKIPS) -> Published:
-    """Publish one net: its objects and record first, then the signed timestamp naming them."""
+                skips=SKIPS, history: bool = True) -> Published:
+    """Publish one net: its objects and record first, then the signed timestamp naming them.
+
+    With ``history`` the predecessor's patch is also made with the net before
+    it as history (temporal prediction: published SWA averages move the same
+    way step after step) and published beside the plain one when smaller;
+    a client holding both nets takes it.
+    """
     with repo.lock():
         migrate_if_needed(repo)
         if repo.known(net.id):
@@ -106,6 +112,9 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 data = make_patch(base, net, codec=codec)
                 if len(data) < len(gz):             # never a patch dearer than the net itself
                     patches.append(_store_patch(repo, base, net, data, seq - back))
+                if back == 1 and history and seq - 2 >= horizon:
+                    plain = min([len(data), len(gz)] + [p.size for p in patches if p.base_seq == seq - 1])
+                    patches += _history_patch(repo, base, net, seq, plain, codec)
         if tolerance is not None and seq > horizon:
             lossy = _lossy_patch(repo, seq, net, tolerance, codec)
             if lossy is not None:
@@ -119,13 +128,23 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
         return Published(net.id, source, True, patches)
 
 
+def _history_patch(repo: Repository, base: Net, net: Net, seq: int, plain: int, codec) -> list[PatchEntry]:
+    """The predecessor's patch coded with the net before it as history, when that is smaller."""
+    before = Net.load(repo.object_file(net_object_path(repo.net_at(seq - 2))))
+    data = make_patch(base, net, codec=codec, history=before)
+    if len(data) >= plain:
+        return []
+    return [_store_patch(repo, base, net, data, seq - 1, history=before.id)]
+
+
 def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, base_seq: int,
-                 result: str | None = None, tolerance: float | None = None) -> PatchEntry:
+                 result: str | None = None, tolerance: float | None = None,
+                 history: str | None = None) -> PatchEntry:
     sha = hashlib.sha256(data).hexdigest()
     entry = PatchEntry(base=base.id, target=target.id, result=result or target.id,
                        path=patch_object_path(sha), size=len(data), sha256=sha,
                        mode="lossless" if tolerance is None else "tolerance", tolerance=tolerance,
-                       base_seq=base_seq)
+                       base_seq=base_seq, history=history)
     repo.write_object(entry.path, data)
     return entry
 

@@ -73,3 +73,33 @@ def test_lossy_goal_follows_the_lossy_chain():
                                     "tolerance", 0.01))
     assert cheapest_route(index, {N[6], lossy}, {N[5]}).goal == lossy
     assert cheapest_route(index, {N[6]}, {N[5]}).goal == N[6]     # lossy only when accepted
+
+
+def with_history_patch(size=50) -> RepositoryIndex:
+    """The chain plus a small history patch N5 -> N6 that also needs N4."""
+    index = chain_index()
+    sha = "ab".ljust(64, "0")
+    index.patches.append(PatchEntry(N[5], N[6], N[6], patch_object_path(sha), size, sha, history=N[4]))
+    return index
+
+
+def test_a_history_patch_counts_only_when_its_second_net_is_held():
+    index = with_history_patch()
+    assert cheapest_route(index, {N[6]}, {N[5]}).cost == 300            # N4 not held: plain patch
+    both = cheapest_route(index, {N[6]}, {N[5], N[4]})
+    assert both.cost == 50 and both.steps[0].history == N[4]
+
+
+def test_a_history_patch_counts_when_the_route_passes_its_second_net():
+    route = cheapest_route(with_history_patch(), {N[6]}, {N[4]})
+    assert [s.size for s in route.steps] == [300, 50]                    # N4 -> N5, then N5 -> N6 with N4
+    assert route.steps[1].history == route.steps[0].base
+    # From N3: through N4 (300 + 300 + 50) beats the skip to N5 (400), which would leave N4 unheld
+    # and force the plain patch (400 + 300).
+    route = cheapest_route(with_history_patch(), {N[6]}, {N[3]})
+    assert [s.size for s in route.steps] == [300, 300, 50] and route.steps[2].history == route.steps[1].base
+    # Make the way through N4 dear: N5 is reached by the skip, and the history patch is not usable.
+    index = with_history_patch()
+    index.patches = [p for p in index.patches if not (p.base == N[3] and p.target == N[4])]
+    route = cheapest_route(index, {N[6]}, {N[3]})
+    assert [s.size for s in route.steps] == [400, 300] and route.steps[1].history is None

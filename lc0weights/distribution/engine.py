@@ -14,8 +14,8 @@ from .download import progress_bar
 
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
-               codec: str | None = None) -> bytes:
-    return _patch.make_patch(base, target, tolerance=tolerance, codec=codec)
+               codec: str | None = None, history: Net | None = None) -> bytes:
+    return _patch.make_patch(base, target, tolerance=tolerance, codec=codec, history=history)
 
 
 def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",

@@ -170,8 +170,11 @@ def _remove_stale_temp(root: Path) -> None:
 
 
 def _follow(route, source, cache: NetCache, index) -> Net:
-    """Download and apply each step of ``route``; return the verified final net."""
-    current = None
+    """Download and apply each step of ``route``; return the verified final net.
+
+    The net before the current one is kept too: a history patch needs it.
+    """
+    current, previous = None, None
     if route.start is not None:
         current = cache.load(route.start)
         if current is None:
@@ -187,15 +190,24 @@ def _follow(route, source, cache: NetCache, index) -> Net:
                 data = where.read_bytes()
                 where.unlink()
                 if isinstance(step, NetEntry):
-                    current = _full_net(data, step)
-                else:
-                    # The rebuilt net is the size of its target (a lossy one too): refuse
-                    # a patch that declares more before anything is allocated for it.
-                    entry = index.net(step.target)
-                    current = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
-                                                      entry.raw_size if entry else None),
-                                          step.result, f"patch {step.path}")
+                    current, previous = _full_net(data, step), None
+                    continue
+                history = None
+                if step.history is not None:
+                    history = previous if previous is not None and previous.id == step.history \
+                        else cache.load(step.history)
+                    if history is None:
+                        raise _BadBase(step.history)
+                # The rebuilt net is the size of its target (a lossy one too): refuse
+                # a patch that declares more before anything is allocated for it.
+                entry = index.net(step.target)
+                rebuilt = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
+                                                  entry.raw_size if entry else None, history=history),
+                                      step.result, f"patch {step.path}")
+                current, previous = rebuilt, current
             except Lc0WeightsError as e:
+                if isinstance(e, _BadBase):
+                    raise
                 raise _StepFailed(step.path, e) from None
     return current
 

@@ -51,7 +51,10 @@ def cheapest_route(index: RepositoryIndex, goals, held, exclude=frozenset()) -> 
     """Cheapest route to any id in ``goals`` from ``held`` ids or from nothing.
 
     ``exclude`` is a set of object paths not to use (they failed before).
-    Ties prefer fewer steps, then held nets over full downloads.
+    Ties prefer fewer steps, then held nets over full downloads. A history
+    patch (one that also needs its base's predecessor) counts only when the
+    client holds that net or the route reaches the base from it, so the
+    search runs over (net, net before it on the route) pairs.
     """
     goals = set(goals)
     held = set(held)
@@ -63,35 +66,36 @@ def cheapest_route(index: RepositoryIndex, goals, held, exclude=frozenset()) -> 
         if p.path not in exclude:
             edges.setdefault(p.base, []).append((p.size, p.result, p))
 
-    best: dict[str, tuple[int, int]] = {}
-    back: dict[str, tuple[str, object]] = {}
-    queue = []
-    for h in held:
-        best[h] = (0, 0)
-        queue.append((0, 0, h))
-    best.setdefault(NOTHING, (0, 0))
-    queue.append((0, 0, NOTHING))
+    start = [(h, None) for h in held] + [(NOTHING, None)]
+    best: dict[tuple, tuple[int, int]] = {state: (0, 0) for state in start}
+    back: dict[tuple, tuple[tuple, object]] = {}
+    queue = [(0, 0, state) for state in start]
     heapq.heapify(queue)
     while queue:
-        cost, hops, node = heapq.heappop(queue)
-        if best.get(node, (cost, hops)) < (cost, hops):
+        cost, hops, state = heapq.heappop(queue)
+        if best.get(state, (cost, hops)) < (cost, hops):
             continue
+        node, before = state
         if node in goals:
-            return _unwind(node, cost, back)
+            return _unwind(state, cost, back)
         for size, nxt, entry in edges.get(node, ()):
+            history = getattr(entry, "history", None)
+            if history is not None and history not in held and history != before:
+                continue
+            following = (nxt, None if node == NOTHING else node)
             cand = (cost + size, hops + 1)
-            if nxt not in best or cand < best[nxt]:
-                best[nxt] = cand
-                back[nxt] = (node, entry)
-                heapq.heappush(queue, (cand[0], cand[1], nxt))
+            if following not in best or cand < best[following]:
+                best[following] = cand
+                back[following] = (state, entry)
+                heapq.heappush(queue, (cand[0], cand[1], following))
     raise NoRouteError("no route to the wanted net: no usable patch or full net in the repository")
 
 
-def _unwind(node: str, cost: int, back) -> Route:
+def _unwind(state, cost: int, back) -> Route:
     steps = []
-    while node in back:
-        prev, entry = back[node]
+    while state in back:
+        state, entry = back[state]
         steps.append(entry)
-        node = prev
     steps.reverse()
+    node = state[0]
     return Route(start=None if node == NOTHING else node, steps=tuple(steps), cost=cost)

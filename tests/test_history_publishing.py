@@ -1,0 +1,60 @@
+"""History patches on an SWA run: published beside the plain patch when smaller, taken only when usable."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from lc0weights import Net
+from lc0weights.distribution import TransferPolicy, check_repository, fetch
+from service.publish import publish
+from service.repository import Repository
+
+from conftest import SHARED
+
+SWA = sorted((SHARED / "data" / "runs" / "maia-swa").glob("step-*.pb.gz"))
+POLICY = TransferPolicy(timeout=5.0, retries=1, backoff=0.01, progress=False)
+
+
+@pytest.fixture(scope="module")
+def swa_repo(tmp_path_factory):
+    if len(SWA) < 4:
+        pytest.fail("the shared maia-swa run is missing")
+    repo = Repository.create(tmp_path_factory.mktemp("swa") / "repo")
+    publish(repo, SWA[:4], skips=(1,))          # the default codec choice
+    return repo, [Net.load(p).id for p in SWA[:4]]
+
+
+def test_history_patches_are_published_when_smaller(swa_repo):
+    repo, ids = swa_repo
+    index = repo.read_index()
+    history = [p for p in index.patches if p.history is not None]
+    assert {(p.history, p.base, p.target) for p in history} == {(ids[0], ids[1], ids[2]), (ids[1], ids[2], ids[3])}
+    for p in history:
+        plain = [q for q in index.patches if q.base == p.base and q.target == p.target and q.history is None]
+        assert plain and p.size < plain[0].size
+    assert check_repository(str(repo.root), POLICY).ok
+
+
+def copy_in(cache, *which):
+    cache.mkdir(parents=True, exist_ok=True)
+    for i in which:
+        shutil.copyfile(SWA[i], cache / f"{Net.load(SWA[i]).id}.pb.gz")
+
+
+def test_a_client_holding_both_nets_takes_the_history_patch(swa_repo, tmp_path):
+    repo, ids = swa_repo
+    copy_in(tmp_path / "both", 1, 2)
+    result = fetch(str(repo.root), cache_dir=tmp_path / "both", policy=POLICY)
+    assert result.net_id == ids[3] and result.patches == 1
+    history = [p for p in repo.read_index().patches if p.history == ids[1] and p.target == ids[3]][0]
+    assert result.bytes_downloaded == history.size + result.metadata_bytes
+
+
+def test_a_client_holding_one_net_gets_the_plain_patch(swa_repo, tmp_path):
+    repo, ids = swa_repo
+    copy_in(tmp_path / "one", 2)
+    result = fetch(str(repo.root), cache_dir=tmp_path / "one", policy=POLICY)
+    plain = [p for p in repo.read_index().patches
+             if p.base == ids[2] and p.target == ids[3] and p.history is None][0]
+    assert result.net_id == ids[3] and result.bytes_downloaded == plain.size + result.metadata_bytes
