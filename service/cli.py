@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from lc0weights import __version__
 from lc0weights.cli import run_command
 from lc0weights.errors import Lc0WeightsError
 from lc0weights.settings import parse_duration, parse_tolerance
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lc0weights-server",
                                      description="Publish lc0 nets as small verified patches.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"lc0weights-server {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def signing_options(p):
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="add nets to the repository, in order")
     publishing_options(p)
+    p.add_argument("--allow-older", action="store_true",
+                   help="publish a net whose training step is before the latest one's (it becomes the latest)")
+    p.add_argument("--json", action="store_true", help="print what was published as JSON")
     p.add_argument("nets", nargs="+", metavar="NET", help=".pb.gz files, oldest first")
     p.set_defaults(func=_publish)
 
@@ -69,17 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_watch)
 
     s = sub.add_parser("serve", help="serve the repository over HTTP")
-    s.add_argument("--repo", required=True, metavar="DIR")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
     s.set_defaults(func=_serve)
 
     r = sub.add_parser("prune", help="keep only the newest nets")
-    r.add_argument("--repo", required=True, metavar="DIR")
-    r.add_argument("--keep", type=int, required=True, metavar="N")
+    r.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
+    r.add_argument("--keep", type=positive_int, required=True, metavar="N", help="how many newest nets to keep")
     signing_options(r)
     r.set_defaults(func=_prune)
     return parser
+
+
+def port_number(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a number from 0 to 65535, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _signing(args):
@@ -127,8 +146,16 @@ def _publish(args) -> int:
     from .publish import publish
     from .repository import Repository
     key, expires = _signing(args)
-    for result in publish(Repository.create(args.repo, key, expires), args.nets, args.tolerance, args.codec):
-        state = f"{len(result.patches)} patches" if result.new else "already published"
+    results = publish(Repository.create(args.repo, key, expires), args.nets, args.tolerance, args.codec,
+                      allow_older=args.allow_older)
+    if args.json:
+        import json
+        print(json.dumps([{"net_id": r.net_id, "source": r.source, "new": r.new,
+                           "patches": [p.to_dict() for p in r.patches]} for r in results], indent=1))
+        return 0
+    for result in results:
+        count = len(result.patches)
+        state = f"{count} patch{'' if count == 1 else 'es'}" if result.new else "already published"
         sizes = ", ".join(f"{p.size:,}" for p in result.patches)
         print(f"{result.net_id}  {result.source}: {state}{f' ({sizes} bytes)' if sizes else ''}")
     return 0
@@ -137,6 +164,9 @@ def _publish(args) -> int:
 def _watch(args) -> int:
     from .repository import Repository
     from .watch import Watcher
+    from pathlib import Path
+    if not Path(args.incoming).is_dir():
+        raise Lc0WeightsError(f"{args.incoming}: no such folder to watch (create it, or fix --incoming)")
     key, expires = _signing(args)
     watcher = Watcher(args.incoming, Repository.create(args.repo, key, expires), args.interval,
                       args.tolerance, args.codec)
@@ -151,7 +181,9 @@ def _watch(args) -> int:
 
 
 def _serve(args) -> int:
+    from .repository import Repository
     from .serve import serve
+    Repository.existing(args.repo)
     serve(args.repo, args.host, args.port)
     return 0
 

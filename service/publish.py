@@ -61,12 +61,18 @@ def load_net_file(path) -> tuple[Net, bytes]:
     return net, (data if data[:2] == GZIP_MAGIC else gzip_bytes(net.raw))
 
 
+class OutOfOrderError(RepositoryError):
+    """The net is older (by training steps) than the latest published one."""
+
+
 def publish(repo: Repository, paths, tolerance: float | None = None,
-            codec: str | None = None, skips=SKIPS, history: bool = True) -> list[Published]:
+            codec: str | None = None, skips=SKIPS, history: bool = True,
+            allow_older: bool = False) -> list[Published]:
     out = []
     for path in paths:
         net, gz = load_net_file(path)
-        out.append(publish_net(repo, net, gz, Path(path).name, tolerance, codec, skips, history))
+        out.append(publish_net(repo, net, gz, Path(path).name, tolerance, codec, skips, history,
+                               allow_older))
     return out
 
 
@@ -82,7 +88,7 @@ def patch_distances(seq: int, skips=SKIPS) -> list[int]:
 
 def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 tolerance: float | None = None, codec: str | None = None,
-                skips=SKIPS, history: bool = True) -> Published:
+                skips=SKIPS, history: bool = True, allow_older: bool = False) -> Published:
     """Publish one net: its objects and record first, then the signed timestamp naming them.
 
     With ``history`` the predecessor's patch is also made with the net before
@@ -98,10 +104,17 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
         ts = repo.read_timestamp()
         seq = 0 if ts is None or ts.latest is None else ts.latest.seq + 1
         horizon = 0 if ts is None else ts.horizon
+        steps = training_steps(net.raw)
+        if seq > horizon and not allow_older:
+            latest_steps = repo.read_record(seq - 1).net.training_steps
+            if steps is not None and latest_steps is not None and steps < latest_steps:
+                raise OutOfOrderError(f"{source or net.id[:16]} is at training step {steps:,}, before the latest "
+                                      f"published net ({latest_steps:,}): publish nets in training order "
+                                      "(or pass --allow-older to make it the latest anyway)")
         log.info("publishing %s as net %d, %s", source or "net", seq, net.id)
         entry = NetEntry(id=net.id, path=net_object_path(net.id), size=len(gz),
                          sha256=hashlib.sha256(gz).hexdigest(), raw_size=len(net.raw),
-                         training_steps=training_steps(net.raw), published=utc_text_now(),
+                         training_steps=steps, published=utc_text_now(),
                          predecessor=None, source=source[:256])
         repo.write_object(entry.path, gz)
 
@@ -120,6 +133,10 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
             if lossy is not None:
                 patches.append(lossy)
 
+        if seq > horizon and not any(p.base_seq == seq - 1 for p in patches):
+            log.warning("%s shares little with the net before it (no patch from it is smaller than the "
+                        "net itself): clients will download it whole. Is it from the same run?",
+                        source or net.id[:16])
         links = [repo.link_to(seq - d) for d in link_distances(seq) if seq - d >= horizon]
         repo.add_net(Record(repository=repo.repository_id(), seq=seq, net=entry,
                             patches=patches, links=links))
