@@ -33,12 +33,13 @@ import io
 import logging
 import os
 import re
+import resource
 import socket
 import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,6 +55,8 @@ _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _POSITION_DIGITS = 19          # more digits than this is beyond any file we hold
+_DESCRIPTORS_PER_CONNECTION = 4
+_RESERVED_DESCRIPTORS = 32
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
          b"Retry-After: 5\r\nConnection: close\r\n\r\n")
 
@@ -63,8 +66,11 @@ class ServerLimits:
     """What one client, and all of them together, can take from the server."""
 
     max_connections: int = 64            # concurrent connections, each one thread
-    max_per_client: int = 16             # from one address; set to max_connections behind a proxy
+    max_per_client: int = 32             # from one address; set to max_connections behind a proxy
+    max_waiting: int = 128               # accepted connections waiting for a slot (no thread yet)
+    queue_timeout: float = 10.0          # how long one waits before it gets a 503
     request_timeout: float = 20.0        # whole request head and body, from the first wait
+    keepalive_timeout: float = 5.0       # an idle kept-alive connection waits this long for a request
     send_timeout: float = 30.0           # one write to a client that reads nothing
     min_send_rate: int = 32 * 1024       # bytes/s a response may average, after request_timeout
     max_request_line: int = 2048
@@ -179,6 +185,7 @@ class RepositoryHandler(BaseHTTPRequestHandler):
         limits = self.server.limits
         for left in range(limits.max_requests_per_connection, 0, -1):
             self._last_request = left == 1
+            self._first_request = left == limits.max_requests_per_connection
             self.handle_one_request()
             if self.close_connection:
                 break
@@ -189,9 +196,12 @@ class RepositoryHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.command, self.path, self.requestline, self.request_version = None, "", "", "HTTP/1.1"
         self.headers = http.client.HTTPMessage()
-        deadline = time.monotonic() + self.server.limits.request_timeout
+        limits = self.server.limits
+        now = time.monotonic()
+        deadline = now + limits.request_timeout
+        idle_deadline = deadline if self._first_request else now + limits.keepalive_timeout
         try:
-            head = self._read_head(deadline)
+            head = self._read_head(deadline, min(deadline, idle_deadline))
             if head is None:
                 return
             self._parse_head(head)
@@ -228,8 +238,11 @@ class RepositoryHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(remaining)
         return self.connection.recv(CHUNK)
 
-    def _read_head(self, deadline: float) -> bytes | None:
-        """The request head (request line and headers), or None when the client left first."""
+    def _read_head(self, deadline: float, idle_deadline: float) -> bytes | None:
+        """The request head (request line and headers), or None when the client left first.
+
+        ``idle_deadline`` bounds the wait for the first byte, ``deadline`` the whole head.
+        """
         limits = self.server.limits
         buf = self._pending
         while True:
@@ -242,7 +255,7 @@ class RepositoryHandler(BaseHTTPRequestHandler):
                 raise _Refusal(HTTPStatus.REQUEST_URI_TOO_LONG)
             if len(buf) > limits.max_head_bytes:
                 raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-            chunk = self._receive(deadline)
+            chunk = self._receive(deadline if buf else idle_deadline)
             if not chunk:
                 return None
             buf += chunk
@@ -435,16 +448,37 @@ def parse_range(header: str, size: int):
     return start, min(end, size - 1)
 
 
+def within_descriptor_limit(limits: ServerLimits) -> ServerLimits:
+    """Limits shrunk, if need be, so that a full server never runs out of descriptors.
+
+    A served connection holds its socket and a file (plus two folders while opening
+    it); a waiting one only its socket; a few more go to the listener and logging.
+    """
+    available = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if available == resource.RLIM_INFINITY:
+        return limits
+    spare = available - _RESERVED_DESCRIPTORS
+    connections = max(1, min(limits.max_connections, spare // _DESCRIPTORS_PER_CONNECTION))
+    waiting = max(0, min(limits.max_waiting, spare - connections * _DESCRIPTORS_PER_CONNECTION))
+    if (connections, waiting) != (limits.max_connections, limits.max_waiting):
+        log.warning("%d descriptors allowed: serving at most %d connections with %d waiting",
+                    available, connections, waiting)
+        limits = replace(limits, max_connections=connections, max_waiting=waiting,
+                         max_per_client=min(limits.max_per_client, connections))
+    return limits
+
+
 class RepositoryServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, root, host: str = "127.0.0.1", port: int = 0, limits: ServerLimits | None = None):
-        self.limits = limits or ServerLimits()
+        self.limits = within_descriptor_limit(limits or ServerLimits())
         self.document_tags = _DocumentTags()
         self._slots_lock = threading.Lock()
         self._active = 0
         self._per_client: dict[str, int] = {}
+        self._waiting: list[tuple] = []          # (socket, address, give-up time), oldest first
         handler = type("Handler", (RepositoryHandler,), {"root": Path(root).resolve()})
         super().__init__((host, port), handler)
 
@@ -453,25 +487,38 @@ class RepositoryServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
-    @property
-    def active_connections(self) -> int:
-        return self._active
-
     # -- connection slots ---------------------------------------------------
+    # A connection gets a slot (and a thread) when both caps allow; otherwise it waits,
+    # holding only its descriptor, until a slot frees or queue_timeout passes (then 503).
+    # The waiting room is bounded too, overall and per address: beyond it, a 503 at once.
     def process_request(self, request, client_address):
         client = client_address[0]
         with self._slots_lock:
-            busy = (self._active >= self.limits.max_connections
-                    or self._per_client.get(client, 0) >= self.limits.max_per_client)
-            if not busy:
-                self._active += 1
-                self._per_client[client] = self._per_client.get(client, 0) + 1
-        if busy:
-            return self._refuse(request)
+            start = self._may_start(client)
+            if start:
+                self._take(client)
+            elif (len(self._waiting) < self.limits.max_waiting and
+                  sum(c[1][0] == client for c in self._waiting) < self.limits.max_per_client):
+                self._waiting.append((request, client_address, time.monotonic() + self.limits.queue_timeout))
+                return
+        if start:
+            self._start(request, client_address)
+        else:
+            self._refuse(request)
+
+    def _may_start(self, client: str) -> bool:
+        return (self._active < self.limits.max_connections
+                and self._per_client.get(client, 0) < self.limits.max_per_client)
+
+    def _take(self, client: str):
+        self._active += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+
+    def _start(self, request, client_address):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release(client)
+            self._release(client_address[0])
             raise
 
     def process_request_thread(self, request, client_address):
@@ -488,6 +535,22 @@ class RepositoryServer(ThreadingHTTPServer):
                 self._per_client[client] = left
             else:
                 self._per_client.pop(client, None)
+            admitted = next((w for w in self._waiting if self._may_start(w[1][0])), None)
+            if admitted:
+                self._waiting.remove(admitted)
+                self._take(admitted[1][0])
+        if admitted:
+            self._start(admitted[0], admitted[1])
+
+    def service_actions(self):
+        """Between accepts: waiting connections whose time is up get their 503."""
+        now = time.monotonic()
+        with self._slots_lock:
+            expired = [w for w in self._waiting if w[2] <= now]
+            for w in expired:
+                self._waiting.remove(w)
+        for request, _address, _deadline in expired:
+            self._refuse(request)
 
     def _refuse(self, request):
         """Answer 503 without waiting for anything (this runs in the accept loop) and close."""
@@ -497,6 +560,13 @@ class RepositoryServer(ThreadingHTTPServer):
         except OSError:
             pass
         self.shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._slots_lock:
+            waiting, self._waiting = self._waiting, []
+        for request, _address, _deadline in waiting:
+            self.shutdown_request(request)
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.serve import RepositoryServer, ServerLimits, parse_range
+from service.serve import RepositoryServer, ServerLimits, parse_range, within_descriptor_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT = bytes(range(256)) * 40                     # 10240 bytes
@@ -332,19 +332,19 @@ def test_a_client_trickling_its_head_is_cut_at_the_deadline(repo):
 
 
 def test_slowloris_flood_neither_exhausts_descriptors_nor_locks_out_other_clients(repo):
-    limits = dict(max_connections=16, max_per_client=8, request_timeout=2.0)
-    with child_server(repo, nofile=64, **limits) as (pid, port):
+    limits = dict(max_connections=16, max_per_client=8, max_waiting=32, request_timeout=1.0)
+    with child_server(repo, nofile=128, **limits) as (pid, port):
         idle_fds = descriptors(pid)
         flood = []
         try:
-            for i in range(120):                   # twice the descriptor limit, from 15 addresses
+            for i in range(200):                   # more than the descriptor limit, from 15 addresses
                 s = connect(port, source=f"127.0.0.{2 + i % 15}")
                 s.sendall(b"GET /index.json HTTP/1.1\r\nX-a: ")
                 flood.append(s)
             time.sleep(0.3)
-            assert descriptors(pid) <= idle_fds + 18      # 16 slots and at most one being refused
+            assert descriptors(pid) <= idle_fds + 16 + 32 + 2    # slots, waiting room, one refusal
             # a new address gets in once the flood's slots expire, however many wait
-            status, deadline = 0, time.monotonic() + 10
+            status, deadline = 0, time.monotonic() + 15
             while status != 200 and time.monotonic() < deadline:
                 try:
                     status = get(port, "/index.json", source="127.0.0.200")[0]
@@ -353,6 +353,9 @@ def test_slowloris_flood_neither_exhausts_descriptors_nor_locks_out_other_client
                 if status != 200:
                     time.sleep(0.2)
             assert status == 200
+            deadline = time.monotonic() + 10
+            while not all(closed_by_server(s) for s in flood) and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert all(closed_by_server(s) for s in flood)
         finally:
             for s in flood:
@@ -367,11 +370,36 @@ def test_one_address_cannot_take_every_slot(repo):
             for s in hogs:
                 s.sendall(b"GET /index.json HTTP/1.1\r\n")
             time.sleep(0.2)
-            assert sum(closed_by_server(s) for s in hogs) == 6       # beyond its 4 slots: refused
+            assert sum(closed_by_server(s) for s in hogs) == 2       # 4 served, 4 waiting, 2 refused
             assert get(port, "/index.json", source="127.0.0.10")[0] == 200
         finally:
             for s in hogs:
                 s.close()
+
+
+def test_connections_beyond_the_cap_wait_for_a_slot_and_are_then_served(repo):
+    with in_process(repo, max_connections=2, max_per_client=2, queue_timeout=10.0) as srv:
+        port = srv.server_address[1]
+        results = []
+
+        def client(i):
+            results.append(get(port, f"/patches/{SHA}.lc0patch", source=f"127.0.0.{20 + i}")[2] == OBJECT)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == [True] * 12
+
+
+def test_descriptor_limit_shrinks_the_caps():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+    try:
+        limits = within_descriptor_limit(ServerLimits(max_connections=64, max_waiting=128))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert limits.max_connections == 17 and limits.max_waiting == 0 and limits.max_per_client == 17
 
 
 def test_huge_header_floods_take_bounded_memory(repo):
