@@ -17,13 +17,14 @@ whole object.
 
 The server is meant for a trusted network or to sit behind nginx or a CDN
 (docs/SECURITY.md), but it bounds what any client can take from it: a cap on
-concurrent connections overall and per client address (extra connections
-get a 503 and are closed at once, so descriptors are never exhausted), a
-request head of at most ``max_head_bytes`` with a bounded request line,
-header count and header line (414/431), one deadline for the whole request
-head and body (a client trickling a byte at a time is cut when it expires),
-request bodies drained when small and refused (413) otherwise, and a minimum
-rate for responses.
+concurrent connections overall and per client address, with a small waiting
+room for the connections beyond it (they wait for a slot holding only their
+socket, then get a 503; beyond the room, a 503 at once), all sized to fit the
+descriptor limit; a request head of at most ``max_head_bytes`` with a
+bounded request line, header count and header line (414/431); one deadline
+for the whole request head and body (a client trickling a byte at a time is
+cut when it expires); request bodies drained when small and refused (413)
+otherwise; and a minimum average rate for responses.
 """
 from __future__ import annotations
 
