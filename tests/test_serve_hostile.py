@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -427,3 +428,81 @@ def test_huge_header_floods_take_bounded_memory(repo):
         assert len(statuses) == 40 and set(statuses) <= {431, "reset"}, statuses
         assert grown_mb < 40, f"server grew by {grown_mb:.0f} MB"
         assert get(port, "/index.json")[0] == 200
+
+
+# -- the nginx front documented in docs/SECURITY.md -----------------------------------------------
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+def documented_nginx_config(root: Path, port: int, prefix: Path) -> str:
+    text = (ROOT / "docs" / "SECURITY.md").read_text()
+    block = text.split("```nginx\n", 1)[1].split("```", 1)[0]
+    http_part, server_part = block.split("server {", 1)
+    server_part = ("server {" + server_part).replace("listen 80;", f"listen 127.0.0.1:{port};")
+    server_part = server_part.replace("/srv/lc0weights/repo", str(root))
+    return f"""
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    {http_part}
+    {server_part}
+}}
+"""
+
+
+def test_the_documented_nginx_front_serves_exactly_the_layout(tmp_path):
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is required in CI")
+        pytest.skip("nginx is not installed")
+    root = build_repository(tmp_path / "repo")
+    for name in OUTSIDE_LAYOUT:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(SECRET)
+    (tmp_path / "secret").write_bytes(SECRET)
+    (root / "nets" / f"{'cd' * 32}.pb.gz").symlink_to(tmp_path / "secret")
+    (root / "rootlink").symlink_to("/")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    (prefix / "nginx.conf").write_text(documented_nginx_config(root, port, prefix))
+    proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-1000:]
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        for name in ("root.json", "timestamp.json", "index.json"):
+            status, headers, body = get(port, f"/{name}")
+            assert status == 200 and body == (root / name).read_bytes()
+            assert headers["cache-control"] == "no-cache"
+            assert get(port, f"/{name}", f"If-None-Match: {headers['etag']}")[0] == 304
+        for path in (f"/records/{NET_ID}.json", f"/nets/{NET_ID}.pb.gz", f"/patches/{SHA}.lc0patch"):
+            status, headers, body = get(port, path)
+            assert status == 200 and body == (root / path[1:]).read_bytes()
+            assert headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert get(port, f"/patches/{SHA}.lc0patch", "Range: bytes=10-19")[::2] == (206, OBJECT[10:20])
+        for name in OUTSIDE_LAYOUT + [f"nets/{'cd' * 32}.pb.gz", "rootlink/etc/passwd"]:
+            status, _, body = get(port, "/" + name)
+            assert status in (403, 404) and SECRET not in body and b"root:" not in body, name
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
