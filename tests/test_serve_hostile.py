@@ -393,6 +393,24 @@ def test_connections_beyond_the_cap_wait_for_a_slot_and_are_then_served(repo):
         assert results == [True] * 12
 
 
+def test_a_client_that_never_reads_loses_its_slot(repo):
+    big_id = "12" * 32
+    (repo / "nets" / f"{big_id}.pb.gz").write_bytes(os.urandom(16 << 20))
+    with in_process(repo, max_connections=1, max_per_client=1, send_timeout=1.0,
+                    request_timeout=1.0, queue_timeout=20.0) as srv:
+        port = srv.server_address[1]
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.bind(("127.0.0.30", 0))
+        stuck.connect(("127.0.0.1", port))
+        try:
+            stuck.sendall(f"GET /nets/{big_id}.pb.gz HTTP/1.1\r\n\r\n".encode())
+            time.sleep(0.3)                            # it holds the only slot, reading nothing
+            assert get(port, "/index.json", source="127.0.0.31")[0] == 200
+        finally:
+            stuck.close()
+
+
 def test_descriptor_limit_shrinks_the_caps():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
