@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
+    s.add_argument("--max-connections", type=positive_int, default=64,
+                   help="connections served at once (default: 64)")
+    s.add_argument("--max-per-client", type=positive_int, default=32,
+                   help="of those, from one address; raise it behind a proxy (default: 32)")
+    s.add_argument("--request-timeout", type=parse_duration, default=20.0, metavar="SECONDS",
+                   help="time allowed for a whole request head and body (default: 20s)")
     s.set_defaults(func=_serve)
 
     r = sub.add_parser("prune", help="keep only the newest nets")
@@ -182,9 +188,11 @@ def _watch(args) -> int:
 
 def _serve(args) -> int:
     from .repository import Repository
-    from .serve import serve
+    from .serve import ServerLimits, serve
     Repository.existing(args.repo)
-    serve(args.repo, args.host, args.port)
+    serve(args.repo, args.host, args.port,
+          ServerLimits(max_connections=args.max_connections, max_per_client=args.max_per_client,
+                       request_timeout=args.request_timeout))
     return 0
 
 

@@ -36,6 +36,8 @@ from lc0weights.distribution.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, R
                                               record_path, utc_now)
 from lc0weights.net import atomic_file
 
+from .sweep import sweep_temp_files
+
 log = logging.getLogger(__name__)
 
 OBJECT_DIRS = ("nets", "patches", "records")
@@ -89,6 +91,7 @@ class Repository:
         self.key = key
         self.expires = expires
         self._known: set[str] | None = None
+        self._swept = False
 
     @classmethod
     def create(cls, root, key: SigningKey | None = None, expires: _dt.timedelta = DEFAULT_EXPIRES):
@@ -172,6 +175,9 @@ class Repository:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 self._known = None
+                if not self._swept:      # what a killed writer left under a temp name is ours now
+                    sweep_temp_files(self.root, lock_held=True)
+                    self._swept = True
                 yield
             finally:
                 self._known = None
