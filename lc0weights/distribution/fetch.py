@@ -50,8 +50,10 @@ class FetchResult:
 
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
-          policy: TransferPolicy | None = None, source=None) -> FetchResult:
-    """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache."""
+          policy: TransferPolicy | None = None, source=None, have=()) -> FetchResult:
+    """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
+
+    ``have`` names more files that may hold nets to use as patch bases."""
     started = time.monotonic()
     source = source or open_source(location, policy)
     index = parse_index(source.read_index())
@@ -60,7 +62,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     if tolerance is not None:
         goals |= {p.result for p in index.patches
                   if p.lossy and p.target == target and p.tolerance <= tolerance}
-    cache = NetCache(cache_dir, client_layout)
+    cache = NetCache(cache_dir, client_layout, have)
     cache.root.mkdir(parents=True, exist_ok=True)
 
     result, route, fallbacks = obtain(index, goals, source, cache)
@@ -68,9 +70,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                            f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
 
-    path = cache.file_for(result.id)
-    if not path.exists():
-        path = cache.store(result)
+    path = cache.store(result, gz=getattr(result, "published_gz", None))
     if out is not None:
         write_net_file(out, result.raw)
     target_entry = index.net(target)
@@ -181,4 +181,6 @@ def _full_net(data: bytes, entry: NetEntry) -> Net:
         raise IntegrityError(f"{entry.path}: corrupt gzip ({e})") from None
     if len(raw) != entry.raw_size:
         raise IntegrityError(f"{entry.path}: {len(raw)} raw bytes, the index says {entry.raw_size}")
-    return checked_net(raw, entry.id, entry.path)
+    net = checked_net(raw, entry.id, entry.path)
+    net.published_gz = data          # the cache keeps exactly the repository's object
+    return net
