@@ -63,29 +63,38 @@ def gzip_net_id(path, max_raw_bytes: int = 16 << 30) -> str | None:
     This is exactly the client's own check of a cached net. The output is bounded,
     so a gzip bomb costs time in proportion to ``max_raw_bytes``, never memory.
     """
+    try:
+        with open(path, "rb") as f:
+            return gzip_stream_id(f, max_raw_bytes)
+    except OSError:
+        return None
+
+
+def gzip_stream_id(f, max_raw_bytes: int = 16 << 30) -> str | None:
+    """As :func:`gzip_net_id`, for an open binary file (read from its start, left at its end)."""
     h = hashlib.sha256()
     total = 0
     try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"\x1f\x8b":
+        f.seek(0)
+        if f.read(2) != b"\x1f\x8b":
+            return None
+        f.seek(0)
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while True:
+            chunk = d.unconsumed_tail or f.read(CHUNK)
+            if not chunk:
+                break
+            piece = d.decompress(chunk, CHUNK)
+            total += len(piece)
+            if total > max_raw_bytes:
                 return None
-            f.seek(0)
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            while True:
-                chunk = d.unconsumed_tail or f.read(CHUNK)
-                if not chunk:
-                    break
-                piece = d.decompress(chunk, CHUNK)
-                total += len(piece)
-                if total > max_raw_bytes:
-                    return None
-                h.update(piece)
-                if d.eof:
-                    if d.unused_data.strip(b"\0") or f.read(1).strip(b"\0"):
-                        return None     # a second member: the client's reader would differ
-                    break
-            if not d.eof:
-                return None
+            h.update(piece)
+            if d.eof:
+                if d.unused_data.strip(b"\0") or f.read(1).strip(b"\0"):
+                    return None     # a second member: readers disagree on such files
+                break
+        if not d.eof:
+            return None
     except (OSError, zlib.error, EOFError):
         return None
     return h.hexdigest()
@@ -162,5 +171,5 @@ def gunzip_limited(data: bytes, max_raw_bytes: int) -> bytes | None:
     return raw
 
 
-__all__ = ["client_cache_dir", "is_net_name", "net_files", "gzip_net_id", "verify_gzip_net",
+__all__ = ["client_cache_dir", "is_net_name", "net_files", "gzip_net_id", "gzip_stream_id", "verify_gzip_net",
            "net_lock", "remove_lock_if_free", "gunzip_limited"]
