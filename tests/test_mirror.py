@@ -261,3 +261,21 @@ def test_the_stand_in_client_waits_for_the_lock(tmp_path, ids):
             client.get_network(ids[0])
     finally:
         os.close(fd)
+
+
+def test_connections_over_the_cap_get_503(repo, ids, tmp_path):
+    import socket
+    mirror = Mirror(str(repo.root), cache_dir=tmp_path / "own", policy=POLICY)
+    server = MirrorServer(mirror, "127.0.0.1", 0, max_connections=1)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2]) as idle:   # holds the one slot
+            time.sleep(0.2)
+            assert requests.get(server.url + ids[0], timeout=10).status_code == 503
+        deadline = time.monotonic() + 5
+        while requests.get(server.url + ids[0], timeout=10).status_code == 503:
+            assert time.monotonic() < deadline                # the slot comes back once it closes
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()

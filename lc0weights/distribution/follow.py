@@ -230,7 +230,7 @@ def _run_until_stopped(stop: threading.Event, work):
     while worker.is_alive():
         if stop.wait(0.2):
             worker.join(STOP_GRACE_SECONDS)
-            return None
+            return box.get("result")        # a fetch that finished meanwhile still counts
     if "error" in box:
         raise box["error"]
     return box["result"]
