@@ -141,7 +141,9 @@ def test_unknown_and_malformed_shas(repo, ids, tmp_path):
     unknown = Net.load(NETS / "maia-1100.pb.gz").id
     with serving(repo.root) as upstream, mirror_at(upstream.url, tmp_path / "own") as (server, _):
         assert requests.get(server.url + unknown, timeout=30).status_code == 404
-        for bad in ("xyz", ids[0][:63], ids[0] + "0", "get_network?sha=abc", "get_network?sha=g" * 64):
+        crowded = "get_network?" + "&".join(f"sha={ids[0]}" for _ in range(20))
+        for bad in ("xyz", ids[0][:63], ids[0] + "0", "get_network?sha=abc", "get_network?sha=" + "g" * 64,
+                    f"get_network?sha={ids[0]}&sha={ids[0]}", crowded):
             assert requests.get(server.url + bad, timeout=30).status_code == 400, bad
         assert requests.get(server.url + "nets/" + ids[0], timeout=30).status_code == 404
     assert not list((tmp_path / "own").glob("*.pb.gz"))

@@ -50,6 +50,9 @@ def run_fetch(args) -> int:
     from .fetch import fetch
     policy = TransferPolicy(timeout=args.timeout, retries=max(0, args.retries))
     if args.follow:
+        if args.net != "latest" or args.output or args.tolerance is not None or args.json:
+            raise ValueError("--follow keeps the cache at the latest exact net: "
+                             "--net, -o, --tolerance and --json do not apply")
         from .follow import run_follow
         policy.progress = False
         return run_follow(args, policy)

@@ -273,7 +273,10 @@ class MirrorHandler(BaseHTTPRequestHandler):
         started = time.monotonic()
         if self.headers.get("Content-Length", "0") not in ("", "0") or self.headers.get("Transfer-Encoding"):
             self.close_connection = True        # a body is never read: do not parse it as a request
-        sha = _requested_sha(self.path)
+        try:
+            sha = _requested_sha(self.path)
+        except ValueError:                      # e.g. a query with too many fields
+            sha = ""
         if sha is None:
             return self._status(HTTPStatus.NOT_FOUND, send_body, "-")
         if not _SHA.match(sha):
@@ -286,8 +289,14 @@ class MirrorHandler(BaseHTTPRequestHandler):
         except (Lc0WeightsError, OSError) as e:
             log.warning("%s: %s", sha[:16], e)
             return self._status(HTTPStatus.BAD_GATEWAY, send_body, sha, "could not obtain a verified net")
-        with served.file as f:
-            sent = self._send_file(f, served, send_body)
+        try:
+            with served.file as f:
+                sent = self._send_file(f, served, send_body)
+        except OSError as e:                    # the client went away mid-transfer
+            self.close_connection = True
+            log.info("%s %s client gone after the headers (%s)", self.command, sha[:16],
+                     type(e).__name__)
+            return
         log.info("%s %s %d route=%s upstream=%d saved=%d sent=%d %.2fs", self.command, sha[:16],
                  self._code, served.route, served.upstream_bytes, served.saved_bytes, sent,
                  time.monotonic() - started)
