@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -66,20 +67,15 @@ def test_the_client_follows_the_run_through_the_mirror_with_patches_and_a_restar
     repo = Repository.create(tmp_path / "repo")
     own, client_dir = tmp_path / "mirror", tmp_path / "client"
     with serving(repo.root) as upstream:
-        client = None
-        for i, path in enumerate(paths):
-            publish(repo, [path], codec=FAST_CODEC, skips=(1,))
-            if i in (0, 3):                       # start, then restart the mirror mid-run
-                if i:
-                    context.__exit__(None, None, None)
-                context = mirror_at(upstream.url, own, client_dir)
-                server, mirror = context.__enter__()
+        for first, last in ((0, 3), (3, 6)):        # the mirror is restarted mid-run
+            with mirror_at(upstream.url, own, client_dir) as (server, _):
                 client = StandInClient(client_dir, server.url, retry_pause=0.1)
-            assert client.check(client.get_network(ids[i]), ids[i])
-        # After the restart the held nets are still there: asking again costs nothing upstream.
-        again = requests.get(server.url + ids[4], timeout=30)
+                for i in range(first, last):
+                    publish(repo, [paths[i]], codec=FAST_CODEC, skips=(1,))
+                    assert client.check(client.get_network(ids[i]), ids[i])
+                # The restarted mirror still holds what it held: asking again costs nothing upstream.
+                again = requests.get(server.url + ids[4], timeout=30) if first else None
         assert gunzip_id(again.content) == ids[4]
-        context.__exit__(None, None, None)
 
     lines = mirror_lines(caplog)
     assert [sha for sha, *_ in lines] == [i[:16] for i in ids[:6]] + [ids[4][:16]]
@@ -271,7 +267,7 @@ def test_connections_over_the_cap_get_503(repo, ids, tmp_path):
     server = MirrorServer(mirror, "127.0.0.1", 0, max_connections=1)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with socket.create_connection(server.server_address[:2]) as idle:   # holds the one slot
+        with socket.create_connection(server.server_address[:2]):   # holds the one slot
             time.sleep(0.2)
             assert requests.get(server.url + ids[0], timeout=10).status_code == 503
         deadline = time.monotonic() + 5
@@ -281,3 +277,15 @@ def test_connections_over_the_cap_get_503(repo, ids, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_stand_in_client_cleans_up_old_nets_as_lczero_client_does(repo, ids, tmp_path):
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    for i in (0, 1):
+        shutil.copyfile(run_paths()[i], client_dir / ids[i])
+    old = time.time() - 17 * 3600                                  # past the 16 h keep time
+    os.utime(client_dir / ids[0], (old, old))
+    with serving(repo.root) as upstream, mirror_at(upstream.url, tmp_path / "own", client_dir) as (server, _):
+        StandInClient(client_dir, server.url).get_network(ids[2])
+    assert sorted(p.name for p in client_dir.iterdir() if len(p.name) == 64) == sorted(ids[1:3])

@@ -100,10 +100,6 @@ def gzip_stream_id(f, max_raw_bytes: int = 16 << 30) -> str | None:
     return h.hexdigest()
 
 
-def verify_gzip_net(path, net_id: str) -> bool:
-    return gzip_net_id(path) == net_id
-
-
 @contextlib.contextmanager
 def net_lock(folder, net_id: str, wait: float = LOCK_WAIT_SECONDS):
     """Hold ``<id>.lck`` as lczero-client does, waiting up to ``wait`` seconds.
@@ -157,19 +153,3 @@ def remove_lock_if_free(folder, net_id: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def gunzip_limited(data: bytes, max_raw_bytes: int) -> bytes | None:
-    """Whole gunzip of ``data`` with an output bound; None when corrupt or too large."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        raw = d.decompress(data, max_raw_bytes + 1)
-    except zlib.error:
-        return None
-    if len(raw) > max_raw_bytes or not d.eof:
-        return None
-    return raw
-
-
-__all__ = ["client_cache_dir", "is_net_name", "net_files", "gzip_net_id", "gzip_stream_id", "verify_gzip_net",
-           "net_lock", "remove_lock_if_free", "gunzip_limited"]
