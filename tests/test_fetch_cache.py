@@ -36,12 +36,15 @@ def test_fetch_uses_the_default_cache_when_none_is_given(repo, ids, monkeypatch,
     assert result.path == str(tmp_path / "lc0weights" / f"{ids[1]}.pb.gz")
 
 
-def test_held_ids_by_layout(tmp_path, ids):
+def test_held_ids_name_files_of_either_layout_but_load_verifies(tmp_path, ids):
     copy_into_cache(run_paths()[0], tmp_path, ids[0])
     (tmp_path / ids[1]).write_bytes(b"x")
     (tmp_path / "notes.txt").write_bytes(b"x")
-    assert NetCache(tmp_path).held_ids() == {ids[0]}
-    assert NetCache(tmp_path, client_layout=True).held_ids() == {ids[1]}
+    for layout in (False, True):
+        cache = NetCache(tmp_path, client_layout=layout)
+        assert cache.held_ids() == {ids[0], ids[1]}      # names are claims for planning
+        assert cache.load(ids[0]).id == ids[0]
+        assert cache.load(ids[1]) is None                # and a false claim is never used
 
 
 def test_a_cached_net_that_does_not_match_its_name_is_not_used(repo, ids, tmp_path):

@@ -1,12 +1,18 @@
 """The client's net cache: nets stored by id, in our layout or the training client's.
 
 Our layout keeps ``<id>.pb.gz`` files; the training client's layout keeps a
-gzip file named just ``<id>``. Either way the name is the id, so what the
-cache holds is known without reading anything, and each net is verified
-against its name before it is used as a patch base.
+gzip file named just ``<id>``. Nets are *found* by content, whatever their
+name: any ``.pb.gz``, ``.pb`` or bare-id file in the folder, and any file
+named with ``have``, is a candidate patch base. A file named by an id is
+taken at its word for planning; any other file is hashed once and its id
+remembered in a small memo (keyed by path, size and mtime), so a large cache
+is not re-read on every fetch. Either way a net is verified against its id
+before it is used, and the cache never reports a file it has not verified.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 import re
@@ -14,10 +20,16 @@ import sys
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
-from ..net import Net, write_net_file
+from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, write_net_file
+from .client_cache import client_cache_dir, gzip_net_id, net_lock
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"([0-9a-f]{64})(\.pb\.gz)?\Z")
+_ID_NAME = re.compile(r"([0-9a-f]{64})(\.pb\.gz)?\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+MEMO_NAME = ".held-ids.json"
+MEMO_MAX_BYTES = 4 << 20           # ~20,000 entries; a real cache holds tens of nets
+MEMO_MAX_ENTRIES = 20_000
+MAX_NET_BYTES = 16 << 30           # no lc0 net comes near this; bounds a hostile gzip
 
 
 def default_cache_dir() -> Path:
@@ -30,45 +42,199 @@ def default_cache_dir() -> Path:
     return Path(base) / "lc0weights"
 
 
+def is_candidate_name(name: str) -> bool:
+    """A file name that may hold a net: ``.pb.gz``, ``.pb`` or a bare id (never hidden)."""
+    if name.startswith("."):
+        return False
+    return name.endswith((".pb.gz", ".pb")) or _HEX64.match(name) is not None
+
+
+def file_net_id(path) -> str | None:
+    """The id of the net a file holds (gzip or raw), computed from its content; None if unreadable."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return None
+    if gz:
+        return gzip_net_id(path, MAX_NET_BYTES)
+    from .download import sha256_file
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+class IdMemo:
+    """Remembered ids of held files: ``{key: [size, mtime_ns, id]}`` in one small JSON file.
+
+    The memo lives in the cache folder and can be edited by anyone who can write
+    there, so it is read with a size bound and every entry is validated; a bad
+    memo is ignored, never trusted. An entry is only a hint for planning: the
+    net is still verified against its id before use.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(MEMO_MAX_BYTES + 1)
+        except OSError:
+            return
+        if len(data) > MEMO_MAX_BYTES:
+            log.warning("ignoring %s: larger than %d bytes", self.path, MEMO_MAX_BYTES)
+            return
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            log.warning("ignoring %s: not JSON", self.path)
+            return
+        if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("ids"), dict):
+            return
+        for key, value in list(doc["ids"].items())[:MEMO_MAX_ENTRIES]:
+            if (isinstance(key, str) and len(key) < 4096 and isinstance(value, list) and len(value) == 3
+                    and all(type(v) is int and v >= 0 for v in value[:2])
+                    and isinstance(value[2], str) and _HEX64.match(value[2])):
+                self.entries[key] = value
+
+    def id_of(self, key: str, path: Path, st: os.stat_result) -> str | None:
+        entry = self.entries.get(key)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return entry[2]
+        net_id = file_net_id(path)
+        if net_id is not None and len(self.entries) < MEMO_MAX_ENTRIES:
+            self.entries[key] = [st.st_size, st.st_mtime_ns, net_id]
+            self.dirty = True
+        return net_id
+
+    def forget(self, key: str) -> None:
+        if self.entries.pop(key, None) is not None:
+            self.dirty = True
+
+    def keep_only(self, keys) -> None:
+        stale = set(self.entries) - set(keys)
+        for key in stale:
+            del self.entries[key]
+        self.dirty = self.dirty or bool(stale)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            atomic_write(self.path, json.dumps({"version": 1, "ids": self.entries}).encode())
+            self.dirty = False
+        except OSError as e:                  # a read-only cache still works, only slower
+            log.debug("cannot save %s: %s", self.path, e)
+
+
 class NetCache:
-    def __init__(self, root=None, client_layout: bool = False):
-        self.root = Path(root) if root is not None else default_cache_dir()
+    def __init__(self, root=None, client_layout: bool = False, have=()):
+        if root is None:
+            root = client_cache_dir() if client_layout else default_cache_dir()
+        self.root = Path(root)
         self.client_layout = client_layout
+        self.have = [Path(p) for p in have]
+        self._where: dict[str, list[tuple[Path, str | None]]] = {}
 
     def file_for(self, net_id: str) -> Path:
         return self.root / (net_id if self.client_layout else f"{net_id}.pb.gz")
 
+    # -- what the cache holds -------------------------------------------------------
     def held_ids(self) -> set[str]:
-        """Ids of the nets in the cache, by file name (in this cache's layout)."""
-        if not self.root.is_dir():
-            return set()
-        held = set()
-        for entry in os.scandir(self.root):
-            m = _ID.match(entry.name)
-            if m and entry.is_file() and bool(m.group(2)) != self.client_layout:
-                held.add(m.group(1))
-        return held
+        """Ids of the nets the cache (and ``have``) may hold: names first, else content."""
+        self._where = {}
+        memo = IdMemo(self.root / MEMO_NAME)
+        used_keys = []
+        for path, key in self._candidates():
+            m = _ID_NAME.match(path.name)
+            if m:
+                self._where.setdefault(m.group(1), []).append((path, None))
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            net_id = memo.id_of(key, path, st)
+            used_keys.append(key)
+            if net_id is not None:
+                self._where.setdefault(net_id, []).append((path, key))
+        memo.keep_only(used_keys)
+        if self.root.is_dir():
+            memo.save()
+        return set(self._where)
+
+    def _candidates(self):
+        """(path, memo key) of each file that may hold a net; symlinks in the cache are skipped."""
+        if self.root.is_dir():
+            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+                if is_candidate_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path), entry.name
+        for path in self.have:
+            yield path, str(path.resolve())
 
     def load(self, net_id: str) -> Net | None:
-        """The cached net, or None when it is missing or does not hash to its name."""
-        path = self.file_for(net_id)
-        try:
-            net = Net.load(path)
-        except Lc0WeightsError as e:
-            log.warning("ignoring cached %s: %s", path, e)
-            return None
-        if net.id != net_id:
+        """The held net, verified against its id; None when no file holding it checks out."""
+        places = self._where.get(net_id) or [(self.file_for(net_id), None)]
+        for path, key in places:
+            if key is None and path.parent == self.root and path.is_symlink():
+                log.warning("ignoring cached %s: a symlink", path)
+                continue
+            try:
+                net = Net.load(path)
+            except Lc0WeightsError as e:
+                log.warning("ignoring cached %s: %s", path, e)
+                self._forget(key)
+                continue
+            if net.id == net_id:
+                return net
             log.warning("ignoring cached %s: its content has id %s", path, net.id)
-            return None
-        return net
+            self._forget(key)
+        return None
 
-    def store(self, net: Net) -> Path:
+    def _forget(self, key: str | None) -> None:
+        """Drop a memo entry that turned out wrong, so the file is hashed afresh next time."""
+        if key is None or not self.root.is_dir():
+            return
+        memo = IdMemo(self.root / MEMO_NAME)
+        memo.forget(key)
+        memo.save()
+
+    # -- writing ----------------------------------------------------------------------
+    def store(self, net: Net, gz: bytes | None = None) -> Path:
+        """Put ``net`` in the cache under its id and return the path.
+
+        An existing file under that name is kept only when it verifies; anything
+        else there (a truncated file, another net, a symlink) is replaced by
+        rename, which replaces a symlink itself rather than writing through it.
+        ``gz``, when given, is the published gzip of the net and is stored as is.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.file_for(net.id)
         if self.client_layout:
-            # Always gzip, whatever the name says: that is what the client stores.
-            from ..net import atomic_write, gzip_bytes
-            atomic_write(path, gzip_bytes(net.raw))
+            with net_lock(self.root, net.id):
+                self._store_at(path, net, gz)
         else:
-            write_net_file(path, net.raw)
+            self._store_at(path, net, gz)
         return path
+
+    def _store_at(self, path: Path, net: Net, gz: bytes | None) -> None:
+        if not path.is_symlink() and path.is_file() and gzip_net_id(path, MAX_NET_BYTES) == net.id:
+            return
+        if gz is not None:
+            atomic_write(path, gz)
+        elif path.name.endswith(".gz"):
+            write_net_file(path, net.raw)
+        else:
+            # The training client's layout: always gzip, whatever the name says.
+            with atomic_file(path) as f:
+                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
+                                   filename="") as z:
+                    view = memoryview(net.raw)
+                    for start in range(0, len(view), 1 << 22):
+                        z.write(view[start:start + (1 << 22)])

@@ -1,4 +1,4 @@
-"""The ``fetch`` and ``check`` subcommands of the ``lc0weights`` command line."""
+"""The ``fetch``, ``check`` and ``mirror`` subcommands of the ``lc0weights`` command line."""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="retries per download")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--have", action="append", metavar="FILE",
+                   help="a net file held elsewhere, usable as a patch base (repeatable)")
+    p.add_argument("--follow", action="store_true",
+                   help="keep running: fetch every new latest net as it is published")
+    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                   help="with --follow: seconds between polls (default 60)")
+    p.add_argument("--keep", type=int, default=2, metavar="N",
+                   help="with --follow: nets kept in the cache (default 2)")
     p.set_defaults(run=run_fetch)
 
     c = subparsers.add_parser(
@@ -40,6 +48,9 @@ def add_commands(subparsers) -> None:
     c.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
+
+    from .mirror import add_mirror_command
+    add_mirror_command(subparsers)
 
 
 def add_trust_option(p) -> None:
@@ -65,9 +76,16 @@ def run_fetch(args) -> int:
     from .fetch import fetch
     client_settings(args)
     policy = TransferPolicy(timeout=args.timeout, retries=max(0, args.retries))
+    if args.follow:
+        if args.net != "latest" or args.output or args.tolerance is not None or args.json:
+            raise ValueError("--follow keeps the cache at the latest exact net: "
+                             "--net, -o, --tolerance and --json do not apply")
+        from .follow import run_follow
+        policy.progress = False
+        return run_follow(args, policy)
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
                    client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
-                   trust=args.trust)
+                   trust=args.trust, have=args.have or ())
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:

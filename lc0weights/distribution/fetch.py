@@ -52,16 +52,17 @@ class FetchResult:
 
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
-          policy: TransferPolicy | None = None, source=None, trust=None) -> FetchResult:
+          policy: TransferPolicy | None = None, source=None, trust=None, have=()) -> FetchResult:
     """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
 
     ``trust`` pins the repository's root key (``ed25519:...``, ``@FILE`` or a
     PublicKey): every document and object is then checked against signed
     metadata. Without it nothing is authenticated, and a warning says so.
+    ``have`` names more files that may hold nets to use as patch bases.
     """
     started = time.monotonic()
     source = source or open_source(location, policy)
-    cache = NetCache(cache_dir, client_layout)
+    cache = NetCache(cache_dir, client_layout, have)
     updater = Updater(source, trust, trust_state_dir(cache))
     try:
         index, target = read_catalog(updater, cache.held_ids(), net, tolerance)
@@ -76,7 +77,9 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
-        path = cache.store(result)      # replaces whatever sat under the name, never writes through it
+        # Replaces whatever sat under the name (never writing through it); a full download
+        # stores the repository's own gzip bytes.
+        path = cache.store(result, gz=getattr(result, "published_gz", None))
         if out is not None:
             write_net_file(out, result.raw)
         updater.save()                  # what was accepted is remembered only once it has been used
@@ -219,4 +222,6 @@ def _full_net(data: bytes, entry: NetEntry) -> Net:
         raise IntegrityError(f"{entry.path}: corrupt gzip ({e})") from None
     if len(raw) != entry.raw_size:
         raise IntegrityError(f"{entry.path}: {len(raw)} raw bytes, the index says {entry.raw_size}")
-    return checked_net(raw, entry.id, entry.path)
+    net = checked_net(raw, entry.id, entry.path)
+    net.published_gz = data          # the cache keeps exactly the repository's object
+    return net

@@ -1,0 +1,258 @@
+"""``fetch --follow``: keep a cache at the latest published net, as it is published.
+
+Every interval the repository's top document is polled with a conditional
+GET (a few hundred bytes, or a 304, when nothing is new); when it changed,
+``fetch`` brings the cache to the latest net, and only the newest ``keep``
+nets stay (two by default, so the next patch has a base). With the training
+client's layout the cache is lczero-client's own folder, and each net is
+there, verified, before the client asks for it.
+
+The loop waits on an Event, not in ``sleep``, so SIGTERM/SIGINT stop it
+within moments, even in the middle of a transfer; an upstream outage is
+logged once and retried with a growing pause. Every file is written under a
+temp name and renamed, so no partial file ever carries a final name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from ..errors import Lc0WeightsError
+from .cache import NetCache
+from .client_cache import remove_lock_if_free
+from .download import TransferPolicy, open_source
+from .errors import DownloadError
+from .index import INDEX_NAME, MAX_INDEX_BYTES
+
+log = logging.getLogger(__name__)
+
+TOP_DOCUMENTS = ("timestamp.json", INDEX_NAME)   # the signed layout's poll document, then the legacy index
+STOP_GRACE_SECONDS = 3.0
+MAX_BACKOFF_SECONDS = 600.0
+
+
+class FollowStopped(Exception):
+    """Raised inside a transfer when a stop was asked for; unwinds fetch's own clean-up."""
+
+
+class _StopAwareSession(requests.Session):
+    """A session whose transfers end at the next chunk once ``stop`` is set."""
+
+    def __init__(self, stop: threading.Event):
+        super().__init__()
+        self.stop = stop
+
+    def request(self, *args, **kwargs):
+        if self.stop.is_set():
+            raise FollowStopped()
+        response = super().request(*args, **kwargs)
+        if kwargs.get("stream"):
+            chunks = response.iter_content
+
+            def iter_content(chunk_size=1, decode_unicode=False):
+                for chunk in chunks(chunk_size, decode_unicode):
+                    if self.stop.is_set():
+                        raise FollowStopped()
+                    yield chunk
+            response.iter_content = iter_content
+        return response
+
+
+class TopDocumentPoller:
+    """Says whether the repository's top document changed since the last successful fetch.
+
+    Over HTTP a conditional GET (If-None-Match); for a directory its stat.
+    ``changed()`` raises DownloadError when the repository cannot be reached.
+    """
+
+    def __init__(self, location: str, policy: TransferPolicy, session: requests.Session):
+        self.location = location
+        self.policy = policy
+        self.session = session
+        self.http = re.match(r"https?://", location, re.I) is not None
+        self.name: str | None = None
+        self.seen = None          # validator of the document at the last successful fetch
+        self.pending = None       # validator of the document just polled
+
+    def changed(self) -> bool:
+        self.pending = self._poll_http() if self.http else self._poll_dir()
+        return self.pending is None or self.pending != self.seen
+
+    def accept(self) -> None:
+        """The fetch after the last poll succeeded: its document is now the one seen."""
+        self.seen = self.pending
+
+    def forget(self) -> None:
+        self.seen = None
+
+    def _poll_dir(self):
+        root = Path(self.location.removeprefix("file://"))
+        for name in ([self.name] if self.name else TOP_DOCUMENTS):
+            try:
+                st = (root / name).stat()
+            except OSError:
+                continue
+            self.name = name
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+        raise DownloadError(f"{root}: no repository document to poll")
+
+    def _poll_http(self):
+        base = self.location if self.location.endswith("/") else self.location + "/"
+        for name in ([self.name] if self.name else TOP_DOCUMENTS):
+            headers = {"Cache-Control": "no-cache"}
+            if self.seen and self.seen[0] == "etag":
+                headers["If-None-Match"] = self.seen[1]
+            try:
+                with self.session.get(base + name, headers=headers, stream=True,
+                                      timeout=self.policy.timeout) as r:
+                    if r.status_code == 304:
+                        self.name = name
+                        return self.seen
+                    if r.status_code == 404 and self.name is None:
+                        continue
+                    if r.status_code != 200:
+                        raise DownloadError(f"{base + name}: HTTP {r.status_code}")
+                    self.name = name
+                    etag = r.headers.get("ETag")
+                    size = 0
+                    for chunk in r.iter_content(1 << 16):   # drained, bounded, keeps the connection
+                        size += len(chunk)
+                        if size > MAX_INDEX_BYTES:
+                            raise DownloadError(f"{base + name}: larger than {MAX_INDEX_BYTES} bytes")
+                    return ("etag", etag) if etag else None
+            except requests.RequestException as e:
+                raise DownloadError(f"{base + name}: {type(e).__name__}") from None
+        raise DownloadError(f"{base}: no repository document to poll (HTTP 404)")
+
+
+def prune(cache: NetCache, keep: int, current: str) -> list[str]:
+    """Delete all but the newest ``keep`` nets named by id in the cache's layout; never ``current``."""
+    pattern = re.compile(r"([0-9a-f]{64})\Z" if cache.client_layout else r"([0-9a-f]{64})\.pb\.gz\Z")
+    nets = []
+    for entry in os.scandir(cache.root):
+        m = pattern.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False):
+            nets.append((m.group(1) == current, entry.stat(follow_symlinks=False).st_mtime_ns,
+                         m.group(1), Path(entry.path)))
+    nets.sort(reverse=True)
+    removed = []
+    for _, _, net_id, path in nets[max(1, keep):]:
+        try:
+            path.unlink()
+            removed.append(net_id)
+        except OSError:
+            continue
+        if cache.client_layout:
+            remove_lock_if_free(cache.root, net_id)
+    return removed
+
+
+def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: bool = False,
+           interval: float = 60.0, keep: int = 2, policy: TransferPolicy | None = None,
+           trust: str | None = None, have=(), on_net=None) -> int:
+    """Poll and fetch until ``stop`` is set; return the number of new nets obtained.
+
+    ``on_net(result)`` is called after each new net is in the cache.
+    """
+    from .fetch import fetch
+    policy = policy or TransferPolicy(progress=False)
+    session = _StopAwareSession(stop)
+    poller = TopDocumentPoller(location, policy, session)
+    cache = NetCache(cache_dir, client_layout)
+    extra = {} if trust is None else {"trust": trust}
+    current, obtained, failures = None, 0, 0
+    log.info("following %s every %g s into %s (keeping %d nets)", location, interval, cache.root, keep)
+    while not stop.is_set():
+        pause = interval
+        try:
+            if poller.changed() or current is None:
+                source = open_source(location, policy)
+                if hasattr(source, "session"):
+                    source.session = session
+                result = _run_until_stopped(stop, lambda: fetch(
+                    location, net="latest", cache_dir=cache.root, client_layout=client_layout,
+                    policy=policy, source=source, have=have, **extra))
+                if result is None:
+                    break
+                poller.accept()
+                if result.net_id != current:
+                    current = result.net_id
+                    obtained += 1
+                    log.info("new net %s via %s: %d bytes downloaded (full net %d) -> %s",
+                                current, result.route, result.bytes_downloaded, result.full_size,
+                                result.path)
+                    removed = prune(cache, keep, current)
+                    if removed:
+                        log.info("removed %d older net(s): %s", len(removed),
+                                 ", ".join(r[:16] for r in removed))
+                    if on_net is not None:
+                        on_net(result)
+            if failures:
+                log.warning("upstream %s reachable again after %d failed poll(s)", location, failures)
+                failures = 0
+        except FollowStopped:
+            break
+        except (Lc0WeightsError, OSError) as e:
+            failures += 1
+            poller.forget()
+            pause = min(MAX_BACKOFF_SECONDS, interval * 2 ** min(failures - 1, 16))
+            if failures == 1:
+                log.warning("cannot follow %s (%s); retrying with backoff", location, e)
+            else:
+                log.info("still failing (%s); next try in %g s", e, pause)
+        stop.wait(pause)
+    return obtained
+
+
+def _run_until_stopped(stop: threading.Event, work):
+    """Run ``work`` in a worker thread; its result, or None once ``stop`` is set.
+
+    The transfer notices the stop at its next chunk and cleans up after itself;
+    work that is busy elsewhere (decoding a patch) gets a short grace before
+    the caller gives up on it.
+    """
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = work()
+        except BaseException as e:          # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="follow-fetch", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if stop.wait(0.2):
+            worker.join(STOP_GRACE_SECONDS)
+            return box.get("result")        # a fetch that finished meanwhile still counts
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (in the main thread only, as Python requires)."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def run_follow(args, policy: TransferPolicy) -> int:
+    """The ``fetch --follow`` command: runs until SIGTERM or SIGINT, then exits 0."""
+    stop = threading.Event()
+    stop_on_signals(stop)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    started = time.monotonic()
+    count = follow(args.url, stop, cache_dir=args.cache, client_layout=args.client_layout,
+                   interval=max(0.1, args.interval), keep=max(1, args.keep), policy=policy,
+                   trust=args.trust, have=args.have or ())
+    log.warning("stopped after %.0f s; %d new net(s) fetched", time.monotonic() - started, count)
+    return 0

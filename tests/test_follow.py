@@ -1,0 +1,172 @@
+"""``fetch --follow``: new nets land verified in lczero-client's cache; stops and outages are clean."""
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from lc0weights import Net
+from lc0weights.distribution import TransferPolicy
+from lc0weights.distribution.follow import follow
+from service.publish import publish
+from service.repository import Repository
+from service.serve import RepositoryHandler, RepositoryServer
+
+from conftest import run_paths
+from lczero_client_standin import StandInClient
+from repo_fixtures import FAST_CODEC, leftovers, serving
+
+POLICY = TransferPolicy(retries=0, timeout=5, progress=False)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return [Net.load(p).id for p in run_paths()[:3]]
+
+
+def wait_for(predicate, seconds: float) -> float:
+    """Seconds until ``predicate()`` holds; fails after ``seconds``."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < seconds, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@contextmanager
+def following(url, cache, interval, **kw):
+    stop = threading.Event()
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("n", follow(
+        url, stop, cache_dir=cache, client_layout=True, interval=interval, policy=POLICY, **kw)))
+    thread.start()
+    try:
+        yield box
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def verified(cache: Path, net_id: str) -> bool:
+    return (cache / net_id).exists() and StandInClient.check(cache / net_id, net_id)
+
+
+def test_a_published_net_is_in_the_client_cache_within_two_intervals(tmp_path, ids):
+    interval = 1.0
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache = tmp_path / "client-cache"
+    with serving(repo.root) as upstream, following(upstream.url, cache, interval, keep=2) as box:
+        wait_for(lambda: verified(cache, ids[0]), 10)
+        for i in (1, 2):
+            publish(repo, [run_paths()[i]], codec=FAST_CODEC, skips=(1,))
+            assert wait_for(lambda: verified(cache, ids[i]), 2 * interval) <= 2 * interval
+    assert box["n"] == 3
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(ids[1:])
+    assert [p for p in leftovers(cache) if p != ".held-ids.json"] == []
+    # The client finds the net in place: it never asks its (here unreachable) mirror.
+    client = StandInClient(cache, "http://127.0.0.1:9/", retries=1)
+    assert client.get_network(ids[2]) == cache / ids[2] and client.downloads == []
+
+
+def test_an_upstream_outage_is_survived(tmp_path, ids, caplog):
+    caplog.set_level(logging.INFO, logger="lc0weights.distribution.follow")
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache = tmp_path / "client-cache"
+    server = RepositoryServer(repo.root)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with following(server.url, cache, 0.2) as box:
+        wait_for(lambda: verified(cache, ids[0]), 10)
+        server.shutdown()
+        server.server_close()                             # the upstream is gone
+        time.sleep(0.8)
+        publish(repo, [run_paths()[1]], codec=FAST_CODEC, skips=(1,))
+        server = RepositoryServer(repo.root, port=port)  # and back, with a new net
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            wait_for(lambda: verified(cache, ids[1]), 15)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert box["n"] == 2
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("cannot follow" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+
+
+class Trickle(RepositoryHandler):
+    """Serves the index, but full nets at about 64 KB/s: a transfer that takes a while."""
+
+    def do_GET(self):
+        file = self._resolve()
+        if file is None or not self.path.startswith("/nets/"):
+            return super().do_GET()
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for start in range(0, len(data), 8192):
+                self.wfile.write(data[start:start + 8192])
+                self.wfile.flush()
+                time.sleep(0.125)
+        except OSError:
+            pass
+
+
+def _follow_process(url: str, cache: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lc0weights.cli", "fetch", url, "--follow", "--interval", "0.5",
+         "--client-layout", "--cache", str(cache), "--retries", "0"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_it_between_polls(tmp_path, ids, sig):
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache = tmp_path / "client-cache"
+    with serving(repo.root) as upstream:
+        proc = _follow_process(upstream.url, cache)
+        try:
+            wait_for(lambda: verified(cache, ids[0]), 30)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = proc.stderr.read()
+    assert "stopped after" in err and "Traceback" not in err
+
+
+def test_sigterm_during_a_transfer_stops_within_seconds_leaving_no_partial_file(tmp_path, ids):
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache = tmp_path / "client-cache"
+    with serving(repo.root, Trickle) as upstream:
+        proc = _follow_process(upstream.url, cache)
+        try:
+            wait_for(lambda: any(cache.rglob("*.part")), 30)     # the net is on its way
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - started < 4
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (cache / ids[0]).exists()
+    assert [p for p in leftovers(cache) if p != ".held-ids.json"] == []
+    assert "Traceback" not in proc.stderr.read()
