@@ -109,7 +109,7 @@ def test_six_concurrent_requests_for_one_net_make_one_upstream_fetch(repo, ids, 
 
     class Slow(base):
         def do_GET(self):
-            if self.path.startswith("/index.json"):
+            if self.path.startswith("/timestamp.json"):
                 time.sleep(0.5)
             return super().do_GET()
 
@@ -128,7 +128,7 @@ def test_six_concurrent_requests_for_one_net_make_one_upstream_fetch(repo, ids, 
             t.join()
     assert all(r.status_code == 200 and gunzip_id(r.content) == ids[2] for r in bodies)
     assert mirror.upstream_fetches == 1
-    assert Slow.calls.get("/index.json") == 1
+    assert Slow.calls.get("/timestamp.json") == 1
     objects = {k: v for k, v in Slow.calls.items() if k.startswith(("/nets/", "/patches/"))}
     assert list(objects.values()) == [1]
 

@@ -65,15 +65,18 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     cache = NetCache(cache_dir, client_layout, have)
     updater = Updater(source, trust, trust_state_dir(cache))
     try:
-        index, target = read_catalog(updater, cache.held_ids(), net, tolerance)
-        metadata_bytes = source.bytes_downloaded
-        goals = {target}
-        if tolerance is not None:
-            goals |= {p.result for p in index.patches
-                      if p.lossy and p.target == target and p.tolerance <= tolerance}
+        held = cache.held_ids()
+        index, target = read_catalog(updater, held, net, tolerance)
         cache.root.mkdir(parents=True, exist_ok=True)
-
-        result, route, fallbacks = obtain(index, goals, source, cache)
+        try:
+            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
+        except NoRouteError:
+            if index.nets or updater.timestamp is None:
+                raise
+            # The copy held under the wanted net's name is not that net: read the records after all.
+            index, target = updater.catalog(net, held - {target}, tolerance)
+            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
+        metadata_bytes = updater.metadata_bytes
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
@@ -94,6 +97,15 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
 
 
+def _goals(index, target: str, tolerance: float | None) -> set[str]:
+    """The wanted net, and with a tolerance every published lossy net standing for it."""
+    goals = {target}
+    if tolerance is not None:
+        goals |= {p.result for p in index.patches
+                  if p.lossy and p.target == target and p.tolerance <= tolerance}
+    return goals
+
+
 def trust_state_dir(cache: NetCache) -> Path:
     return cache.root / ".lc0weights-trust"
 
@@ -106,7 +118,7 @@ def read_catalog(updater: Updater, held, net: str = "latest", tolerance=None):
     """
     if updater.refresh() is not None:
         return updater.catalog(net, held, tolerance)
-    index = parse_index(updater.source.read_index())
+    index = parse_index(updater._counted(updater.source.read_index))
     return index, index.resolve(net)
 
 

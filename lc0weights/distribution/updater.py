@@ -145,6 +145,7 @@ class Updater:
         self.links: dict[int, Link] = {}          # the verified link each record was read by
         self._hints: dict[str, bytes] = {}
         self._work = None
+        self.metadata_bytes = 0                   # read from the source for metadata, over all steps
 
     # -- steps 1-5: the top documents -------------------------------------------------------
     def refresh(self) -> Timestamp | None:
@@ -195,9 +196,18 @@ class Updater:
         self.timestamp = ts
         return ts
 
+    def _counted(self, read, *args, **kwargs):
+        """Call a source method, adding what it downloaded to :attr:`metadata_bytes`."""
+        before = self.source.bytes_downloaded
+        try:
+            return read(*args, **kwargs)
+        finally:
+            self.metadata_bytes += self.source.bytes_downloaded - before
+
     def _top_document(self, name: str) -> bytes | None:
         etag, cached = self.state.cached_document(name)
-        reply = self.source.read_document(name, MAX_TOP_BYTES, etag if cached is not None else None)
+        reply = self._counted(self.source.read_document, name, MAX_TOP_BYTES,
+                              etag if cached is not None else None)
         if reply is None:
             return None
         if reply.not_modified:
@@ -256,7 +266,7 @@ class Updater:
         if self._work is None:
             self._work = tempfile.TemporaryDirectory(prefix="lc0weights-meta-")
         dest = Path(self._work.name) / "record"
-        self.source.fetch_object(path, dest, size, sha256, desc="metadata")
+        self._counted(self.source.fetch_object, path, dest, size, sha256, desc="metadata")
         data = dest.read_bytes()
         dest.unlink()
         return data
@@ -266,7 +276,7 @@ class Updater:
         known = self.state.known(net_id)
         if known is not None:
             return known.seq
-        reply = self.source.read_document(record_path(net_id), MAX_RECORD_BYTES)
+        reply = self._counted(self.source.read_document, record_path(net_id), MAX_RECORD_BYTES)
         if reply is None or reply.data is None:
             return None
         try:
