@@ -1,46 +1,152 @@
 """Getting repository files: over HTTP with resume and retries, or from a local directory.
 
-A :class:`Download` is the small state of one transfer (url, partial file,
+Every transfer is bounded three ways, whatever the server does:
+
+- **time**: a deadline of ``allowance + size / min_rate`` seconds for the whole
+  transfer, retries and pauses included, enforced by a watchdog that cuts the
+  connection (a server trickling one byte a second is stopped even though each
+  read succeeds), besides the ``timeout`` for connecting and for any one read;
+- **bytes**: one :class:`ByteBudget` per source counts everything it reads in a
+  fetch (all retries, routes and documents) and refuses to go past its limit;
+- **disk**: free space is checked before an object is written.
+
+A :class:`Download` is the small state of one transfer (url, staged file,
 expected size, bytes received, attempts, validator). Resuming sends ``Range``
 plus ``If-Range`` with the validator of the first reply, so a file that
 changed on the server restarts from zero (the server answers 200) instead of
 being stitched from two versions; a ``206`` whose ``Content-Range`` does not
-start where the partial file ends is refused. Every byte is checked against
-the size and sha256 from the index; on any failure the partial file is
-deleted, so nothing half-downloaded is ever left behind.
+start where the staged file ends is refused. Every object is checked against
+the size and sha256 from the index before it is renamed into place. With a
+``partial_dir`` an interrupted download is kept and resumed by the next run
+(see :mod:`.staging`); without one, nothing half-downloaded is left behind.
+
+Failures are one line that says which: connection refused, host name not
+resolved, TLS failure, timeout or deadline (with the seconds waited), HTTP
+status, or too many bytes, each with what to try.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
-import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from typing import Callable, NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
+from ..errors import Lc0WeightsError
+from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
 from .errors import DownloadError, IntegrityError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
+from .staging import StagedFile, check_free_space, sweep_stale, work_folder
 
 log = logging.getLogger(__name__)
 
+__all__ = ["TransferPolicy", "PolicyError", "ByteBudget", "DocumentReply", "HttpSource", "LocalSource",
+           "open_source", "check_free_space", "sweep_stale", "work_folder", "progress_bar", "sha256_file"]
+
 CHUNK = 1 << 16
+MiB = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
+_LONGEST_WAIT = 7 * 24 * 3600.0      # beyond this a setting is a typo (and overflows socket timeouts)
+
+
+class PolicyError(Lc0WeightsError):
+    """A transfer setting is out of range (a ValueError: bad input from the user)."""
 
 
 @dataclass
 class TransferPolicy:
-    timeout: float = 30.0        # seconds to connect, and between two received chunks
+    timeout: float = 30.0        # seconds to connect, and the longest wait for any one read
     retries: int = 4             # attempts after the first one
     backoff: float = 0.5         # first pause between attempts, doubled each time
     max_backoff: float = 8.0
     progress: bool = True        # show a bar when stderr is a terminal
+    min_rate: float = 16 * 1024  # bytes/s a transfer must average, or it is cut at its deadline
+    allowance: float = 30.0      # seconds every transfer gets on top of size / min_rate
+    byte_budget: int | None = None  # bytes one fetch may read; None: 3 x the largest object + 64 MiB
+
+    def __post_init__(self):
+        _check_seconds("timeout", self.timeout, positive=True)
+        _check_seconds("backoff", self.backoff)
+        _check_seconds("max_backoff", self.max_backoff)
+        _check_seconds("allowance", self.allowance)
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 100:
+            raise PolicyError(f"retries must be a whole number from 0 to 100, not {self.retries!r}")
+        if (isinstance(self.min_rate, bool) or not isinstance(self.min_rate, (int, float))
+                or not math.isfinite(self.min_rate) or self.min_rate <= 0):
+            raise PolicyError(f"min_rate must be a positive number of bytes per second, not {self.min_rate!r}")
+        if self.byte_budget is not None and (isinstance(self.byte_budget, bool)
+                                             or not isinstance(self.byte_budget, int) or self.byte_budget <= 0):
+            raise PolicyError(f"byte_budget must be a positive number of bytes, not {self.byte_budget!r}")
+
+    def deadline_for(self, size: int) -> float:
+        """Seconds a transfer of ``size`` bytes may take in all, retries included."""
+        return self.allowance + size / self.min_rate
+
+
+def _check_seconds(name: str, value, positive: bool = False) -> None:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > 0 if positive else value >= 0) and value <= _LONGEST_WAIT)
+    if not ok:
+        least = "more than 0" if positive else "0 or more"
+        raise PolicyError(f"{name} must be a number of seconds, {least} and at most {_LONGEST_WAIT:.0f}, "
+                          f"not {value!r}")
+
+
+class ByteBudget:
+    """Bytes one source may read during one fetch, over every retry, route and document.
+
+    Without an explicit limit it is three times the largest object declared so
+    far (by :meth:`declare` or by any object requested) plus 64 MiB for the
+    documents, so a fetch can retry and fall back but never read without end.
+    """
+
+    SLACK = 64 * MiB
+
+    def __init__(self, limit: int | None = None):
+        self.explicit = limit
+        self.largest = 0
+        self.spent = 0
+
+    @property
+    def limit(self) -> int:
+        return self.explicit if self.explicit is not None else 3 * self.largest + self.SLACK
+
+    def declare(self, size: int) -> None:
+        """Make room for an object of ``size`` bytes (call it with the largest object of the index)."""
+        self.largest = max(self.largest, size)
+
+    def require(self, size: int, what: str) -> None:
+        """Refuse before starting when ``size`` more bytes would not fit."""
+        if self.spent + size > self.limit:
+            raise DownloadError(f"{what}: {size:,} more bytes would exceed this fetch's byte budget "
+                                f"({self.spent:,} of {self.limit:,} bytes already read)")
+
+    def spend(self, size: int, what: str) -> None:
+        self.spent += size
+        if self.spent > self.limit:
+            raise DownloadError(f"{what}: this fetch read {self.spent:,} bytes, over its byte budget of "
+                                f"{self.limit:,}; the server sends more than it should")
+
+
+class DocumentReply(NamedTuple):
+    """A top document (root.json, timestamp.json, index.json) as read, or "not modified"."""
+
+    data: bytes | None           # None when not_modified
+    etag: str | None             # the server's ETag for these bytes (or the one sent, on a 304)
+    not_modified: bool           # the server answered 304 to If-None-Match
+    transferred: int             # body bytes read, over every attempt
 
 
 @dataclass
@@ -48,16 +154,25 @@ class Download:
     """State of one resumable transfer."""
 
     url: str
-    path: Path                   # the partial file
+    staged: StagedFile           # where the bytes go until verified
     size: int                    # expected total size (from the index)
-    received: int = 0
     attempts: int = 0
     validator: str | None = None  # ETag (or Last-Modified) of the first reply
     transferred: int = 0          # body bytes read off the wire, over all attempts
 
+    @property
+    def received(self) -> int:
+        return self.staged.size
+
 
 class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
+
+
+class _Failure(NamedTuple):
+    what: str                    # what happened, e.g. "connection refused by example.org:80"
+    hint: str                    # what to try
+    retry: bool = True
 
 
 def progress_bar(chunks, total: int, initial: int, desc: str, enabled: bool = True):
@@ -81,11 +196,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def _checked_path(path: str) -> str:
+    """A repository path that can only name a file under the root (no '..', no scheme, no host)."""
+    if not isinstance(path, str) or not _SAFE_PATH.match(path) or ".." in path.split("/"):
+        raise DownloadError(f"{path!r}: not a repository path")
+    return path
+
+
+def _checked_size(size, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise DownloadError(f"{what}: declared size {size!r} is not a byte count")
+    return size
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class HttpSource:
@@ -96,127 +221,226 @@ class HttpSource:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.policy = policy or TransferPolicy()
         self.session = session or requests.Session()
-        self.bytes_downloaded = 0
+        adapter = DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.budget = ByteBudget(self.policy.byte_budget)
 
     def __str__(self):
         return self.base_url
 
+    @property
+    def bytes_downloaded(self) -> int:
+        """Every body byte read from this source so far (documents, objects, failed attempts)."""
+        return self.budget.spent
+
     def url(self, path: str) -> str:
-        return urljoin(self.base_url, path)
+        return urljoin(self.base_url, _checked_path(path))
 
-    def _pause(self, attempt: int) -> None:
+    # -- the retry loop, shared by documents and objects -----------------------
+    def _retrying(self, url: str, what: str, deadline: Deadline, attempt: Callable[[], object]):
+        """Run ``attempt`` until it returns, retrying transient failures within the deadline."""
         p = self.policy
-        time.sleep(min(p.max_backoff, p.backoff * (2 ** (attempt - 1))))
+        last: _Failure | None = None
+        attempts = 0
+        with deadline:
+            while attempts <= p.retries:
+                if attempts:
+                    pause = min(p.max_backoff, p.backoff * (2 ** (attempts - 1)))
+                    log.info("retrying %s in %.1f s (attempt %d): %s", url, pause, attempts + 1, last.what)
+                    if deadline.remaining() <= pause:
+                        raise self._deadline_error(url, what, deadline, attempts)
+                    time.sleep(pause)
+                attempts += 1
+                try:
+                    return attempt()
+                except DeadlineExceeded:
+                    raise self._deadline_error(url, what, deadline, attempts) from None
+                except _Retry as e:
+                    last = _Failure(str(e), "try again later")
+                except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                    if deadline.expired:
+                        raise self._deadline_error(url, what, deadline, attempts) from None
+                    last = _classify(e, url, p.timeout)
+                    if not last.retry:
+                        break
+                if deadline.expired or deadline.remaining() <= 0:
+                    raise self._deadline_error(url, what, deadline, attempts)
+        raise DownloadError(f"{url}: cannot read {what}: {last.what} "
+                            f"({_plural(attempts, 'attempt')} in {deadline.elapsed():.1f} s); {last.hint}")
 
-    # -- the index ------------------------------------------------------------
+    def _deadline_error(self, url: str, what: str, deadline: Deadline, attempts: int) -> DownloadError:
+        return DownloadError(
+            f"{url}: cannot read {what}: timed out at its deadline of {deadline.seconds:.1f} s "
+            f"(waited {deadline.elapsed():.1f} s over {_plural(attempts, 'attempt')}; the server sends "
+            f"slower than {self.policy.min_rate:,.0f} bytes/s); try again later, another mirror, "
+            "or a lower minimum rate")
+
+    def _get(self, url: str, headers: dict, deadline: Deadline):
+        wait = max(0.001, min(self.policy.timeout, deadline.remaining()))
+        headers = {"Accept-Encoding": "identity", **headers}   # bytes as published, never decoded
+        return self.session.get(url, headers=headers, stream=True, timeout=(wait, self.policy.timeout))
+
+    def _chunks(self, reply, deadline: Deadline):
+        """The body as it arrives (never waiting to fill a chunk), checking the clock in between."""
+        while True:
+            deadline.check()
+            chunk = reply.raw.read1(CHUNK, decode_content=False)
+            deadline.check()
+            if not chunk:
+                return
+            yield chunk
+
+    # -- top documents ----------------------------------------------------------
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+        """Read a small top document, or learn it did not change since ``etag`` (a 304).
+
+        Refuses a body over ``max_bytes`` (reading stops there). Retries like
+        objects; the deadline is that of ``max_bytes``, brought forward to that
+        of the declared length when the server declares one.
+        """
+        url = self.url(name)
+        what = "the index" if name == INDEX_NAME else name
+        _checked_size(max_bytes, what)
+        headers = {"Cache-Control": "no-cache"}
+        if etag:
+            headers["If-None-Match"] = etag
+        deadline = Deadline(self.policy.deadline_for(max_bytes))
+        read = [0]
+
+        def attempt() -> DocumentReply:
+            with self._get(url, headers, deadline) as r:
+                if r.status_code == 304 and etag:
+                    return DocumentReply(None, r.headers.get("ETag") or etag, True, read[0])
+                _check_status(r, url, what)
+                declared = _content_length(r)
+                if declared is not None and declared > max_bytes:
+                    raise DownloadError(f"{url}: {what} is {declared:,} bytes, more than the "
+                                        f"{max_bytes:,} allowed; refused")
+                if declared is not None:
+                    deadline.shorten(self.policy.deadline_for(declared))
+                data = bytearray()
+                for chunk in self._chunks(r, deadline):
+                    read[0] += len(chunk)
+                    self.budget.spend(len(chunk), url)
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise DownloadError(f"{url}: {what} is larger than the {max_bytes:,} bytes "
+                                            "allowed; refused")
+                if declared is not None and len(data) != declared:
+                    raise _Retry(f"connection closed at {len(data):,}/{declared:,} bytes")
+                return DocumentReply(bytes(data), r.headers.get("ETag"), False, read[0])
+
+        return self._retrying(url, what, deadline, attempt)
+
     def read_index(self) -> bytes:
-        url = self.url(INDEX_NAME)
-        last = None
-        for attempt in range(self.policy.retries + 1):
-            if attempt:
-                self._pause(attempt)
-            try:
-                with self.session.get(url, timeout=self.policy.timeout, stream=True,
-                                      headers={"Cache-Control": "no-cache"}) as r:
-                    if r.status_code in _RETRY_STATUS:
-                        last = f"HTTP {r.status_code}"
-                        continue
-                    if r.status_code != 200:
-                        raise DownloadError(f"{url}: HTTP {r.status_code}; is this an lc0weights repository?")
-                    data = bytearray()
-                    for chunk in r.iter_content(CHUNK):
-                        data += chunk
-                        if len(data) > MAX_INDEX_BYTES:
-                            raise DownloadError(f"{url}: index larger than {MAX_INDEX_BYTES} bytes, refused")
-                    self.bytes_downloaded += len(data)
-                    return bytes(data)
-            except requests.RequestException as e:
-                last = _describe(e)
-        raise DownloadError(f"{url}: cannot read the index after {self.policy.retries + 1} attempts ({last})")
+        """The legacy schema-1 index (index.json)."""
+        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
 
     # -- objects --------------------------------------------------------------
-    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "") -> int:
+    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
+                     partial_dir=None) -> int:
         """Download object ``path`` to ``dest`` (atomically), checking size and sha256.
 
+        With ``partial_dir``, bytes received so far are kept in
+        ``partial_dir/<sha256>.part`` when the transfer fails or the process is
+        killed, and the next call resumes from there; a partial that turns out
+        corrupt is deleted and the object downloaded once more from zero.
         Returns the number of bytes read from the network for it.
         """
         dest = Path(dest)
-        state = Download(self.url(path), dest.with_name(f".{dest.name}.part"), size)
-        _remove(state.path)
-        try:
-            self._transfer(state, desc or path)
-            if state.received != size:
-                raise IntegrityError(f"{state.url}: got {state.received} bytes, the index says {size}")
-            digest = sha256_file(state.path)
-            if digest != sha256:
-                raise IntegrityError(f"{state.url}: sha256 {digest[:16]}... does not match the index "
-                                     f"({sha256[:16]}...); the object is corrupt")
-            os.replace(state.path, dest)
-        except BaseException:
-            _remove(state.path)
-            raise
-        finally:
-            self.bytes_downloaded += state.transferred
-        return state.transferred
-
-    def _transfer(self, state: Download, desc: str) -> None:
-        last = None
-        while state.attempts <= self.policy.retries:
-            state.attempts += 1
-            if state.attempts > 1:
-                log.info("retrying %s (attempt %d, %d/%d bytes held): %s",
-                         state.url, state.attempts, state.received, state.size, last)
-                self._pause(state.attempts - 1)
+        url = self.url(path)
+        _checked_size(size, url)
+        self.budget.declare(size)
+        before = self.budget.spent
+        for _ in range(2):
+            staged = StagedFile.open(dest, sha256, partial_dir, limit=size)
+            resumed = staged.size
             try:
-                self._attempt(state, desc)
-                return
-            except _Retry as e:
-                last = str(e)
-            except requests.RequestException as e:
-                last = _describe(e)
-        raise DownloadError(f"{state.url}: failed after {state.attempts} attempts ({last})")
+                self._download_into(Download(url, staged, size), dest, sha256, desc or path)
+                return self.budget.spent - before
+            except IntegrityError:
+                staged.discard()
+                if not resumed:
+                    raise
+                log.warning("%s: the partial download from an earlier run was corrupt; starting over", url)
+            except BaseException:
+                if staged.resumable:
+                    staged.close()           # keep the bytes: the next run resumes them
+                else:
+                    staged.discard()
+                raise
+        raise AssertionError("unreachable")
 
-    def _attempt(self, state: Download, desc: str) -> None:
+    def _download_into(self, state: Download, dest: Path, sha256: str, desc: str) -> None:
+        check_free_space(state.staged.path.parent, state.size - state.received)
+        if state.received < state.size:
+            self.budget.require(state.size - state.received, state.url)
+            deadline = Deadline(self.policy.deadline_for(state.size))
+            self._retrying(state.url, "the object", deadline, lambda: self._attempt(state, desc, deadline))
+        if state.received != state.size:
+            raise IntegrityError(f"{state.url}: got {state.received} bytes, the index says {state.size}")
+        digest = state.staged.hexdigest()
+        if digest != sha256:
+            raise IntegrityError(f"{state.url}: sha256 {digest[:16]}... does not match the index "
+                                 f"({sha256[:16]}...); the object is corrupt")
+        state.staged.commit(dest)
+
+    def _attempt(self, state: Download, desc: str, deadline: Deadline) -> None:
+        state.attempts += 1
         headers = {}
         if state.received:
             headers["Range"] = f"bytes={state.received}-"
             if state.validator:
                 headers["If-Range"] = state.validator
-        with self.session.get(state.url, headers=headers, stream=True,
-                              timeout=self.policy.timeout) as r:
-            if r.status_code in _RETRY_STATUS:
-                raise _Retry(f"HTTP {r.status_code}")
+        with self._get(state.url, headers, deadline) as r:
             if r.status_code == 416:
                 if state.received == state.size:
                     return                   # we already hold every byte
-                state.received, state.validator = 0, None
+                state.staged.reset()
+                state.validator = None
                 raise _Retry("server refused the resume range; restarting")
             if r.status_code == 206 and state.received:
                 _check_content_range(state, r.headers.get("Content-Range", ""))
-                mode = "ab"
             elif r.status_code == 200:
                 if state.received:
                     log.info("%s: server restarted the transfer from zero", state.url)
-                state.received = 0
-                mode = "wb"
+                    state.staged.reset()
             else:
+                _check_status(r, state.url, "the object")
                 raise DownloadError(f"{state.url}: unexpected HTTP {r.status_code}")
             state.validator = state.validator or r.headers.get("ETag") or r.headers.get("Last-Modified")
-            declared = r.headers.get("Content-Length")
-            if r.status_code == 200 and declared and declared.isdigit() and int(declared) > state.size:
+            declared = _content_length(r)
+            if r.status_code == 200 and declared is not None and declared > state.size:
                 raise IntegrityError(f"{state.url}: server sends {declared} bytes, the index says {state.size}")
-            chunks = progress_bar(r.iter_content(CHUNK), state.size, state.received, desc, self.policy.progress)
-            with open(state.path, mode) as f:
-                for chunk in chunks:
-                    state.transferred += len(chunk)
-                    state.received += len(chunk)
-                    if state.received > state.size:
-                        raise IntegrityError(f"{state.url}: more bytes than the {state.size} the index declares")
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            chunks = progress_bar(self._chunks(r, deadline), state.size, state.received, desc,
+                                  self.policy.progress)
+            for chunk in chunks:
+                state.transferred += len(chunk)
+                if state.received + len(chunk) > state.size:
+                    raise IntegrityError(f"{state.url}: more bytes than the {state.size} the index declares")
+                state.staged.append(chunk)
+                self.budget.spend(len(chunk), state.url)
         if state.received < state.size:
-            raise _Retry(f"connection closed at {state.received}/{state.size} bytes")
+            raise _Retry(f"connection closed at {state.received:,}/{state.size:,} bytes")
+
+
+def _content_length(reply) -> int | None:
+    declared = reply.headers.get("Content-Length", "")
+    return int(declared) if declared.isdigit() and len(declared) < 20 else None
+
+
+def _check_status(reply, url: str, what: str) -> None:
+    """Raise for any status but 200: _Retry for transient ones, DownloadError for the rest."""
+    code = reply.status_code
+    if code == 200:
+        return
+    status = f"HTTP {code} {reply.reason or ''}".rstrip()
+    if code in _RETRY_STATUS:
+        raise _Retry(status)
+    if code == 404:
+        raise DownloadError(f"{url}: cannot read {what}: {status}; is the URL an lc0weights repository?")
+    raise DownloadError(f"{url}: cannot read {what}: {status}; the server refused the request")
 
 
 def _check_content_range(state: Download, header: str) -> None:
@@ -229,66 +453,121 @@ def _check_content_range(state: Download, header: str) -> None:
                              f"the index says {state.size}")
 
 
-def _describe(e: Exception) -> str:
-    if isinstance(e, requests.Timeout):
-        return "timed out"
-    if isinstance(e, requests.ConnectionError):
-        return "connection failed"
-    return type(e).__name__
+def _causes(e: BaseException):
+    """``e`` and every exception it wraps (cause, context, urllib3's ``reason``, arguments)."""
+    seen, todo = set(), [e]
+    while todo and len(seen) < 32:
+        x = todo.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        todo += [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args]
+
+
+def _classify(e: BaseException, url: str, timeout: float) -> _Failure:
+    """Say which network failure ``e`` is, and what to try."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    where = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    causes = list(_causes(e))
+    if isinstance(e, requests.exceptions.SSLError) or any(isinstance(c, urllib3.exceptions.SSLError)
+                                                          for c in causes):
+        return _Failure(f"TLS failed with {where}", "if the server speaks plain HTTP use an http:// URL, "
+                        "otherwise check its certificate", retry=False)
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return _Failure(f"timed out: no connection to {where} within {timeout:g} s",
+                        "check the address and your network, or raise the timeout")
+    if isinstance(e, requests.Timeout) or any(isinstance(c, (TimeoutError, socket.timeout)) for c in causes):
+        return _Failure(f"timed out: no data from {where} for {timeout:g} s",
+                        "try again later or raise the timeout")
+    if any(isinstance(c, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for c in causes):
+        return _Failure(f"cannot resolve the host name {host!r}", "check the URL and your network's DNS")
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return _Failure(f"connection refused by {where}",
+                        "is the server running, and is the port in the URL right?")
+    if any(isinstance(c, ConnectionResetError) for c in causes):
+        return _Failure(f"connection reset by {where}", "try again later")
+    if any(isinstance(c, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError))
+           for c in causes):
+        return _Failure(f"connection to {where} closed mid-reply", "try again later")
+    return _Failure(f"connection to {where} failed ({type(e).__name__})", "check the URL and your network")
 
 
 class LocalSource:
-    """A repository directory on this machine (no network, same checks)."""
+    """A repository directory on this machine (no network, same checks and budget)."""
 
     def __init__(self, root, policy: TransferPolicy | None = None):
         self.root = Path(root).resolve()
         self.policy = policy or TransferPolicy()
-        self.bytes_downloaded = 0
+        self.budget = ByteBudget(self.policy.byte_budget)
 
     def __str__(self):
         return str(self.root)
 
+    @property
+    def bytes_downloaded(self) -> int:
+        return self.budget.spent
+
     def _file(self, path: str) -> Path:
-        full = (self.root / path).resolve()
+        full = (self.root / _checked_path(path)).resolve()
         if not full.is_relative_to(self.root):
             raise DownloadError(f"{path}: outside the repository {self.root}")
         return full
 
-    def read_index(self) -> bytes:
-        f = self._file(INDEX_NAME)
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+        """The document's bytes (a local file is never "not modified"); ``etag`` is ignored."""
+        f = self._file(name)
+        what = "the index" if name == INDEX_NAME else name
+        _checked_size(max_bytes, what)
         try:
-            if f.stat().st_size > MAX_INDEX_BYTES:
-                raise DownloadError(f"{f}: index larger than {MAX_INDEX_BYTES} bytes, refused")
-            data = f.read_bytes()
+            with open(f, "rb") as fin:
+                data = fin.read(max_bytes + 1)
         except OSError as e:
-            raise DownloadError(f"{f}: cannot read the index ({e.strerror}); "
+            raise DownloadError(f"{f}: cannot read {what} ({e.strerror}); "
                                 "is this an lc0weights repository?") from None
-        self.bytes_downloaded += len(data)
-        return data
+        self.budget.spend(len(data), str(f))
+        if len(data) > max_bytes:
+            raise DownloadError(f"{f}: {what} is larger than the {max_bytes:,} bytes allowed; refused")
+        return DocumentReply(data, None, False, len(data))
 
-    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "") -> int:
+    def read_index(self) -> bytes:
+        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
+
+    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
+                     partial_dir=None) -> int:
+        """Copy object ``path`` to ``dest`` (atomically), checking size and sha256.
+
+        A local copy is not worth resuming: ``partial_dir`` is accepted for the
+        same interface as :meth:`HttpSource.fetch_object` and not used.
+        """
         src = self._file(path)
         dest = Path(dest)
-        part = dest.with_name(f".{dest.name}.part")
+        _checked_size(size, str(src))
+        self.budget.declare(size)
         try:
+            fin = open(src, "rb")
+        except OSError as e:
+            raise DownloadError(f"{src}: cannot read ({e.strerror})") from None
+        with fin:
+            actual = os.fstat(fin.fileno()).st_size
+            if actual != size:
+                raise IntegrityError(f"{src}: {actual} bytes, the index says {size}")
+            check_free_space(dest.parent, size)
+            self.budget.require(size, str(src))
+            staged = StagedFile.open(dest, sha256, None)
             try:
-                actual = src.stat().st_size
-                if actual != size:
-                    raise IntegrityError(f"{src}: {actual} bytes, the index says {size}")
-                with open(src, "rb") as fin, open(part, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, CHUNK)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-            except OSError as e:
-                raise DownloadError(f"{src}: cannot read ({e.strerror})") from None
-            digest = sha256_file(part)
-            if digest != sha256:
-                raise IntegrityError(f"{src}: sha256 does not match the index; the object is corrupt")
-            os.replace(part, dest)
-        except BaseException:
-            _remove(part)
-            raise
-        self.bytes_downloaded += size
+                for block in iter(lambda: fin.read(CHUNK), b""):
+                    if staged.size + len(block) > size:
+                        raise IntegrityError(f"{src}: grew past the {size} bytes the index says")
+                    staged.append(block)
+                    self.budget.spend(len(block), str(src))
+                if staged.size != size or staged.hexdigest() != sha256:
+                    raise IntegrityError(f"{src}: sha256 does not match the index; the object is corrupt")
+                staged.commit(dest)
+            except BaseException:
+                staged.discard()
+                raise
         return size
 
 
