@@ -266,8 +266,8 @@ class HttpSource:
                         break
                 if deadline.expired or deadline.remaining() <= 0:
                     raise self._deadline_error(url, what, deadline, attempts)
-        raise DownloadError(f"{url}: cannot read {what}: {last.what} "
-                            f"({_plural(attempts, 'attempt')} in {deadline.elapsed():.1f} s); {last.hint}")
+        raise DownloadError(f"{url}: cannot read {what}: {last.what} (waited {deadline.elapsed():.1f} s "
+                            f"over {_plural(attempts, 'attempt')}); {last.hint}")
 
     def _deadline_error(self, url: str, what: str, deadline: Deadline, attempts: int) -> DownloadError:
         return DownloadError(
@@ -365,7 +365,7 @@ class HttpSource:
                     raise
                 log.warning("%s: the partial download from an earlier run was corrupt; starting over", url)
             except BaseException:
-                if staged.resumable:
+                if staged.resumable and staged.size:
                     staged.close()           # keep the bytes: the next run resumes them
                 else:
                     staged.discard()
