@@ -298,7 +298,14 @@ def test_a_symlink_in_place_of_a_partial_is_refused(net_bytes, tmp_path):
         with pytest.raises(DownloadError, match="a symlink where a partial download belongs"):
             HttpSource(srv.url, policy()).fetch_object(object_path(net_bytes), tmp_path / "net",
                                                        len(net_bytes), digest, partial_dir=partial_dir)
+        linked_dir = tmp_path / "linked"
+        linked_dir.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        with pytest.raises(DownloadError, match="partial download folder is a symlink"):
+            HttpSource(srv.url, policy()).fetch_object(object_path(net_bytes), tmp_path / "net",
+                                                       len(net_bytes), digest, partial_dir=linked_dir)
+        assert srv.requests == []
     assert victim.read_bytes() == b"keep me" and not (tmp_path / "net").exists()
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # -- sweeping --------------------------------------------------------------------------------------
@@ -430,6 +437,16 @@ def test_out_of_range_settings_are_one_line_value_errors(setting):
 
 
 # -- top documents ---------------------------------------------------------------------------------
+
+def test_redirect_is_followed_without_reading_its_body(net_bytes, tmp_path):
+    path = "/" + object_path(net_bytes)
+    with scripted_server(served(net_bytes), {path: ["redirect-endless", "ok"]}) as srv:
+        source = HttpSource(srv.url, policy())
+        source.fetch_object(object_path(net_bytes), tmp_path / "net", len(net_bytes), sha(net_bytes))
+        assert len(srv.requests) == 2
+    assert source.bytes_downloaded == len(net_bytes)
+    assert (tmp_path / "net").read_bytes() == net_bytes
+
 
 def test_document_etag_gives_not_modified(net_bytes):
     doc = net_bytes[:500]

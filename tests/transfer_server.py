@@ -7,6 +7,7 @@ Each path has a script of actions used one per request (the last one repeats):
   "trickle-headers"  the status line and headers one byte every ``tick`` seconds
   "cut"              200 promising everything, half the bytes, then the connection is closed
   "endless"          200 with no length, bytes until the client hangs up
+  "redirect-endless" 302 to the same path (plus "?moved"), with an endless body
   "404", "503"       that status
 Every request is logged as (path, Range header, If-None-Match header).
 """
@@ -53,8 +54,10 @@ class ScriptedHandler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(self.tick)
                 return
-            if action == "endless":
-                self.send_response(200)
+            if action in ("endless", "redirect-endless"):
+                self.send_response(200 if action == "endless" else 302)
+                if action == "redirect-endless":
+                    self.send_header("Location", path + "?moved")
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.close_connection = True

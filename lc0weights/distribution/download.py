@@ -46,17 +46,22 @@ from ..errors import Lc0WeightsError
 from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
 from .errors import DownloadError, IntegrityError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
-from .staging import StagedFile, check_free_space, sweep_stale, work_folder
+from .staging import (PARTIAL_MIN_AGE, TEMP_MIN_AGE, StagedFile, check_free_space, sweep_stale,
+                      work_folder)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TransferPolicy", "PolicyError", "ByteBudget", "DocumentReply", "HttpSource", "LocalSource",
-           "open_source", "check_free_space", "sweep_stale", "work_folder", "progress_bar", "sha256_file"]
+           "open_source", "check_free_space", "sweep_stale", "work_folder", "TEMP_MIN_AGE", "PARTIAL_MIN_AGE",
+           "progress_bar", "sha256_file"]
 
 CHUNK = 1 << 16
 MiB = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+_NAME_ERRORS = tuple(e for e in (socket.gaierror, getattr(urllib3.exceptions, "NameResolutionError", None)) if e)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
 _LONGEST_WAIT = 7 * 24 * 3600.0      # beyond this a setting is a typo (and overflows socket timeouts)
 
@@ -277,15 +282,35 @@ class HttpSource:
             "or a lower minimum rate")
 
     def _get(self, url: str, headers: dict, deadline: Deadline):
-        wait = max(0.001, min(self.policy.timeout, deadline.remaining()))
+        """GET with a streamed body; redirects are followed here, closing each without reading its body.
+
+        The request goes straight to the session's adapter: ``Session.send`` reads the
+        whole body of any redirect into memory (even with redirects off), whatever its size.
+        """
         headers = {"Accept-Encoding": "identity", **headers}   # bytes as published, never decoded
-        return self.session.get(url, headers=headers, stream=True, timeout=(wait, self.policy.timeout))
+        for _ in range(MAX_REDIRECTS + 1):
+            wait = max(0.001, min(self.policy.timeout, deadline.remaining()))
+            request = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            env = self.session.merge_environment_settings(request.url, {}, True, None, None)
+            reply = self.session.get_adapter(request.url).send(
+                request, stream=True, timeout=(wait, self.policy.timeout),
+                verify=env["verify"], cert=env["cert"], proxies=env["proxies"])
+            location = reply.headers.get("Location")
+            if reply.status_code not in _REDIRECT_STATUS or not location:
+                return reply
+            reply.close()
+            url = urljoin(url, location)
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise DownloadError(f"{url}: redirected to something that is not http(s); refused")
+        raise DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects; refused")
 
     def _chunks(self, reply, deadline: Deadline):
         """The body as it arrives (never waiting to fill a chunk), checking the clock in between."""
+        raw = reply.raw
+        read = raw.read1 if hasattr(raw, "read1") else raw.read      # urllib3 < 2 has no read1
         while True:
             deadline.check()
-            chunk = reply.raw.read1(CHUNK, decode_content=False)
+            chunk = read(CHUNK, decode_content=False)
             deadline.check()
             if not chunk:
                 return
@@ -481,7 +506,7 @@ def _classify(e: BaseException, url: str, timeout: float) -> _Failure:
     if isinstance(e, requests.Timeout) or any(isinstance(c, (TimeoutError, socket.timeout)) for c in causes):
         return _Failure(f"timed out: no data from {where} for {timeout:g} s",
                         "try again later or raise the timeout")
-    if any(isinstance(c, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for c in causes):
+    if any(isinstance(c, _NAME_ERRORS) for c in causes):
         return _Failure(f"cannot resolve the host name {host!r}", "check the URL and your network's DNS")
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
         return _Failure(f"connection refused by {where}",

@@ -34,6 +34,8 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 PARTIAL_SUFFIX = ".part"
 WORK_PREFIX = ".fetch-"
 LOCK_NAME = ".lock"
+TEMP_MIN_AGE = 3600.0                  # sweep: temp files and work folders untouched for an hour
+PARTIAL_MIN_AGE = 7 * 24 * 3600.0      # sweep: partials are kept a week, for resuming
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -95,6 +97,8 @@ class StagedFile:
 
     @classmethod
     def _open_partial(cls, path: Path) -> StagedFile | None:
+        if path.parent.is_symlink():
+            raise DownloadError(f"{path.parent}: the partial download folder is a symlink; refused")
         path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
             try:
