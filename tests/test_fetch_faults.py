@@ -1,5 +1,7 @@
 """The client against a server that cuts, fails, hangs, lies: retry, fall back, or fail cleanly."""
 import json
+import threading
+import time
 
 import pytest
 
@@ -9,7 +11,7 @@ from lc0weights.distribution.errors import (DownloadError, IntegrityError, NoRou
                                             RepositoryIndexError)
 
 from conftest import run_paths
-from repo_fixtures import copy_into_cache, faulty_handler, leftovers, publish_run, serving
+from repo_fixtures import FaultyHandler, copy_into_cache, faulty_handler, leftovers, publish_run, serving
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
 
@@ -164,3 +166,44 @@ def test_unreachable_server_is_one_clear_error(tmp_path):
     policy = TransferPolicy(timeout=0.5, retries=1, backoff=0.01, progress=False)
     with pytest.raises(DownloadError, match="cannot read the index"):
         fetch("http://127.0.0.1:9/", cache_dir=tmp_path, policy=policy)
+
+
+class TricklingHandler(FaultyHandler):
+    """Sends the paths in ``trickle`` one byte every 50 ms: each read succeeds, the whole never ends."""
+
+    trickle: set = set()
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path not in self.trickle:
+            return super().do_GET()
+        self._next_fault(path)
+        data = self._resolve().read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def test_trickling_patch_is_cut_at_its_deadline_and_the_full_net_fetched(repo, nets, held_cache):
+    path, entry = patch_path(repo, nets[1], nets[2])
+    handler = type("T", (TricklingHandler,), {"faults": {}, "calls": {}, "ranges": {},
+                                              "lock": threading.Lock(), "trickle": {path}})
+    policy = TransferPolicy(timeout=2.0, retries=3, backoff=0.01, progress=False,
+                            min_rate=1 << 20, allowance=0.5)
+    deadline = policy.deadline_for(entry.size)
+    with serving(repo.root, handler) as srv:
+        started = time.monotonic()
+        result = fetch(srv.url, cache_dir=held_cache, policy=policy)
+        took = time.monotonic() - started
+    assert result.net_id == nets[2].id and result.route.startswith("full")
+    assert f"timed out at its deadline of {deadline:.1f} s" in result.fallbacks[0]
+    assert handler.calls[path] == 1                   # the deadline covers retries: none after it
+    assert took < deadline + 5
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
