@@ -61,7 +61,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
-_NAME_ERRORS = tuple(e for e in (socket.gaierror, getattr(urllib3.exceptions, "NameResolutionError", None)) if e)
+_NAME_ERRORS = tuple(e for e in (socket.gaierror, getattr(urllib3.exceptions, "NameResolutionError", None))
+                     if e is not None)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
 _LONGEST_WAIT = 7 * 24 * 3600.0      # beyond this a setting is a typo (and overflows socket timeouts)
 
@@ -86,13 +87,11 @@ class TransferPolicy:
         _check_seconds("backoff", self.backoff)
         _check_seconds("max_backoff", self.max_backoff)
         _check_seconds("allowance", self.allowance)
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 100:
+        if not _is_int(self.retries) or not 0 <= self.retries <= 100:
             raise PolicyError(f"retries must be a whole number from 0 to 100, not {self.retries!r}")
-        if (isinstance(self.min_rate, bool) or not isinstance(self.min_rate, (int, float))
-                or not math.isfinite(self.min_rate) or self.min_rate <= 0):
+        if not _is_number(self.min_rate) or self.min_rate <= 0:
             raise PolicyError(f"min_rate must be a positive number of bytes per second, not {self.min_rate!r}")
-        if self.byte_budget is not None and (isinstance(self.byte_budget, bool)
-                                             or not isinstance(self.byte_budget, int) or self.byte_budget <= 0):
+        if self.byte_budget is not None and (not _is_int(self.byte_budget) or self.byte_budget <= 0):
             raise PolicyError(f"byte_budget must be a positive number of bytes, not {self.byte_budget!r}")
 
     def deadline_for(self, size: int) -> float:
@@ -100,10 +99,16 @@ class TransferPolicy:
         return self.allowance + size / self.min_rate
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
 def _check_seconds(name: str, value, positive: bool = False) -> None:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > 0 if positive else value >= 0) and value <= _LONGEST_WAIT)
-    if not ok:
+    if not (_is_number(value) and (value > 0 if positive else value >= 0) and value <= _LONGEST_WAIT):
         least = "more than 0" if positive else "0 or more"
         raise PolicyError(f"{name} must be a number of seconds, {least} and at most {_LONGEST_WAIT:.0f}, "
                           f"not {value!r}")
@@ -254,7 +259,7 @@ class HttpSource:
                     pause = min(p.max_backoff, p.backoff * (2 ** (attempts - 1)))
                     log.info("retrying %s in %.1f s (attempt %d): %s", url, pause, attempts + 1, last.what)
                     if deadline.remaining() <= pause:
-                        raise self._deadline_error(url, what, deadline, attempts)
+                        break                    # no time left for another try: report the last failure
                     time.sleep(pause)
                 attempts += 1
                 try:
@@ -437,7 +442,8 @@ class HttpSource:
             state.validator = state.validator or r.headers.get("ETag") or r.headers.get("Last-Modified")
             declared = _content_length(r)
             if r.status_code == 200 and declared is not None and declared > state.size:
-                raise IntegrityError(f"{state.url}: server sends {declared} bytes, the index says {state.size}")
+                raise IntegrityError(f"{state.url}: server sends {declared} bytes, "
+                                     f"the index says {state.size}")
             chunks = progress_bar(self._chunks(r, deadline), state.size, state.received, desc,
                                   self.policy.progress)
             for chunk in chunks:
