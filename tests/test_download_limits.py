@@ -217,6 +217,19 @@ def test_download_killed_mid_way_is_resumed_by_the_next_process(net_bytes, tmp_p
     assert files_in(tmp_path) == ["net", "partial"]
 
 
+def test_two_processes_fetching_one_object_never_share_a_partial(net_bytes, tmp_path):
+    path, digest, size = object_path(net_bytes), sha(net_bytes), len(net_bytes)
+    with scripted_server(served(net_bytes), {"/" + path: ["slow"]}, block=1 << 15, tick=0.04) as srv:
+        children = [subprocess.Popen([sys.executable, "-c", CHILD, srv.url, path, str(tmp_path / f"net{i}"),
+                                      str(size), digest, str(tmp_path / "partial")], cwd=ROOT)
+                    for i in range(2)]
+        assert [child.wait(timeout=60) for child in children] == [0, 0]
+        assert [r[1] for r in srv.requests] == [None, None]     # each read the object once, from zero
+        assert srv.handler.peak_sending == 2                     # at the same time
+    assert (tmp_path / "net0").read_bytes() == net_bytes == (tmp_path / "net1").read_bytes()
+    assert files_in(tmp_path) == ["net0", "net1", "partial"]
+
+
 def test_interrupted_download_keeps_its_partial_and_the_next_call_resumes(net_bytes, tmp_path):
     """In one process: retries exhausted mid-object keep the partial; the next call finishes it."""
     path, digest = object_path(net_bytes), sha(net_bytes)

@@ -9,7 +9,8 @@ Each path has a script of actions used one per request (the last one repeats):
   "endless"          200 with no length, bytes until the client hangs up
   "redirect-endless" 302 to the same path (plus "?moved"), with an endless body
   "404", "503"       that status
-Every request is logged as (path, Range header, If-None-Match header).
+Every request is logged as (path, Range header, If-None-Match header); ``peak_sending`` is the
+most "slow" replies that were being sent at once.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class ScriptedHandler(BaseHTTPRequestHandler):
     requests: list = []
     tick = 0.1
     block = 1 << 14
+    sending = 0                  # "slow" replies being sent now, and the most at once
+    peak_sending = 0
     lock = threading.Lock()
 
     def log_message(self, *args):
@@ -91,14 +94,24 @@ class ScriptedHandler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(self.tick)
             elif action == "slow":
-                for i in range(0, len(body), self.block):
-                    self.wfile.write(body[i:i + self.block])
-                    self.wfile.flush()
-                    time.sleep(self.tick)
+                self._count_sender(+1)
+                try:
+                    for i in range(0, len(body), self.block):
+                        self.wfile.write(body[i:i + self.block])
+                        self.wfile.flush()
+                        time.sleep(self.tick)
+                finally:
+                    self._count_sender(-1)
             else:
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _count_sender(self, step: int):
+        cls = type(self)
+        with self.lock:
+            cls.sending += step
+            cls.peak_sending = max(cls.peak_sending, cls.sending)
 
     def _status(self, code: int):
         self.send_response(code)
@@ -116,6 +129,7 @@ def scripted_server(objects: dict, scripts: dict | None = None, **attrs):
     server.daemon_threads = True
     server.url = f"http://127.0.0.1:{server.server_address[1]}/"
     server.requests = handler.requests
+    server.handler = handler
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
