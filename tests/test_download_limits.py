@@ -181,6 +181,22 @@ def test_free_space_refusal_on_a_real_small_tmpfs(net_bytes, tmp_path):
         subprocess.run(["umount", str(small)], check=True, timeout=10)
 
 
+def test_partial_on_another_file_system_is_copied_into_place(net_bytes, tmp_path):
+    """Partials on a tmpfs (where this user may mount one), the object lands on the test's disk."""
+    other = tmp_path / "other"
+    if not _mount_small_tmpfs(other, "8m"):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        with scripted_server(served(net_bytes)) as srv:
+            HttpSource(srv.url, policy()).fetch_object(object_path(net_bytes), tmp_path / "net", len(net_bytes),
+                                                       sha(net_bytes), partial_dir=other / "partial")
+        assert (tmp_path / "net").read_bytes() == net_bytes
+        assert files_in(other) == ["partial"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "other"]      # no temp left beside it
+    finally:
+        subprocess.run(["umount", str(other)], check=True, timeout=10)
+
+
 # -- resumable partials ----------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
@@ -497,6 +513,11 @@ def test_local_documents_are_read_but_never_through_a_link_out_of_the_root(tmp_p
         source.read_document("timestamp.json", 1000)
     with pytest.raises(DownloadError, match="larger than the 5 bytes allowed"):
         source.read_document("root.json", 5)
+    os.mkfifo(repo / "index.json")                            # would block a plain open() for ever
+    with pytest.raises(DownloadError, match="not a regular file; refused"):
+        source.read_index()
+    with pytest.raises(DownloadError, match="No such file"):
+        source.read_document("missing.json", 1000)
 
 
 @pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "//evil.example/x", "a/../../b", ""])

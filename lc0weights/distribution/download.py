@@ -32,6 +32,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -546,17 +547,26 @@ class LocalSource:
             raise DownloadError(f"{path}: outside the repository {self.root}")
         return full
 
+    @staticmethod
+    def _open(path: Path, what: str):
+        """Open a regular file for reading; a FIFO or device in a mirror must not block or stream forever."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise DownloadError(f"{path}: cannot read {what} ({e.strerror}); "
+                                "is this an lc0weights repository?") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DownloadError(f"{path}: not a regular file; refused")
+        return os.fdopen(fd, "rb")
+
     def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
         """The document's bytes (a local file is never "not modified"); ``etag`` is ignored."""
         f = self._file(name)
         what = "the index" if name == INDEX_NAME else name
         _checked_size(max_bytes, what)
-        try:
-            with open(f, "rb") as fin:
-                data = fin.read(max_bytes + 1)
-        except OSError as e:
-            raise DownloadError(f"{f}: cannot read {what} ({e.strerror}); "
-                                "is this an lc0weights repository?") from None
+        with self._open(f, what) as fin:
+            data = fin.read(max_bytes + 1)
         self.budget.spend(len(data), str(f))
         if len(data) > max_bytes:
             raise DownloadError(f"{f}: {what} is larger than the {max_bytes:,} bytes allowed; refused")
@@ -576,11 +586,7 @@ class LocalSource:
         dest = Path(dest)
         _checked_size(size, str(src))
         self.budget.declare(size)
-        try:
-            fin = open(src, "rb")
-        except OSError as e:
-            raise DownloadError(f"{src}: cannot read ({e.strerror})") from None
-        with fin:
+        with self._open(src, "the object") as fin:
             actual = os.fstat(fin.fileno()).st_size
             if actual != size:
                 raise IntegrityError(f"{src}: {actual} bytes, the index says {size}")
