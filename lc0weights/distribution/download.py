@@ -23,15 +23,17 @@ the size and sha256 from the index before it is renamed into place. With a
 Failures are one line that says which: connection refused, host name not
 resolved, TLS failure, timeout or deadline (with the seconds waited), HTTP
 status, or too many bytes, each with what to try.
+
+The parts live in small modules and are re-exported here: settings and budget
+in :mod:`.transfer_policy`, the watchdog in :mod:`.deadline`, staged files and
+the sweep in :mod:`.staging`, failure naming in :mod:`.network_failures`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import re
-import socket
 import stat
 import sys
 import time
@@ -43,12 +45,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from ..errors import Lc0WeightsError
 from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
 from .errors import DownloadError, IntegrityError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
+from .network_failures import Failure, classify
 from .staging import (PARTIAL_MIN_AGE, TEMP_MIN_AGE, StagedFile, check_free_space, sweep_stale,
                       work_folder)
+from .transfer_policy import ByteBudget, PolicyError, TransferPolicy
 
 log = logging.getLogger(__name__)
 
@@ -57,98 +60,11 @@ __all__ = ["TransferPolicy", "PolicyError", "ByteBudget", "DocumentReply", "Http
            "progress_bar", "sha256_file"]
 
 CHUNK = 1 << 16
-MiB = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
-_NAME_ERRORS = tuple(e for e in (socket.gaierror, getattr(urllib3.exceptions, "NameResolutionError", None))
-                     if e is not None)
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
-_LONGEST_WAIT = 7 * 24 * 3600.0      # beyond this a setting is a typo (and overflows socket timeouts)
-
-
-class PolicyError(Lc0WeightsError):
-    """A transfer setting is out of range (a ValueError: bad input from the user)."""
-
-
-@dataclass
-class TransferPolicy:
-    timeout: float = 30.0        # seconds to connect, and the longest wait for any one read
-    retries: int = 4             # attempts after the first one
-    backoff: float = 0.5         # first pause between attempts, doubled each time
-    max_backoff: float = 8.0
-    progress: bool = True        # show a bar when stderr is a terminal
-    min_rate: float = 16 * 1024  # bytes/s a transfer must average, or it is cut at its deadline
-    allowance: float = 30.0      # seconds every transfer gets on top of size / min_rate
-    byte_budget: int | None = None  # bytes one fetch may read; None: 3 x the largest object + 64 MiB
-
-    def __post_init__(self):
-        _check_seconds("timeout", self.timeout, positive=True)
-        _check_seconds("backoff", self.backoff)
-        _check_seconds("max_backoff", self.max_backoff)
-        _check_seconds("allowance", self.allowance)
-        if not _is_int(self.retries) or not 0 <= self.retries <= 100:
-            raise PolicyError(f"retries must be a whole number from 0 to 100, not {self.retries!r}")
-        if not _is_number(self.min_rate) or self.min_rate <= 0:
-            raise PolicyError(f"min_rate must be a positive number of bytes per second, not {self.min_rate!r}")
-        if self.byte_budget is not None and (not _is_int(self.byte_budget) or self.byte_budget <= 0):
-            raise PolicyError(f"byte_budget must be a positive number of bytes, not {self.byte_budget!r}")
-
-    def deadline_for(self, size: int) -> float:
-        """Seconds a transfer of ``size`` bytes may take in all, retries included."""
-        return self.allowance + size / self.min_rate
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _check_seconds(name: str, value, positive: bool = False) -> None:
-    if not (_is_number(value) and (value > 0 if positive else value >= 0) and value <= _LONGEST_WAIT):
-        least = "more than 0" if positive else "0 or more"
-        raise PolicyError(f"{name} must be a number of seconds, {least} and at most {_LONGEST_WAIT:.0f}, "
-                          f"not {value!r}")
-
-
-class ByteBudget:
-    """Bytes one source may read during one fetch, over every retry, route and document.
-
-    Without an explicit limit it is three times the largest object declared so
-    far (by :meth:`declare` or by any object requested) plus 64 MiB for the
-    documents, so a fetch can retry and fall back but never read without end.
-    """
-
-    SLACK = 64 * MiB
-
-    def __init__(self, limit: int | None = None):
-        self.explicit = limit
-        self.largest = 0
-        self.spent = 0
-
-    @property
-    def limit(self) -> int:
-        return self.explicit if self.explicit is not None else 3 * self.largest + self.SLACK
-
-    def declare(self, size: int) -> None:
-        """Make room for an object of ``size`` bytes (call it with the largest object of the index)."""
-        self.largest = max(self.largest, size)
-
-    def require(self, size: int, what: str) -> None:
-        """Refuse before starting when ``size`` more bytes would not fit."""
-        if self.spent + size > self.limit:
-            raise DownloadError(f"{what}: {size:,} more bytes would exceed this fetch's byte budget "
-                                f"({self.spent:,} of {self.limit:,} bytes already read)")
-
-    def spend(self, size: int, what: str) -> None:
-        self.spent += size
-        if self.spent > self.limit:
-            raise DownloadError(f"{what}: this fetch read {self.spent:,} bytes, over its byte budget of "
-                                f"{self.limit:,}; the server sends more than it should")
 
 
 class DocumentReply(NamedTuple):
@@ -178,12 +94,6 @@ class Download:
 
 class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
-
-
-class _Failure(NamedTuple):
-    what: str                    # what happened, e.g. "connection refused by example.org:80"
-    hint: str                    # what to try
-    retry: bool = True
 
 
 def progress_bar(chunks, total: int, initial: int, desc: str, enabled: bool = True):
@@ -252,7 +162,7 @@ class HttpSource:
     def _retrying(self, url: str, what: str, deadline: Deadline, attempt: Callable[[], object]):
         """Run ``attempt`` until it returns, retrying transient failures within the deadline."""
         p = self.policy
-        last: _Failure | None = None
+        last: Failure | None = None
         attempts = 0
         with deadline:
             while attempts <= p.retries:
@@ -268,11 +178,11 @@ class HttpSource:
                 except DeadlineExceeded:
                     raise self._deadline_error(url, what, deadline, attempts) from None
                 except _Retry as e:
-                    last = _Failure(str(e), "try again later")
+                    last = Failure(str(e), "try again later")
                 except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
                     if deadline.expired:
                         raise self._deadline_error(url, what, deadline, attempts) from None
-                    last = _classify(e, url, p.timeout)
+                    last = classify(e, url, p.timeout)
                     if not last.retry:
                         break
                 if deadline.expired or deadline.remaining() <= 0:
@@ -483,47 +393,6 @@ def _check_content_range(state: Download, header: str) -> None:
     if m.group(3) != "*" and int(m.group(3)) != state.size:
         raise IntegrityError(f"{state.url}: server says the object has {m.group(3)} bytes, "
                              f"the index says {state.size}")
-
-
-def _causes(e: BaseException):
-    """``e`` and every exception it wraps (cause, context, urllib3's ``reason``, arguments)."""
-    seen, todo = set(), [e]
-    while todo and len(seen) < 32:
-        x = todo.pop()
-        if not isinstance(x, BaseException) or id(x) in seen:
-            continue
-        seen.add(id(x))
-        yield x
-        todo += [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args]
-
-
-def _classify(e: BaseException, url: str, timeout: float) -> _Failure:
-    """Say which network failure ``e`` is, and what to try."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    where = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-    causes = list(_causes(e))
-    if isinstance(e, requests.exceptions.SSLError) or any(isinstance(c, urllib3.exceptions.SSLError)
-                                                          for c in causes):
-        return _Failure(f"TLS failed with {where}", "if the server speaks plain HTTP use an http:// URL, "
-                        "otherwise check its certificate", retry=False)
-    if isinstance(e, requests.exceptions.ConnectTimeout):
-        return _Failure(f"timed out: no connection to {where} within {timeout:g} s",
-                        "check the address and your network, or raise the timeout")
-    if isinstance(e, requests.Timeout) or any(isinstance(c, (TimeoutError, socket.timeout)) for c in causes):
-        return _Failure(f"timed out: no data from {where} for {timeout:g} s",
-                        "try again later or raise the timeout")
-    if any(isinstance(c, _NAME_ERRORS) for c in causes):
-        return _Failure(f"cannot resolve the host name {host!r}", "check the URL and your network's DNS")
-    if any(isinstance(c, ConnectionRefusedError) for c in causes):
-        return _Failure(f"connection refused by {where}",
-                        "is the server running, and is the port in the URL right?")
-    if any(isinstance(c, ConnectionResetError) for c in causes):
-        return _Failure(f"connection reset by {where}", "try again later")
-    if any(isinstance(c, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError))
-           for c in causes):
-        return _Failure(f"connection to {where} closed mid-reply", "try again later")
-    return _Failure(f"connection to {where} failed ({type(e).__name__})", "check the URL and your network")
 
 
 class LocalSource:
