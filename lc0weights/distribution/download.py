@@ -315,6 +315,8 @@ class HttpSource:
 
     def _download_into(self, state: Download, dest: Path, sha256: str, desc: str) -> None:
         check_free_space(state.staged.path.parent, state.size - state.received)
+        if os.stat(dest.parent).st_dev != os.stat(state.staged.path.parent).st_dev:
+            check_free_space(dest.parent, state.size)    # the partial will be copied across
         if state.received < state.size:
             self.budget.require(state.size - state.received, state.url)
             deadline = Deadline(self.policy.deadline_for(state.size))
