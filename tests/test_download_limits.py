@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from lc0weights.distribution.download import (ByteBudget, HttpSource, LocalSource, PolicyError,
                                               TransferPolicy, check_free_space, sweep_stale, work_folder)
@@ -88,6 +90,39 @@ def test_document_read_from_a_trickling_server_is_cut_at_the_deadline_of_its_dec
         with pytest.raises(DownloadError, match="deadline of 1.5 s"):
             HttpSource(srv.url, slow).read_document("timestamp.json", 1 << 20)
         assert time.monotonic() - started < 3.0
+
+
+@pytest.fixture(scope="module")
+def loopback_tls(tmp_path_factory):
+    """A throwaway self-signed certificate for 127.0.0.1: (server context, certificate file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context, str(folder / "cert.pem")
+
+
+def test_trickling_tls_server_is_cut_at_the_deadline(net_bytes, tmp_path, loopback_tls):
+    """Over TLS the socket the watchdog must reach is wrapped: the cut still lands at the deadline."""
+    context, cert = loopback_tls
+    data = net_bytes[:3000]
+    path = "/" + object_path(data)
+    with scripted_server({path: data}, {path: ["ok", "trickle-body"]}, tls=context, tick=0.02) as srv:
+        session = requests.Session()
+        session.verify = cert
+        session.trust_env = False                  # REQUESTS_CA_BUNDLE would override verify
+        source = HttpSource(srv.url, policy(min_rate=6000, allowance=1.0), session=session)
+        source.fetch_object(object_path(data), tmp_path / "first", len(data), sha(data))   # TLS works
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match="timed out at its deadline of 1.5 s"):
+            source.fetch_object(object_path(data), tmp_path / "second", len(data), sha(data))
+        assert 1.4 <= time.monotonic() - started < 3.0
+    assert (tmp_path / "first").read_bytes() == data and files_in(tmp_path) == ["first"]
 
 
 def test_a_transfer_within_its_deadline_is_not_disturbed(net_bytes, tmp_path):

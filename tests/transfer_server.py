@@ -120,14 +120,20 @@ class ScriptedHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def scripted_server(objects: dict, scripts: dict | None = None, **attrs):
-    """Serve ``objects`` ({"/path": bytes}) on loopback; yields the server (``.url``, ``.requests``)."""
+def scripted_server(objects: dict, scripts: dict | None = None, tls=None, **attrs):
+    """Serve ``objects`` ({"/path": bytes}) on loopback; yields the server (``.url``, ``.requests``).
+
+    With ``tls`` (an ``ssl.SSLContext`` for a server) it speaks HTTPS.
+    """
     handler = type("Handler", (ScriptedHandler,), {
         "objects": objects, "scripts": {k: list(v) for k, v in (scripts or {}).items()},
         "requests": [], "lock": threading.Lock(), **attrs})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    server.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/"
     server.requests = handler.requests
     server.handler = handler
     thread = threading.Thread(target=server.serve_forever, daemon=True)
