@@ -76,15 +76,22 @@ def test_fetch_an_unknown_net_is_one_clear_error(repo, tmp_path, capsys):
     assert all(line.startswith(("warning:", "lc0weights: error:")) for line in err)
 
 
-def test_work_folders_of_killed_fetches_are_cleaned_up_after_a_day(tmp_path):
+def test_what_killed_fetches_left_is_swept_by_age(tmp_path):
     import os
     import time
-    from lc0weights.distribution.fetch import STALE_TEMP_SECONDS, _remove_stale_temp
+    from lc0weights.distribution.fetch import PARTIAL_DIR, sweep_cache
+    from lc0weights.distribution.staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE
     old, fresh = tmp_path / ".fetch-old", tmp_path / ".fetch-live"
+    (tmp_path / PARTIAL_DIR).mkdir()
+    old_part, new_part = tmp_path / PARTIAL_DIR / ("a" * 64 + ".part"), tmp_path / PARTIAL_DIR / ("b" * 64 + ".part")
     for folder in (old, fresh):
         folder.mkdir()
         (folder / "step-0").write_bytes(b"partial")
-    past = time.time() - STALE_TEMP_SECONDS - 60
-    os.utime(old, (past, past))
-    _remove_stale_temp(tmp_path)
+    for part in (old_part, new_part):
+        part.write_bytes(b"resumable")
+    hour_ago, week_ago = time.time() - TEMP_MIN_AGE - 60, time.time() - PARTIAL_MIN_AGE - 60
+    for path, when in ((old / "step-0", hour_ago), (old, hour_ago), (old_part, week_ago), (new_part, hour_ago)):
+        os.utime(path, (when, when))
+    sweep_cache(tmp_path)
     assert not old.exists() and fresh.exists()
+    assert not old_part.exists() and new_part.exists()         # a partial is kept a week for resuming

@@ -1,4 +1,7 @@
 """The client against a server that cuts, fails, hangs, lies: retry, fall back, or fail cleanly."""
+import threading
+import time
+
 import pytest
 
 from lc0weights import Net
@@ -7,8 +10,8 @@ from lc0weights.distribution.errors import (DownloadError, IntegrityError, NoRou
                                             RepositoryIndexError)
 
 from conftest import run_paths
-from repo_fixtures import (cache_files, copy_into_cache, faulty_handler, leftovers, legacy_handler,
-                           legacy_index, publish_run, serving)
+from repo_fixtures import (FaultyHandler, cache_files, copy_into_cache, faulty_handler, leftovers,
+                           legacy_handler, legacy_index, publish_run, serving)
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
 
@@ -40,8 +43,9 @@ def net_path(repo, net):
     return "/" + repo.read_index().net(net.id).path
 
 
-def assert_clean_cache(cache, expected_ids):
-    assert leftovers(cache) == []
+def assert_clean_cache(cache, expected_ids, resumable=()):
+    """Only the expected nets, and partials only of objects cut short (kept, by sha256, to resume)."""
+    assert leftovers(cache) == sorted(f".partial/{sha}.part" for sha in resumable)
     assert cache_files(cache) == sorted(f"{i}.pb.gz" for i in expected_ids)
     for i in expected_ids:
         assert Net.load(cache / f"{i}.pb.gz").id == i
@@ -103,13 +107,14 @@ def test_hanging_server_times_out_then_the_client_falls_back_to_the_full_net(rep
 
 @pytest.mark.parametrize("fault", ["corrupt", "short"])
 def test_altered_or_truncated_patch_is_never_applied(repo, nets, held_cache, fault):
-    path, _ = patch_path(repo, nets[1], nets[2])
+    path, entry = patch_path(repo, nets[1], nets[2])
     handler = faulty_handler(faults={path: [f"always:{fault}"]})
     with serving(repo.root, handler) as srv:
         result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
     assert result.net_id == nets[2].id and result.fallbacks
     assert "->" not in result.route                  # the patch route was abandoned
-    assert_clean_cache(held_cache, [nets[1].id, nets[2].id])
+    # A short reply is a correct prefix: kept to resume; altered bytes never are.
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id], resumable=[entry.sha256] if fault == "short" else [])
 
 
 def test_when_every_object_fails_the_client_fails_cleanly(repo, nets, held_cache):
@@ -136,7 +141,7 @@ def test_index_that_lies_about_a_net_id_never_lands_in_the_cache(repo, nets, tmp
     with serving(repo.root, handler) as srv:
         with pytest.raises(NoRouteError):
             fetch(srv.url, cache_dir=cache, policy=FAST)
-    assert list(cache.iterdir()) == []
+    assert cache_files(cache) == [] and leftovers(cache) == []
 
 
 def test_hostile_index_is_refused_before_any_object_is_requested(repo, tmp_path):
@@ -160,5 +165,46 @@ def test_object_larger_than_the_index_declares_is_refused(repo, nets, tmp_path):
 
 def test_unreachable_server_is_one_clear_error(tmp_path):
     policy = TransferPolicy(timeout=0.5, retries=1, backoff=0.01, progress=False)
-    with pytest.raises(DownloadError, match="cannot read it"):
+    with pytest.raises(DownloadError, match="cannot read timestamp.json: connection refused"):
         fetch("http://127.0.0.1:9/", cache_dir=tmp_path, policy=policy)
+
+
+class TricklingHandler(FaultyHandler):
+    """Sends the paths in ``trickle`` one byte every 50 ms: each read succeeds, the whole never ends."""
+
+    trickle: set = set()
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path not in self.trickle:
+            return super().do_GET()
+        self._next_fault(path)
+        data = self._resolve().read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def test_trickling_patch_is_cut_at_its_deadline_and_the_full_net_fetched(repo, nets, held_cache):
+    path, entry = patch_path(repo, nets[1], nets[2])
+    handler = type("T", (TricklingHandler,), {"faults": {}, "calls": {}, "ranges": {},
+                                              "lock": threading.Lock(), "trickle": {path}})
+    policy = TransferPolicy(timeout=2.0, retries=3, backoff=0.01, progress=False,
+                            min_rate=1 << 20, allowance=0.5)
+    deadline = policy.deadline_for(entry.size)
+    with serving(repo.root, handler) as srv:
+        started = time.monotonic()
+        result = fetch(srv.url, cache_dir=held_cache, policy=policy)
+        took = time.monotonic() - started
+    assert result.net_id == nets[2].id and result.route.startswith("full")
+    assert f"timed out at its deadline of {deadline:.1f} s" in result.fallbacks[0]
+    assert handler.calls[path] == 1                   # the deadline covers retries: none after it
+    assert took < deadline + 5
+    assert_clean_cache(held_cache, [nets[1].id, nets[2].id], resumable=[entry.sha256])

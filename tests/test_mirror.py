@@ -145,6 +145,24 @@ def test_unknown_and_malformed_shas(repo, ids, tmp_path):
     assert not list((tmp_path / "own").glob("*.pb.gz"))
 
 
+@contextmanager
+def plain_files(folder):
+    """Any static web server, as lc0's own network server would be: serves bare-sha files."""
+    import functools
+    import http.server
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.func.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_fallback_passes_through_only_verified_nets(repo, ids, tmp_path):
     other = NETS / "maia-1100.pb.gz"
     other_id = Net.load(other).id
@@ -155,7 +173,7 @@ def test_fallback_passes_through_only_verified_nets(repo, ids, tmp_path):
     shutil.copyfile(other, fb / liar_id)                       # the wrong net under a name
     nowhere = "f" * 64
     own = tmp_path / "own"
-    with serving(repo.root) as upstream, serving(fb) as fallback, \
+    with serving(repo.root) as upstream, plain_files(fb) as fallback, \
             mirror_at(upstream.url, own, fallback=fallback.url) as (server, _):
         good = requests.get(server.url + other_id, timeout=30)
         assert good.status_code == 200 and good.content == other.read_bytes()

@@ -59,6 +59,9 @@ def check_repository(location: str, policy: TransferPolicy | None = None, trust=
         except Lc0WeightsError as e:
             report.fail("metadata", str(e))
             return report
+        budget = getattr(source, "budget", None)
+        if budget is not None:
+            budget.cover(sum(n.size for n in index.nets) + sum(p.size for p in index.patches))
         _check_objects(index, source, Path(tmp), report)
     return report
 

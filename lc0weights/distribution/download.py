@@ -1,13 +1,32 @@
 """Getting repository files: over HTTP with resume and retries, or from a local directory.
 
-A :class:`Download` is the small state of one transfer (url, partial file,
+Every transfer is bounded three ways, whatever the server does:
+
+- **time**: a deadline of ``allowance + size / min_rate`` seconds for the whole
+  transfer, retries and pauses included, enforced by a watchdog that cuts the
+  connection (a server trickling one byte a second is stopped even though each
+  read succeeds), besides the ``timeout`` for connecting and for any one read;
+- **bytes**: one :class:`ByteBudget` per source counts everything it reads in a
+  fetch (all retries, routes and documents) and refuses to go past its limit;
+- **disk**: free space is checked before an object is written.
+
+A :class:`Download` is the small state of one transfer (url, staged file,
 expected size, bytes received, attempts, validator). Resuming sends ``Range``
 plus ``If-Range`` with the validator of the first reply, so a file that
 changed on the server restarts from zero (the server answers 200) instead of
 being stitched from two versions; a ``206`` whose ``Content-Range`` does not
-start where the partial file ends is refused. Every byte is checked against
-the size and sha256 from the index; on any failure the partial file is
-deleted, so nothing half-downloaded is ever left behind.
+start where the staged file ends is refused. Every object is checked against
+the size and sha256 from the index before it is renamed into place. With a
+``partial_dir`` an interrupted download is kept and resumed by the next run
+(see :mod:`.staging`); without one, nothing half-downloaded is left behind.
+
+Failures are one line that says which: connection refused, host name not
+resolved, TLS failure, timeout or deadline (with the seconds waited), HTTP
+status, or too many bytes, each with what to try.
+
+The parts live in small modules and are re-exported here: settings and budget
+in :mod:`.transfer_policy`, the watchdog in :mod:`.deadline`, staged files and
+the sweep in :mod:`.staging`, failure naming in :mod:`.network_failures`.
 """
 from __future__ import annotations
 
@@ -15,32 +34,46 @@ import hashlib
 import logging
 import os
 import re
-import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from typing import Callable, NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
-from .errors import DownloadError, IntegrityError
+from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
+from .errors import DownloadError, IntegrityError, NotFoundError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
+from .network_failures import Failure, classify
+from .staging import (PARTIAL_MIN_AGE, TEMP_MIN_AGE, StagedFile, check_free_space, sweep_stale,
+                      work_folder)
+from .transfer_policy import ByteBudget, PolicyError, TransferPolicy, TransferStopped
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TransferPolicy", "PolicyError", "ByteBudget", "DocumentReply", "HttpSource", "LocalSource",
+           "open_source", "check_free_space", "sweep_stale", "work_folder", "TEMP_MIN_AGE", "PARTIAL_MIN_AGE",
+           "progress_bar", "sha256_file"]
 
 CHUNK = 1 << 16
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
 
 
-@dataclass
-class TransferPolicy:
-    timeout: float = 30.0        # seconds to connect, and between two received chunks
-    retries: int = 4             # attempts after the first one
-    backoff: float = 0.5         # first pause between attempts, doubled each time
-    max_backoff: float = 8.0
-    progress: bool = True        # show a bar when stderr is a terminal
+class DocumentReply(NamedTuple):
+    """A top document (root.json, timestamp.json, index.json) as read, or "not modified"."""
+
+    data: bytes | None           # None when not_modified
+    etag: str | None             # the server's ETag for these bytes (or the one sent, on a 304)
+    not_modified: bool           # the server answered 304 to If-None-Match
+    transferred: int             # body bytes read, over every attempt
 
 
 @dataclass
@@ -48,22 +81,15 @@ class Download:
     """State of one resumable transfer."""
 
     url: str
-    path: Path                   # the partial file
+    staged: StagedFile           # where the bytes go until verified
     size: int                    # expected total size (from the index)
-    received: int = 0
     attempts: int = 0
     validator: str | None = None  # ETag (or Last-Modified) of the first reply
     transferred: int = 0          # body bytes read off the wire, over all attempts
 
-
-@dataclass
-class DocumentReply:
-    """A top document as the source answered: its bytes, or 'not modified' since ``etag``."""
-
-    data: bytes | None
-    etag: str | None
-    not_modified: bool = False
-    transferred: int = 0
+    @property
+    def received(self) -> int:
+        return self.staged.size
 
 
 class _Retry(Exception):
@@ -91,11 +117,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def _checked_path(path: str) -> str:
+    """A repository path that can only name a file under the root (no '..', no scheme, no host)."""
+    if not isinstance(path, str) or not _SAFE_PATH.match(path) or ".." in path.split("/"):
+        raise DownloadError(f"{path!r}: not a repository path")
+    return path
+
+
+def _checked_size(size, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise DownloadError(f"{what}: declared size {size!r} is not a byte count")
+    return size
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class HttpSource:
@@ -106,161 +142,256 @@ class HttpSource:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.policy = policy or TransferPolicy()
         self.session = session or requests.Session()
-        self.bytes_downloaded = 0
+        adapter = DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.budget = ByteBudget(self.policy.byte_budget)
 
     def __str__(self):
         return self.base_url
 
+    @property
+    def bytes_downloaded(self) -> int:
+        """Every body byte read from this source so far (documents, objects, failed attempts)."""
+        return self.budget.spent
+
     def url(self, path: str) -> str:
-        return urljoin(self.base_url, path)
+        return urljoin(self.base_url, _checked_path(path))
 
-    def _pause(self, attempt: int) -> None:
+    # -- the retry loop, shared by documents and objects -----------------------
+    def _retrying(self, url: str, what: str, deadline: Deadline, attempt: Callable[[], object]):
+        """Run ``attempt`` until it returns, retrying transient failures within the deadline."""
         p = self.policy
-        time.sleep(min(p.max_backoff, p.backoff * (2 ** (attempt - 1))))
+        last: Failure | None = None
+        attempts = 0
+        with deadline:
+            while attempts <= p.retries:
+                if attempts:
+                    pause = min(p.max_backoff, p.backoff * (2 ** (attempts - 1)))
+                    log.info("retrying %s in %.1f s (attempt %d): %s", url, pause, attempts + 1, last.what)
+                    if deadline.remaining() <= pause:
+                        break                    # no time left for another try: report the last failure
+                    time.sleep(pause)
+                attempts += 1
+                try:
+                    return attempt()
+                except DeadlineExceeded:
+                    raise self._deadline_error(url, what, deadline, attempts) from None
+                except _Retry as e:
+                    last = Failure(str(e), "try again later")
+                except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                    if deadline.expired:
+                        raise self._deadline_error(url, what, deadline, attempts) from None
+                    last = classify(e, url, p.timeout)
+                    if not last.retry:
+                        break
+                if deadline.expired or deadline.remaining() <= 0:
+                    raise self._deadline_error(url, what, deadline, attempts)
+        raise DownloadError(f"{url}: cannot read {what}: {last.what} (waited {deadline.elapsed():.1f} s "
+                            f"over {_plural(attempts, 'attempt')}); {last.hint}")
 
-    # -- top documents --------------------------------------------------------
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply | None:
-        """GET a small top document (conditionally on ``etag``); None when the server has none (404)."""
+    def _deadline_error(self, url: str, what: str, deadline: Deadline, attempts: int) -> DownloadError:
+        return DownloadError(
+            f"{url}: cannot read {what}: timed out at its deadline of {deadline.seconds:.1f} s "
+            f"(waited {deadline.elapsed():.1f} s over {_plural(attempts, 'attempt')}; the server sends "
+            f"slower than {self.policy.min_rate:,.0f} bytes/s); try again later, another mirror, "
+            "or a lower minimum rate")
+
+    def _get(self, url: str, headers: dict, deadline: Deadline):
+        """GET with a streamed body; redirects are followed here, closing each without reading its body.
+
+        The request goes straight to the session's adapter: ``Session.send`` reads the
+        whole body of any redirect into memory (even with redirects off), whatever its size.
+        """
+        headers = {"Accept-Encoding": "identity", **headers}   # bytes as published, never decoded
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_stop()
+            wait = max(0.001, min(self.policy.timeout, deadline.remaining()))
+            request = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            env = self.session.merge_environment_settings(request.url, {}, True, None, None)
+            reply = self.session.get_adapter(request.url).send(
+                request, stream=True, timeout=(wait, self.policy.timeout),
+                verify=env["verify"], cert=env["cert"], proxies=env["proxies"])
+            location = reply.headers.get("Location")
+            if reply.status_code not in _REDIRECT_STATUS or not location:
+                return reply
+            reply.close()
+            url = urljoin(url, location)
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise DownloadError(f"{url}: redirected to something that is not http(s); refused")
+        raise DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects; refused")
+
+    def _check_stop(self) -> None:
+        stop = self.policy.stop
+        if stop is not None and stop.is_set():
+            raise TransferStopped()
+
+    def _chunks(self, reply, deadline: Deadline):
+        """The body as it arrives (never waiting to fill a chunk), checking the clock in between."""
+        raw = reply.raw
+        read = raw.read1 if hasattr(raw, "read1") else raw.read      # urllib3 < 2 has no read1
+        while True:
+            deadline.check()
+            self._check_stop()
+            chunk = read(CHUNK, decode_content=False)
+            deadline.check()
+            if not chunk:
+                return
+            yield chunk
+
+    # -- top documents ----------------------------------------------------------
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+        """Read a small top document, or learn it did not change since ``etag`` (a 304).
+
+        Refuses a body over ``max_bytes`` (reading stops there). Retries like
+        objects; the deadline is that of ``max_bytes``, brought forward to that
+        of the declared length when the server declares one.
+        """
         url = self.url(name)
-        last = None
+        what = "the index" if name == INDEX_NAME else name
+        _checked_size(max_bytes, what)
         headers = {"Cache-Control": "no-cache"}
         if etag:
             headers["If-None-Match"] = etag
-        for attempt in range(self.policy.retries + 1):
-            if attempt:
-                self._pause(attempt)
-            try:
-                with self.session.get(url, timeout=self.policy.timeout, stream=True, headers=headers) as r:
-                    if r.status_code in _RETRY_STATUS:
-                        last = f"HTTP {r.status_code}"
-                        continue
-                    if r.status_code == 304 and etag:
-                        return DocumentReply(None, etag, True, 0)
-                    if r.status_code == 404:
-                        return None
-                    if r.status_code != 200:
-                        raise DownloadError(f"{url}: HTTP {r.status_code}; is this an lc0weights repository?")
-                    data = bytearray()
-                    for chunk in r.iter_content(CHUNK):
-                        data += chunk
-                        if len(data) > max_bytes:
-                            self.bytes_downloaded += len(data)
-                            raise DownloadError(f"{url}: larger than {max_bytes} bytes, refused")
-                    self.bytes_downloaded += len(data)
-                    return DocumentReply(bytes(data), r.headers.get("ETag"), False, len(data))
-            except requests.RequestException as e:
-                last = _describe(e)
-        raise DownloadError(f"{url}: cannot read it after {self.policy.retries + 1} attempts ({last})")
+        deadline = Deadline(self.policy.deadline_for(max_bytes))
+        read = [0]
 
-    # -- the index ------------------------------------------------------------
+        def attempt() -> DocumentReply:
+            with self._get(url, headers, deadline) as r:
+                if r.status_code == 304 and etag:
+                    return DocumentReply(None, r.headers.get("ETag") or etag, True, read[0])
+                _check_status(r, url, what)
+                declared = _content_length(r)
+                if declared is not None and declared > max_bytes:
+                    raise DownloadError(f"{url}: {what} is {declared:,} bytes, more than the "
+                                        f"{max_bytes:,} allowed; refused")
+                if declared is not None:
+                    deadline.shorten(self.policy.deadline_for(declared))
+                data = bytearray()
+                for chunk in self._chunks(r, deadline):
+                    read[0] += len(chunk)
+                    self.budget.spend(len(chunk), url)
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise DownloadError(f"{url}: {what} is larger than the {max_bytes:,} bytes "
+                                            "allowed; refused")
+                if declared is not None and len(data) != declared:
+                    raise _Retry(f"connection closed at {len(data):,}/{declared:,} bytes")
+                return DocumentReply(bytes(data), r.headers.get("ETag"), False, read[0])
+
+        return self._retrying(url, what, deadline, attempt)
+
     def read_index(self) -> bytes:
-        url = self.url(INDEX_NAME)
-        last = None
-        for attempt in range(self.policy.retries + 1):
-            if attempt:
-                self._pause(attempt)
-            try:
-                with self.session.get(url, timeout=self.policy.timeout, stream=True,
-                                      headers={"Cache-Control": "no-cache"}) as r:
-                    if r.status_code in _RETRY_STATUS:
-                        last = f"HTTP {r.status_code}"
-                        continue
-                    if r.status_code != 200:
-                        raise DownloadError(f"{url}: HTTP {r.status_code}; is this an lc0weights repository?")
-                    data = bytearray()
-                    for chunk in r.iter_content(CHUNK):
-                        data += chunk
-                        if len(data) > MAX_INDEX_BYTES:
-                            raise DownloadError(f"{url}: index larger than {MAX_INDEX_BYTES} bytes, refused")
-                    self.bytes_downloaded += len(data)
-                    return bytes(data)
-            except requests.RequestException as e:
-                last = _describe(e)
-        raise DownloadError(f"{url}: cannot read the index after {self.policy.retries + 1} attempts ({last})")
+        """The legacy schema-1 index (index.json)."""
+        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
 
     # -- objects --------------------------------------------------------------
-    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "") -> int:
+    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
+                     partial_dir=None) -> int:
         """Download object ``path`` to ``dest`` (atomically), checking size and sha256.
 
+        With ``partial_dir``, bytes received so far are kept in
+        ``partial_dir/<sha256>.part`` when the transfer fails or the process is
+        killed, and the next call resumes from there; a partial that turns out
+        corrupt is deleted and the object downloaded once more from zero.
         Returns the number of bytes read from the network for it.
         """
         dest = Path(dest)
-        state = Download(self.url(path), dest.with_name(f".{dest.name}.part"), size)
-        _remove(state.path)
-        try:
-            self._transfer(state, desc or path)
-            if state.received != size:
-                raise IntegrityError(f"{state.url}: got {state.received} bytes, the index says {size}")
-            digest = sha256_file(state.path)
-            if digest != sha256:
-                raise IntegrityError(f"{state.url}: sha256 {digest[:16]}... does not match the index "
-                                     f"({sha256[:16]}...); the object is corrupt")
-            os.replace(state.path, dest)
-        except BaseException:
-            _remove(state.path)
-            raise
-        finally:
-            self.bytes_downloaded += state.transferred
-        return state.transferred
-
-    def _transfer(self, state: Download, desc: str) -> None:
-        last = None
-        while state.attempts <= self.policy.retries:
-            state.attempts += 1
-            if state.attempts > 1:
-                log.info("retrying %s (attempt %d, %d/%d bytes held): %s",
-                         state.url, state.attempts, state.received, state.size, last)
-                self._pause(state.attempts - 1)
+        url = self.url(path)
+        _checked_size(size, url)
+        self.budget.declare(size)
+        before = self.budget.spent
+        for _ in range(2):
+            staged = StagedFile.open(dest, sha256, partial_dir, limit=size)
+            resumed = staged.size
             try:
-                self._attempt(state, desc)
-                return
-            except _Retry as e:
-                last = str(e)
-            except requests.RequestException as e:
-                last = _describe(e)
-        raise DownloadError(f"{state.url}: failed after {state.attempts} attempts ({last})")
+                self._download_into(Download(url, staged, size), dest, sha256, desc or path)
+                return self.budget.spent - before
+            except IntegrityError:
+                staged.discard()
+                if not resumed:
+                    raise
+                log.warning("%s: the partial download from an earlier run was corrupt; starting over", url)
+            except BaseException:
+                if staged.resumable and staged.size:
+                    staged.close()           # keep the bytes: the next run resumes them
+                else:
+                    staged.discard()
+                raise
+        raise AssertionError("unreachable")
 
-    def _attempt(self, state: Download, desc: str) -> None:
+    def _download_into(self, state: Download, dest: Path, sha256: str, desc: str) -> None:
+        check_free_space(state.staged.path.parent, state.size - state.received)
+        if os.stat(dest.parent).st_dev != os.stat(state.staged.path.parent).st_dev:
+            check_free_space(dest.parent, state.size)    # the partial will be copied across
+        if state.received < state.size:
+            self.budget.require(state.size - state.received, state.url)
+            deadline = Deadline(self.policy.deadline_for(state.size))
+            self._retrying(state.url, "the object", deadline, lambda: self._attempt(state, desc, deadline))
+        if state.received != state.size:
+            raise IntegrityError(f"{state.url}: got {state.received} bytes, the index says {state.size}")
+        digest = state.staged.hexdigest()
+        if digest != sha256:
+            raise IntegrityError(f"{state.url}: sha256 {digest[:16]}... does not match the index "
+                                 f"({sha256[:16]}...); the object is corrupt")
+        state.staged.commit(dest)
+
+    def _attempt(self, state: Download, desc: str, deadline: Deadline) -> None:
+        state.attempts += 1
         headers = {}
         if state.received:
             headers["Range"] = f"bytes={state.received}-"
             if state.validator:
                 headers["If-Range"] = state.validator
-        with self.session.get(state.url, headers=headers, stream=True,
-                              timeout=self.policy.timeout) as r:
-            if r.status_code in _RETRY_STATUS:
-                raise _Retry(f"HTTP {r.status_code}")
+        with self._get(state.url, headers, deadline) as r:
             if r.status_code == 416:
                 if state.received == state.size:
                     return                   # we already hold every byte
-                state.received, state.validator = 0, None
+                state.staged.reset()
+                state.validator = None
                 raise _Retry("server refused the resume range; restarting")
             if r.status_code == 206 and state.received:
                 _check_content_range(state, r.headers.get("Content-Range", ""))
-                mode = "ab"
             elif r.status_code == 200:
                 if state.received:
                     log.info("%s: server restarted the transfer from zero", state.url)
-                state.received = 0
-                mode = "wb"
+                    state.staged.reset()
             else:
+                _check_status(r, state.url, "the object")
                 raise DownloadError(f"{state.url}: unexpected HTTP {r.status_code}")
             state.validator = state.validator or r.headers.get("ETag") or r.headers.get("Last-Modified")
-            declared = r.headers.get("Content-Length")
-            if r.status_code == 200 and declared and declared.isdigit() and int(declared) > state.size:
-                raise IntegrityError(f"{state.url}: server sends {declared} bytes, the index says {state.size}")
-            chunks = progress_bar(r.iter_content(CHUNK), state.size, state.received, desc, self.policy.progress)
-            with open(state.path, mode) as f:
-                for chunk in chunks:
-                    state.transferred += len(chunk)
-                    state.received += len(chunk)
-                    if state.received > state.size:
-                        raise IntegrityError(f"{state.url}: more bytes than the {state.size} the index declares")
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            declared = _content_length(r)
+            if r.status_code == 200 and declared is not None and declared > state.size:
+                raise IntegrityError(f"{state.url}: server sends {declared} bytes, "
+                                     f"the index says {state.size}")
+            chunks = progress_bar(self._chunks(r, deadline), state.size, state.received, desc,
+                                  self.policy.progress)
+            for chunk in chunks:
+                state.transferred += len(chunk)
+                if state.received + len(chunk) > state.size:
+                    raise IntegrityError(f"{state.url}: more bytes than the {state.size} the index declares")
+                state.staged.append(chunk)
+                self.budget.spend(len(chunk), state.url)
         if state.received < state.size:
-            raise _Retry(f"connection closed at {state.received}/{state.size} bytes")
+            raise _Retry(f"connection closed at {state.received:,}/{state.size:,} bytes")
+
+
+def _content_length(reply) -> int | None:
+    declared = reply.headers.get("Content-Length", "")
+    return int(declared) if declared.isdigit() and len(declared) < 20 else None
+
+
+def _check_status(reply, url: str, what: str) -> None:
+    """Raise for any status but 200: _Retry for transient ones, DownloadError for the rest."""
+    code = reply.status_code
+    if code == 200:
+        return
+    status = f"HTTP {code} {reply.reason or ''}".rstrip()
+    if code in _RETRY_STATUS:
+        raise _Retry(status)
+    if code == 404:
+        raise NotFoundError(f"{url}: cannot read {what}: {status}; is the URL an lc0weights repository?")
+    raise DownloadError(f"{url}: cannot read {what}: {status}; the server refused the request")
 
 
 def _check_content_range(state: Download, header: str) -> None:
@@ -273,79 +404,86 @@ def _check_content_range(state: Download, header: str) -> None:
                              f"the index says {state.size}")
 
 
-def _describe(e: Exception) -> str:
-    if isinstance(e, requests.Timeout):
-        return "timed out"
-    if isinstance(e, requests.ConnectionError):
-        return "connection failed"
-    return type(e).__name__
-
-
 class LocalSource:
-    """A repository directory on this machine (no network, same checks)."""
+    """A repository directory on this machine (no network, same checks and budget)."""
 
     def __init__(self, root, policy: TransferPolicy | None = None):
         self.root = Path(root).resolve()
         self.policy = policy or TransferPolicy()
-        self.bytes_downloaded = 0
+        self.budget = ByteBudget(self.policy.byte_budget)
 
     def __str__(self):
         return str(self.root)
 
+    @property
+    def bytes_downloaded(self) -> int:
+        return self.budget.spent
+
     def _file(self, path: str) -> Path:
-        full = (self.root / path).resolve()
+        full = (self.root / _checked_path(path)).resolve()
         if not full.is_relative_to(self.root):
             raise DownloadError(f"{path}: outside the repository {self.root}")
         return full
 
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply | None:
-        f = self._file(name)
+    @staticmethod
+    def _open(path: Path, what: str):
+        """Open a regular file for reading; a FIFO or device in a mirror must not block or stream forever."""
         try:
-            if f.stat().st_size > max_bytes:
-                raise DownloadError(f"{f}: larger than {max_bytes} bytes, refused")
-            data = f.read_bytes()
-        except FileNotFoundError:
-            return None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            raise DownloadError(f"{f}: cannot read ({e.strerror})") from None
-        self.bytes_downloaded += len(data)
+            kind = NotFoundError if isinstance(e, FileNotFoundError) else DownloadError
+            raise kind(f"{path}: cannot read {what} ({e.strerror}); "
+                       "is this an lc0weights repository?") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DownloadError(f"{path}: not a regular file; refused")
+        return os.fdopen(fd, "rb")
+
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+        """The document's bytes (a local file is never "not modified"); ``etag`` is ignored."""
+        f = self._file(name)
+        what = "the index" if name == INDEX_NAME else name
+        _checked_size(max_bytes, what)
+        with self._open(f, what) as fin:
+            data = fin.read(max_bytes + 1)
+        self.budget.spend(len(data), str(f))
+        if len(data) > max_bytes:
+            raise DownloadError(f"{f}: {what} is larger than the {max_bytes:,} bytes allowed; refused")
         return DocumentReply(data, None, False, len(data))
 
     def read_index(self) -> bytes:
-        f = self._file(INDEX_NAME)
-        try:
-            if f.stat().st_size > MAX_INDEX_BYTES:
-                raise DownloadError(f"{f}: index larger than {MAX_INDEX_BYTES} bytes, refused")
-            data = f.read_bytes()
-        except OSError as e:
-            raise DownloadError(f"{f}: cannot read the index ({e.strerror}); "
-                                "is this an lc0weights repository?") from None
-        self.bytes_downloaded += len(data)
-        return data
+        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
 
-    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "") -> int:
+    def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
+                     partial_dir=None) -> int:
+        """Copy object ``path`` to ``dest`` (atomically), checking size and sha256.
+
+        A local copy is not worth resuming: ``partial_dir`` is accepted for the
+        same interface as :meth:`HttpSource.fetch_object` and not used.
+        """
         src = self._file(path)
         dest = Path(dest)
-        part = dest.with_name(f".{dest.name}.part")
-        try:
+        _checked_size(size, str(src))
+        self.budget.declare(size)
+        with self._open(src, "the object") as fin:
+            actual = os.fstat(fin.fileno()).st_size
+            if actual != size:
+                raise IntegrityError(f"{src}: {actual} bytes, the index says {size}")
+            check_free_space(dest.parent, size)
+            self.budget.require(size, str(src))
+            staged = StagedFile.open(dest, sha256, None)
             try:
-                actual = src.stat().st_size
-                if actual != size:
-                    raise IntegrityError(f"{src}: {actual} bytes, the index says {size}")
-                with open(src, "rb") as fin, open(part, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, CHUNK)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-            except OSError as e:
-                raise DownloadError(f"{src}: cannot read ({e.strerror})") from None
-            digest = sha256_file(part)
-            if digest != sha256:
-                raise IntegrityError(f"{src}: sha256 does not match the index; the object is corrupt")
-            os.replace(part, dest)
-        except BaseException:
-            _remove(part)
-            raise
-        self.bytes_downloaded += size
+                for block in iter(lambda: fin.read(CHUNK), b""):
+                    if staged.size + len(block) > size:
+                        raise IntegrityError(f"{src}: grew past the {size} bytes the index says")
+                    staged.append(block)
+                    self.budget.spend(len(block), str(src))
+                if staged.size != size or staged.hexdigest() != sha256:
+                    raise IntegrityError(f"{src}: sha256 does not match the index; the object is corrupt")
+                staged.commit(dest)
+            except BaseException:
+                staged.discard()
+                raise
         return size
 
 

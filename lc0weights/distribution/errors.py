@@ -10,6 +10,10 @@ class DownloadError(Lc0WeightsError):
     """A transfer failed after its retries (network, server error, wrong reply)."""
 
 
+class NotFoundError(DownloadError):
+    """The source has no such file (HTTP 404, or no file in a repository folder)."""
+
+
 class IntegrityError(Lc0WeightsError):
     """Downloaded bytes do not have the size or sha256 the index promised."""
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -25,10 +23,12 @@ from .engine import apply_patch, checked_net
 from .errors import IntegrityError, NoRouteError
 from .index import NetEntry, parse_index
 from .route import cheapest_route
+from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 from .updater import Updater
 
 log = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 6
+PARTIAL_DIR = ".partial"             # downloads in progress, named by sha256: resumed by the next run
 
 
 @dataclass
@@ -67,6 +67,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     try:
         held = cache.held_ids()
         index, target = read_catalog(updater, held, net, tolerance)
+        _declare_largest(source, index)
         cache.root.mkdir(parents=True, exist_ok=True)
         try:
             result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
@@ -75,6 +76,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
                 raise
             # The copy held under the wanted net's name is not that net: read the records after all.
             index, target = updater.catalog(net, held - {target}, tolerance)
+            _declare_largest(source, index)
             result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
         metadata_bytes = updater.metadata_bytes
         if result is None:
@@ -95,6 +97,13 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
+
+
+def _declare_largest(source, index) -> None:
+    """Size the fetch's byte budget by the largest object it may need."""
+    budget = getattr(source, "budget", None)
+    if budget is not None:
+        budget.declare(max([n.size for n in index.nets] + [p.size for p in index.patches], default=0))
 
 
 def _goals(index, target: str, tolerance: float | None) -> set[str]:
@@ -171,17 +180,14 @@ class _StepFailed(Lc0WeightsError):
         self.object_path = object_path
 
 
-STALE_TEMP_SECONDS = 24 * 3600
+def sweep_cache(root: Path) -> None:
+    """Remove what killed fetches left: work folders and temp files after an hour, partials after a week.
 
-
-def _remove_stale_temp(root: Path) -> None:
-    """Delete work folders of fetches killed outright (a day old: no live fetch owns them)."""
-    for folder in Path(root).glob(".fetch-*"):
-        try:
-            if time.time() - folder.stat().st_mtime > STALE_TEMP_SECONDS:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
+    Nothing a live process holds a lock on is touched.
+    """
+    sweep_stale(root, TEMP_MIN_AGE)
+    if (root / PARTIAL_DIR).is_dir():
+        sweep_stale(root / PARTIAL_DIR, TEMP_MIN_AGE, PARTIAL_MIN_AGE)
 
 
 def _follow(route, source, cache: NetCache, index) -> Net:
@@ -194,14 +200,16 @@ def _follow(route, source, cache: NetCache, index) -> Net:
         current = cache.load(route.start)
         if current is None:
             raise _BadBase(route.start)
-    _remove_stale_temp(cache.root)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache.root) as tmp:
+    sweep_cache(cache.root)
+    (cache.root / PARTIAL_DIR).mkdir(exist_ok=True)
+    with work_folder(cache.root) as tmp:
         for i, step in enumerate(route.steps):
             where = Path(tmp) / f"step-{i}"
             try:
                 source.fetch_object(step.path, where, step.size, step.sha256,
                                     desc=f"{'net' if isinstance(step, NetEntry) else 'patch'} "
-                                         f"{i + 1}/{len(route.steps)}")
+                                         f"{i + 1}/{len(route.steps)}",
+                                    partial_dir=cache.root / PARTIAL_DIR)
                 data = where.read_bytes()
                 where.unlink()
                 if isinstance(step, NetEntry):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import Lc0WeightsError
 from .cache import NetCache
 from .client_cache import remove_lock_if_free
 from .download import TransferPolicy, open_source
+from .transfer_policy import TransferStopped
 from .errors import DownloadError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
 
@@ -37,31 +39,8 @@ STOP_GRACE_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 600.0
 
 
-class FollowStopped(Exception):
-    """Raised inside a transfer when a stop was asked for; unwinds fetch's own clean-up."""
-
-
-class _StopAwareSession(requests.Session):
-    """A session whose transfers end at the next chunk once ``stop`` is set."""
-
-    def __init__(self, stop: threading.Event):
-        super().__init__()
-        self.stop = stop
-
-    def request(self, *args, **kwargs):
-        if self.stop.is_set():
-            raise FollowStopped()
-        response = super().request(*args, **kwargs)
-        if kwargs.get("stream"):
-            chunks = response.iter_content
-
-            def iter_content(chunk_size=1, decode_unicode=False):
-                for chunk in chunks(chunk_size, decode_unicode):
-                    if self.stop.is_set():
-                        raise FollowStopped()
-                    yield chunk
-            response.iter_content = iter_content
-        return response
+# A stop asked for while a transfer runs ends it at its next chunk and unwinds fetch's clean-up.
+FollowStopped = TransferStopped
 
 
 class TopDocumentPoller:
@@ -161,8 +140,8 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
     ``on_net(result)`` is called after each new net is in the cache.
     """
     from .fetch import fetch
-    policy = policy or TransferPolicy(progress=False)
-    session = _StopAwareSession(stop)
+    policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
+    session = requests.Session()
     poller = TopDocumentPoller(location, policy, session)
     cache = NetCache(cache_dir, client_layout)
     extra = {} if trust is None else {"trust": trust}
@@ -173,8 +152,6 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
         try:
             if poller.changed() or current is None:
                 source = open_source(location, policy)
-                if hasattr(source, "session"):
-                    source.session = session
                 result = _run_until_stopped(stop, lambda: fetch(
                     location, net="latest", cache_dir=cache.root, client_layout=client_layout,
                     policy=policy, source=source, have=have, **extra))

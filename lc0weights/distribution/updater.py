@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..net import atomic_write
-from .errors import RepositoryIndexError, UntrustedError
+from .errors import DownloadError, NotFoundError, RepositoryIndexError, UntrustedError
 from .index import RepositoryIndex, resolve_prefix
 from .keys import PublicKey, read_trust
 from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Link, Record,
@@ -204,10 +204,16 @@ class Updater:
         finally:
             self.metadata_bytes += self.source.bytes_downloaded - before
 
+    def _read_document(self, name: str, max_bytes: int, etag: str | None = None):
+        """A document's reply, or None when the source has no such file."""
+        try:
+            return self._counted(self.source.read_document, name, max_bytes, etag)
+        except NotFoundError:
+            return None
+
     def _top_document(self, name: str) -> bytes | None:
         etag, cached = self.state.cached_document(name)
-        reply = self._counted(self.source.read_document, name, MAX_TOP_BYTES,
-                              etag if cached is not None else None)
+        reply = self._read_document(name, MAX_TOP_BYTES, etag if cached is not None else None)
         if reply is None:
             return None
         if reply.not_modified:
@@ -276,7 +282,11 @@ class Updater:
         known = self.state.known(net_id)
         if known is not None:
             return known.seq
-        reply = self._counted(self.source.read_document, record_path(net_id), MAX_RECORD_BYTES)
+        try:
+            reply = self._read_document(record_path(net_id), MAX_RECORD_BYTES)
+        except DownloadError as e:           # only a hint: a route without it still works
+            log.info("no hint for held net %s...: %s", net_id[:16], e)
+            return None
         if reply is None or reply.data is None:
             return None
         try:
