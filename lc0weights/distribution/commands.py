@@ -75,7 +75,7 @@ def client_settings(args):
 def run_fetch(args) -> int:
     from .fetch import fetch
     client_settings(args)
-    policy = TransferPolicy(timeout=args.timeout, retries=max(0, args.retries))
+    policy = TransferPolicy(timeout=args.timeout, retries=args.retries)
     if args.follow:
         if args.net != "latest" or args.output or args.tolerance is not None or args.json:
             raise ValueError("--follow keeps the cache at the latest exact net: "
