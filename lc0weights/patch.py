@@ -445,6 +445,10 @@ def _check_header_fields(header) -> None:
         raise PatchFormatError("tolerance patch without the id of its result")
     if header.mode == patch_pb2.TOLERANCE and not (header.tolerance > 0 and np.isfinite(header.tolerance)):
         raise PatchFormatError("tolerance patch without a positive tolerance")
+    known = set(patch_pb2.Residual.values())
+    for lp in header.layers:
+        if lp.residual not in known:
+            raise PatchFormatError(f"unknown residual kind {lp.residual}")
 
 
 def _check_ids(header, base: Net | None, history: Net | None):

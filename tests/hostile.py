@@ -148,7 +148,8 @@ def run_measured(fn, *args) -> dict:
     """Run ``fn(*args)`` in a forked child: its outcome, seconds and peak memory growth.
 
     The growth is the child's peak resident size less the parent's at the fork,
-    so it is what the case itself costs. The outcome is ``("ok", repr)`` or
+    so it is what the case itself costs. The outcome is ``("ok", value, True)``
+    (plain data as it is, anything else as its repr) or
     ``(exception type name, message, is an Lc0WeightsError)``. Call only while
     no other thread is running (forking copies one thread).
     """
@@ -161,7 +162,9 @@ def run_measured(fn, *args) -> dict:
             from lc0weights import Lc0WeightsError
             before = peak_rss()
             try:
-                result = ("ok", repr(fn(*args))[:200], True)
+                value = fn(*args)
+                plain = isinstance(value, (dict, list, tuple, int, str, type(None)))
+                result = ("ok", value if plain else repr(value)[:200], True)
             except BaseException as e:                    # reported, not raised: the parent judges
                 result = (type(e).__name__, str(e)[:500], isinstance(e, Lc0WeightsError))
             with os.fdopen(write_fd, "wb") as f:
@@ -180,3 +183,142 @@ def run_measured(fn, *args) -> dict:
 def peak_rss() -> int:
     """This process's peak resident size so far, in bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- structure-aware mutations of real patches ------------------------------------------
+
+_SIZES = (0, 1, 2, 255, 1 << 16, (1 << 31) - 1, 1 << 31, 1 << 32, 2 << 30, 16 << 30, (1 << 63) - 1,
+          1 << 63, (1 << 64) - 1)
+_CONFIGS = (b"", b"{}", b'{"quality": 5}', b'{"quality": "x"}', b'{"quality": 1e999}', b'{"q": 1}',
+            b"[]", b"null", b"{", b'{"quality": [1, 2]}', b"[" * 5000, b'{"a": ' * 300 + b"1" + b"}" * 300,
+            b"\xff", b'{"quality": -7}', b'{"quality": 99999999999999999999999}')
+_CODECS = ("varint-brotli", "cm1", "stored", "brotli", "", "zstd", "cm2")
+
+
+def _some_size(rng, current: int) -> int:
+    choice = rng.integers(4)
+    if choice == 0:
+        return int(_SIZES[rng.integers(len(_SIZES))])
+    if choice == 1:
+        return max(0, current + int(rng.integers(-3, 4)))
+    if choice == 2:
+        return current * int(rng.integers(2, 1000))
+    return int(rng.integers(0, 1 << 62)) >> int(rng.integers(0, 62))
+
+
+def _flip(rng, data: bytes, max_flips: int = 4) -> bytes:
+    if not data:
+        return bytes(rng.integers(0, 256, int(rng.integers(1, 8)), dtype=np.uint8))
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, max_flips + 1))):
+        kind = rng.integers(5)
+        pos = int(rng.integers(len(out))) if out else 0
+        if kind == 0 and out:
+            out[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1 and out:
+            out[pos] = int(rng.integers(256))
+        elif kind == 2:
+            del out[pos:pos + int(rng.integers(1, 16))]
+        elif kind == 3:
+            out[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+        else:
+            del out[int(rng.integers(len(out) + 1)):]
+    return bytes(out)
+
+
+def _mutate_header(rng, header) -> str:
+    layers = header.layers
+    lp = layers[int(rng.integers(len(layers)))] if len(layers) else None
+    kind = int(rng.integers(16))
+    if kind == 0:
+        header.result_size = _some_size(rng, header.result_size)
+        return "result_size"
+    if kind == 1:
+        header.skeleton_size = _some_size(rng, header.skeleton_size)
+        return "skeleton_size"
+    if kind == 2:
+        header.skeleton.codec = ("brotli", "brotli-xor-base", "cm1", "", "zz")[int(rng.integers(5))]
+        return "skeleton codec"
+    if kind == 3:
+        field = ("base_id", "target_id", "result_id", "history_id")[int(rng.integers(4))]
+        value = getattr(header, field)
+        setattr(header, field, (b"", value[:16], bytes(32), _flip(rng, value, 1))[int(rng.integers(4))])
+        return field
+    if kind == 4:
+        header.mode = int(rng.integers(0, 4))
+        header.tolerance = float((0.0, -1.0, np.nan, np.inf, 1e-300, 1e300, 2.0 ** -10,
+                                  2.0 ** -17)[int(rng.integers(8))])
+        return "mode/tolerance"
+    if lp is None:
+        return "nothing"
+    if kind == 5:
+        lp.section.codec = _CODECS[int(rng.integers(len(_CODECS)))]
+        return "layer codec"
+    if kind == 6:
+        lp.section.codec_config = _CONFIGS[int(rng.integers(len(_CONFIGS)))]
+        return "codec config"
+    if kind == 7:
+        lp.base_shift = (lp.base_shift + int(rng.integers(-3, 4)), int(rng.integers(-1 << 40, 1 << 40)),
+                         -(1 << 63), (1 << 63) - 1)[int(rng.integers(4))]
+        return "base_shift"
+    if kind == 8:
+        lp.escapes = _some_size(rng, lp.escapes)
+        return "escapes"
+    if kind == 9:
+        lp.quant_width = (0, 1, 2, 3, 65535, 131071, 131072, 1 << 40, (1 << 64) - 1)[int(rng.integers(9))]
+        return "quant_width"
+    if kind == 10:
+        lp.residual = int(rng.integers(0, 6))
+        return "residual"
+    if kind == 11:
+        lp.intra = not lp.intra
+        return "intra"
+    return ""                                             # a section or the skeleton instead
+
+
+def mutate(patch: bytes, rng) -> tuple[bytes, str]:
+    """One structure-aware mutation of a real patch, resealed; and what was changed."""
+    header, sections = split(patch)
+    what = _mutate_header(rng, header)
+    fix_sizes = True
+    if not what:
+        kind = int(rng.integers(7))
+        if kind <= 2 and len(sections) > 1:               # one layer's section
+            i = int(rng.integers(1, len(sections)))
+            if kind == 0:
+                sections[i] = _flip(rng, sections[i])
+            elif kind == 1:
+                sections[i] = sections[int(rng.integers(1, len(sections)))]
+            else:
+                sections[i] = sections[i][:1] + bytes(int(rng.integers(0, 64)))
+            what = "layer section"
+        elif kind <= 4:                                   # the skeleton stream, recompressed
+            stream = brotli.decompress(sections[0])
+            stream = _flip(rng, stream, 3)
+            sections[0] = brotli.compress(stream, quality=5)
+            if rng.integers(3):
+                header.skeleton_size = len(stream)
+            what = "skeleton stream"
+        elif kind == 5:                                   # drop, repeat or swap layer entries
+            i, j = (int(x) for x in rng.integers(len(header.layers), size=2))
+            entries = list(header.layers)
+            body = sections[1:]
+            op = int(rng.integers(3))
+            if op == 0:
+                del entries[i], body[i]
+            elif op == 1:
+                entries.insert(j, entries[i])
+                body.insert(j, body[i])
+            else:
+                entries[i], entries[j] = entries[j], entries[i]
+                body[i], body[j] = body[j], body[i]
+            del header.layers[:]
+            header.layers.extend(entries)
+            sections = sections[:1] + body
+            what = "layer list"
+        else:                                             # stored sizes that disagree with the file
+            fix_sizes = False
+            lp = header.layers[int(rng.integers(len(header.layers)))]
+            lp.section.stored_size = _some_size(rng, lp.section.stored_size)
+            what = "stored_size"
+    return reseal(header, sections, fix_sizes), what
