@@ -228,25 +228,30 @@ def gunzip_limited(data, limit: int, source: str = "<bytes>") -> bytearray:
     """Decompress a (possibly multi-member) gzip stream of at most ``limit`` bytes.
 
     Output past ``limit`` stops the decompression there: a gzip bomb costs
-    ``limit`` bytes of memory, never what it expands to.
+    ``limit`` bytes of memory, never what it expands to. The output buffer is
+    sized once from the trailer (capped by ``limit``), so there is no copy.
     """
-    out, view = bytearray(), memoryview(data)
+    view = memoryview(data)
+    hint = int.from_bytes(view[-4:], "little") if len(view) >= 18 else 0
+    out, pos = bytearray(min(hint, limit)), 0
     try:
         while True:
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
             chunk = view
             while True:
-                piece = d.decompress(chunk, limit + 1 - len(out))
-                out += piece
-                if len(out) > limit:
+                piece = d.decompress(chunk, min(limit + 1 - pos, 1 << 22))
+                if pos + len(piece) > limit:
                     raise _too_large(source, limit)
-                if d.eof or not d.unconsumed_tail:
+                out[pos:pos + len(piece)] = piece
+                pos += len(piece)
+                if d.eof or not (d.unconsumed_tail or piece):
                     break
                 chunk = d.unconsumed_tail
             if not d.eof:
                 raise NetFormatError(f"{source}: truncated gzip stream")
             rest = d.unused_data
             if not rest.strip(b"\0"):                  # another gzip member may follow
+                del out[pos:]
                 return out
             view = memoryview(rest)
     except zlib.error as e:
