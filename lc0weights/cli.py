@@ -63,7 +63,7 @@ def _is_patch(path: str) -> bool:
 
 def cmd_inspect(args) -> int:
     if _is_patch(args.file):
-        info = read_patch_info(args.file, max_size=args.max_size)
+        info = read_patch_info(args.file, _load_net(args.base, args.max_size), max_size=args.max_size)
         if args.json:
             print(json.dumps(info.__dict__, indent=1))
         else:
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show a net's id and layers, or a patch's header")
     p.add_argument("file", help="a .pb.gz/.pb net or a patch")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--base", metavar="NET", help="a patch's base: check the patch against it too, "
+                                                 "as apply does")
     max_size(p)
     p.set_defaults(run=cmd_inspect)
 

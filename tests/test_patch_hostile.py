@@ -125,6 +125,17 @@ def test_a_header_listing_a_million_empty_layers(real, tmp_path):
     refuse_everywhere(base, bad, memory_limit(base, target) + 64 * MiB, tmp_path)
 
 
+def test_inspect_command_with_the_base_runs_the_checks_of_apply(real, tmp_path, capsys):
+    base, target, patch = real
+    path = tmp_path / "bad.lc0p"
+    path.write_bytes(hostile.with_header(patch, lambda h: setattr(h, "result_size", 2 << 30)))
+    assert main(["inspect", str(path)]) == 0            # the sizes need the base to add up
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--base", str(run_paths()[0])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not add up" in err[0], err
+
+
 def test_inspect_command_on_an_absurd_skeleton_size_is_one_line(real, tmp_path):
     _, _, patch = real
     bad = tmp_path / "bad.lc0p"
