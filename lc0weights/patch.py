@@ -9,10 +9,10 @@ holding at most the nets and a few layers' working arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
-import contextlib
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor

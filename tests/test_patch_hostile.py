@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from lc0weights import Lc0WeightsError, Net, apply_patch, make_patch, read_patch_info
+from lc0weights import Net, apply_patch, make_patch, read_patch_info
 from lc0weights.cli import main
 from lc0weights.errors import NetFormatError, PatchFormatError, VerificationError
 from lc0weights.patch import UNDECODABLE, apply_patch_to_file
