@@ -283,6 +283,8 @@ def _walk_layer_skeleton(buf, pos, limit, declared, span: LayerSpan, cutset, bud
                 span.cut_length = length
                 pos = body
             else:
+                if body + length > limit:
+                    raise NetFormatError("protobuf field runs past the end of its message")
                 if number == 5:                             # packed dims
                     p = body
                     while p < body + length:

@@ -8,8 +8,11 @@ asserted).
 import gzip
 import io
 import json
+import struct
 import subprocess
 import sys
+
+import brotli
 
 import numpy as np
 import pytest
@@ -22,7 +25,8 @@ from lc0weights.patch import UNDECODABLE, apply_patch_to_file
 import hostile
 import netfactory as nf
 from conftest import run_paths
-from lc0weights.proto import lc0net_pb2
+from lc0weights import container
+from lc0weights.proto import lc0net_pb2, patch_pb2
 
 MiB = 1 << 20
 
@@ -114,6 +118,19 @@ def test_the_largest_skeleton_allowed_is_walked_in_bounded_memory(tmp_path):
                       "does not match the id", error=VerificationError, inspect=False)
     info = hostile.run_measured(read_patch_info, bad)
     assert info["outcome"][0] == "ok" and info["peak_growth"] < memory_limit() + 4 * SKELETON_CAP
+
+
+def test_packed_dims_running_past_the_skeleton(tmp_path):
+    """Found by the fuzzer: a packed field read past the end of the skeleton buffer."""
+    number = lc0net_pb2.Weights.DESCRIPTOR.fields_by_name["ip2_val_b"].number
+    layer = hostile.tag(5, 2) + hostile.varint(100) + b"\x01\x02"
+    body = hostile.tag(1, 5) + struct.pack("<I", 0x1C0) + \
+        hostile.length_field(10, hostile.length_field(number, layer))
+    stream = hostile.varint(0) + body
+    skeleton = brotli.compress(stream)
+    header = patch_pb2.PatchHeader(target_id=bytes(32), result_size=len(body), skeleton_size=len(stream),
+                                   skeleton=patch_pb2.Section(codec="brotli", stored_size=len(skeleton)))
+    refuse_everywhere(None, container.pack(header, [skeleton]), memory_limit(), tmp_path, "corrupt skeleton")
 
 
 def test_a_header_listing_a_million_empty_layers(real, tmp_path):
