@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
 from .errors import NetFormatError
-from .net import Net, atomic_write
+from .net import DEFAULT_MAX_SIZE, Net, atomic_write
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
 from .settings import parse_tolerance
 from . import encodings as enc
@@ -25,28 +25,38 @@ from . import encodings as enc
 NO_BASE = "none"
 
 
-def _load_net(path: str | None) -> Net | None:
-    return None if path is None or path.lower() == NO_BASE else Net.load(path)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def _read_patch(path: str) -> bytes:
+def parse_size(text: str) -> int:
+    """A byte count: ``2147483648``, ``400M``, ``2G`` or ``2GiB`` (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"a size is a number of bytes like 400M or 2G, not {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _load_net(path: str | None, max_size: int | None = None) -> Net | None:
+    return None if path is None or path.lower() == NO_BASE else Net.load(path, max_size)
+
+
+def _is_patch(path: str) -> bool:
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read(len(PATCH_MAGIC)) == PATCH_MAGIC
     except OSError as e:
         raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
-    return data
 
 
 # -- commands ------------------------------------------------------------------------
 
 def cmd_inspect(args) -> int:
-    data = _read_patch(args.file)
-    if data[:len(PATCH_MAGIC)] == PATCH_MAGIC:
-        info = read_patch_info(data)
+    if _is_patch(args.file):
+        info = read_patch_info(args.file, _load_net(args.base, args.max_size), max_size=args.max_size)
         if args.json:
             print(json.dumps(info.__dict__, indent=1))
         else:
-            print(f"patch     {args.file} ({len(data):,} bytes, {info.mode}"
+            print(f"patch     {args.file} ({info.patch_size:,} bytes, {info.mode}"
                   + (f", tolerance {info.tolerance:g}" if info.tolerance else "") + ")")
             print(f"base      {info.base_id or 'none (intra)'}\ntarget    {info.target_id}\n"
                   f"result    {info.result_id} ({info.result_size:,} bytes)")
@@ -57,7 +67,8 @@ def cmd_inspect(args) -> int:
                 print(f"  {name:<48} {'intra' if lp['intra'] else 'delta':<6} {lp['residual']:<16} "
                       f"{lp['codec']:<14} {lp['stored_size']:>10,}")
         return 0
-    net = Net.from_bytes(data, args.file)
+    net = Net.load(args.file, args.max_size)
+    file_size = Path(args.file).stat().st_size
     rows = []
     for layer in net.layers:
         row = {"path": layer.path, "count": layer.count, "bytes": layer.nbytes,
@@ -68,12 +79,12 @@ def cmd_inspect(args) -> int:
             row["min"], row["max"] = float(np.nanmin(values)), float(np.nanmax(values))
         rows.append(row)
     summary = {"id": net.id, "format": net.format_name, "raw_size": len(net.raw),
-               "file_size": len(data), "weights": net.weight_count, "layers": rows}
+               "file_size": file_size, "weights": net.weight_count, "layers": rows}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"net       {args.file}\nid        {net.id}\nformat    {net.format_name}, "
-          f"{len(net.raw):,} bytes raw, {len(data):,} on disk, "
+          f"{len(net.raw):,} bytes raw, {file_size:,} on disk, "
           f"{len(rows)} layers, {net.weight_count:,} weights")
     for r in rows:
         span = "" if r["min"] is None else f"{r['min']:>12.6g} {r['max']:>12.6g}"
@@ -94,17 +105,19 @@ def cmd_diff(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    base, history = _load_net(args.base), _load_net(args.history)
-    net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers)
+    base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
+                                 max_size=args.max_size)
     print(f"wrote {args.output}: net {net_id}", file=sys.stderr)
     return 0
 
 
 def cmd_verify(args) -> int:
-    base, history = _load_net(args.base), _load_net(args.history)
-    info = read_patch_info(args.patch)
-    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers), "rebuilt net")
-    target = Net.load(args.target)
+    base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    info = read_patch_info(args.patch, base, max_size=args.max_size)
+    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers, max_size=args.max_size),
+                  "rebuilt net")
+    target = Net.load(args.target, args.max_size)
     if info.mode == "lossless":
         ok = rebuilt.id == target.id
         print(f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt.id} "
@@ -125,9 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def max_size(p):
+        p.add_argument("--max-size", type=parse_size, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+                       help="refuse nets larger than this raw, read or rebuilt "
+                            f"(default {DEFAULT_MAX_SIZE >> 30}G; 400M, 2G, ...)")
+
     p = sub.add_parser("inspect", help="show a net's id and layers, or a patch's header")
     p.add_argument("file", help="a .pb.gz/.pb net or a patch")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--base", metavar="NET", help="a patch's base: check the patch against it too, "
+                                                 "as apply does")
+    max_size(p)
     p.set_defaults(run=cmd_inspect)
 
     def common(p):
@@ -149,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patch")
     p.add_argument("-o", "--output", required=True, help="net to write (.pb.gz gzips, else raw)")
     common(p)
+    max_size(p)
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("verify", help="check that BASE + PATCH rebuilds TARGET (or within tolerance)")
@@ -156,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patch")
     p.add_argument("target")
     common(p)
+    max_size(p)
     p.set_defaults(run=cmd_verify)
 
     from .distribution.commands import add_commands

@@ -11,6 +11,10 @@
 
 Everything is checked before anything is allocated from it: the checksum
 first, then that the declared section sizes add up to the file.
+
+A patch file's sections are read with ``os.pread``: worker threads decode
+different layers at once, and a shared file position would let one thread's
+seek land between another's seek and read.
 """
 from __future__ import annotations
 
@@ -30,7 +34,11 @@ MAGIC = b"LC0PATCH"
 VERSION = 1
 _PREFIX = struct.Struct("<8sHHI")
 CHECKSUM_SIZE = 32
-MAX_HEADER = 64 << 20
+# A real header takes about 20 bytes per layer (2 KB for a 105-layer net); a
+# megabyte holds 50,000 layers, far past any lc0 net, and keeps the parsed
+# message small whatever a hostile header repeats.
+MAX_HEADER = 1 << 20
+MAX_LAYERS = 1 << 16
 
 
 def pack(header: PatchHeader, sections: list[bytes]) -> bytes:
@@ -93,6 +101,9 @@ def _parse(prefix: bytes, total: int, read_header) -> tuple[PatchHeader, list[tu
         header.ParseFromString(decompress_limited(read_header(start, head_len), MAX_HEADER))
     except DecodeError as e:
         raise PatchFormatError(f"unreadable patch header ({e})") from None
+    if len(header.layers) > MAX_LAYERS:
+        raise PatchFormatError(f"patch header lists {len(header.layers):,} layers, "
+                               f"more than the {MAX_LAYERS:,} a net can plausibly have")
     pos = start + head_len
     sizes = [header.skeleton.stored_size] + [layer.section.stored_size for layer in header.layers]
     if pos + sum(sizes) != body_len:
@@ -134,12 +145,10 @@ def _open_file(path: Path) -> PatchSource:
     trailer = f.read(CHECKSUM_SIZE)
 
     def read(start, size):
-        f.seek(start)
-        return f.read(size)
+        return _read_at(f.fileno(), start, size)
 
     try:
-        f.seek(0)
-        prefix = f.read(_PREFIX.size)
+        prefix = read(0, _PREFIX.size)
         if total >= _PREFIX.size + CHECKSUM_SIZE and digest.digest() != trailer:
             _parse(prefix, total, read)
             raise PatchFormatError(f"{path}: patch checksum mismatch: the file is truncated or corrupt")
@@ -148,6 +157,18 @@ def _open_file(path: Path) -> PatchSource:
         f.close()
         raise
     return PatchSource(header, offsets, read, f.close)
+
+
+def _read_at(fd: int, start: int, size: int) -> bytes:
+    """``size`` bytes at ``start``, without moving a shared file position (thread-safe)."""
+    pieces, got = [], 0
+    while got < size:
+        piece = os.pread(fd, size - got, start + got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
 
 
 def unpack(patch: bytes) -> tuple[PatchHeader, list[memoryview]]:

@@ -25,6 +25,9 @@ from .wire import LayerSpan, find_layers, read_magic
 
 MAGIC = 0x1C0
 GZIP_MAGIC = b"\x1f\x8b"
+# The largest raw net read or rebuilt unless the caller says otherwise: lc0 nets are
+# 150-400 MB raw today; twice the largest float32 transformer stays under it.
+DEFAULT_MAX_SIZE = 2 << 30
 # Nets written on a client (rebuilt, fetched) favour speed: level 1 writes a 100 MB net
 # several times faster than level 6 for about a tenth more disk.
 GZIP_LEVEL = 1
@@ -117,21 +120,34 @@ class Net:
 
     # -- construction -----------------------------------------------------
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Net":
-        """A net from raw protobuf bytes or a gzip stream of them."""
-        return cls(maybe_gunzip(data, source), source)
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", max_size: int | None = None) -> "Net":
+        """A net from raw protobuf bytes or a gzip stream of them.
+
+        ``max_size`` bounds the raw size (default :data:`DEFAULT_MAX_SIZE`); a
+        gzip stream is decompressed only that far, so a bomb costs no more.
+        """
+        return cls(maybe_gunzip(data, source, max_size), source)
 
     @classmethod
-    def load(cls, path) -> "Net":
-        """A net from a ``.pb.gz`` or ``.pb`` file (gzip is detected, not guessed)."""
+    def load(cls, path, max_size: int | None = None) -> "Net":
+        """A net from a ``.pb.gz`` or ``.pb`` file (gzip is detected, not guessed).
+
+        ``max_size`` bounds the raw size as in :meth:`from_bytes` (say, the
+        size a repository index declares for the net).
+        """
         path = Path(path)
+        limit = _limit(max_size)
         try:
             with open(path, "rb") as f:
                 if f.read(2) == GZIP_MAGIC:
-                    raw = _gunzip_file(f, str(path))
+                    raw = _gunzip_file(f, str(path), limit)
                 else:
+                    if os.fstat(f.fileno()).st_size > limit:
+                        raise _too_large(str(path), limit)
                     f.seek(0)
-                    raw = f.read()
+                    raw = f.read(limit + 1)
+                    if len(raw) > limit:
+                        raise _too_large(str(path), limit)
         except OSError as e:
             raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
         if not raw:
@@ -190,16 +206,59 @@ def _has_onnx(raw) -> bool:
     return any(n == 11 for n, *_ in iter_fields(raw, 0, len(raw)))
 
 
-def maybe_gunzip(data: bytes, source: str = "<bytes>") -> bytes:
+def _limit(max_size: int | None) -> int:
+    return DEFAULT_MAX_SIZE if max_size is None else max(0, int(max_size))
+
+
+def _too_large(source: str, limit: int) -> NetFormatError:
+    return NetFormatError(f"{source}: the net is larger than the {limit:,} bytes allowed")
+
+
+def maybe_gunzip(data: bytes, source: str = "<bytes>", max_size: int | None = None):
+    """``data`` itself, or its gzip stream decompressed; either at most ``max_size`` bytes raw."""
+    limit = _limit(max_size)
     if data[:2] != GZIP_MAGIC:
+        if len(data) > limit:
+            raise _too_large(source, limit)
         return data
+    return gunzip_limited(data, limit, source)
+
+
+def gunzip_limited(data, limit: int, source: str = "<bytes>") -> bytearray:
+    """Decompress a (possibly multi-member) gzip stream of at most ``limit`` bytes.
+
+    Output past ``limit`` stops the decompression there: a gzip bomb costs
+    ``limit`` bytes of memory, never what it expands to. The output buffer is
+    sized once from the trailer (capped by ``limit``), so there is no copy.
+    """
+    view = memoryview(data)
+    hint = int.from_bytes(view[-4:], "little") if len(view) >= 18 else 0
+    out, pos = bytearray(min(hint, limit)), 0
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
+        while True:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunk = view
+            while True:
+                piece = d.decompress(chunk, min(limit + 1 - pos, 1 << 22))
+                if pos + len(piece) > limit:
+                    raise _too_large(source, limit)
+                out[pos:pos + len(piece)] = piece
+                pos += len(piece)
+                if d.eof or not (d.unconsumed_tail or piece):
+                    break
+                chunk = d.unconsumed_tail
+            if not d.eof:
+                raise NetFormatError(f"{source}: truncated gzip stream")
+            rest = d.unused_data
+            if not rest.strip(b"\0"):                  # another gzip member may follow
+                del out[pos:]
+                return out
+            view = memoryview(rest)
+    except zlib.error as e:
         raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
 
 
-def _gunzip_file(f, source: str) -> bytearray:
+def _gunzip_file(f, source: str, limit: int) -> bytearray:
     """Decompress a gzip file into one buffer sized from its trailer: no second copy."""
     stored = os.fstat(f.fileno()).st_size
     if stored < 18:
@@ -207,7 +266,7 @@ def _gunzip_file(f, source: str) -> bytearray:
     f.seek(-4, os.SEEK_END)
     # The trailer holds the length mod 2^32: a hint, capped so a corrupt file cannot
     # make us allocate gigabytes up front (nets compress far less than 16x).
-    size = min(int.from_bytes(f.read(4), "little"), 16 * stored)
+    size = min(int.from_bytes(f.read(4), "little"), 16 * stored, limit)
     f.seek(0)
     out, pos = bytearray(size), 0
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -217,6 +276,8 @@ def _gunzip_file(f, source: str) -> bytearray:
             if not chunk:
                 break
             piece = d.decompress(chunk, 1 << 22)
+            if pos + len(piece) > limit:
+                raise _too_large(source, limit)
             if pos + len(piece) > len(out):
                 out.extend(bytes(pos + len(piece) - len(out)))
             out[pos:pos + len(piece)] = piece

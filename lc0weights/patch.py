@@ -9,10 +9,12 @@ holding at most the nets and a few layers' working arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,14 +26,28 @@ from . import encodings as enc
 from . import residuals as res
 from .codecs import LayerInfo, codec_ids, get_codec
 from .codecs.varint_brotli import decompress_limited, leb128
-from .errors import (MissingHistoryError, NetFormatError, PatchFormatError,
+from .errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
                      VerificationError, WrongBaseError)
-from .net import GZIP_LEVEL, Layer, Net, atomic_file
+from .net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net, atomic_file
 from .proto import patch_pb2
 from .wire import find_skeleton_layers, read_varint
 
 WRITER = "lc0weights 0.1"
 MAX_RESULT_SIZE = 16 << 30
+# Plausibility bounds on what a patch declares, checked before memory is committed
+# (docs/FORMAT.md, "Limits"). Real skeletons take about 20 bytes and 6 fields per
+# layer (1,960 bytes for the 105 layers of a 1.7 MB maia net): a megabyte is 500
+# times that. A base with a larger skeleton (an ONNX net is all skeleton) allows
+# up to twice its own.
+SKELETON_CAP = 1 << 20
+MAX_SKELETON_FIELDS = 1 << 20
+# A layer coded against no base layer decodes to at most this many values per
+# stored byte (plus a small allowance for the whole patch). Real intra layers
+# reach 13 (a 64-element layer of ones in 5 bytes); the writer never goes past it.
+INTRA_VALUES_PER_BYTE = 64
+INTRA_ALLOWANCE = 1 << 20
+MAX_CODEC_CONFIG = 4096
+UNDECODABLE = "patch could not be decoded"
 DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
 # The context model wins on every sizeable layer of real runs; the baseline is
 # tried beside it only where it is cheap to try (small layers).
@@ -67,9 +83,18 @@ def encode_skeleton(stream: bytes, base_stream: bytes | None) -> tuple[str, byte
     return min(options, key=lambda o: len(o[1]))
 
 
-def decode_skeleton(section: patch_pb2.Section, data, size: int, base_stream) -> tuple[list[int], memoryview]:
+def skeleton_limit(base_stream) -> int:
+    """The largest skeleton a patch may declare, given the base's skeleton stream."""
+    return SKELETON_CAP + 2 * (len(base_stream) if base_stream is not None else 0)
+
+
+def decode_skeleton(section: patch_pb2.Section, data, size: int, base_stream,
+                    layers: int | None = None) -> tuple[list[int], memoryview]:
+    """The cut offsets and the skeleton bytes; ``layers``, if given, is the cut count to expect."""
     if section.codec not in ("brotli", "brotli-xor-base"):
         raise PatchFormatError(f"unknown skeleton codec {section.codec!r}")
+    if size > skeleton_limit(base_stream):
+        raise PatchFormatError(f"skeleton of {size:,} bytes declared, more than any net has")
     stream = decompress_limited(data, size)
     if len(stream) != size:
         raise PatchFormatError("skeleton is shorter than declared")
@@ -80,8 +105,8 @@ def decode_skeleton(section: patch_pb2.Section, data, size: int, base_stream) ->
     view = memoryview(stream)
     try:
         n, pos = read_varint(view, 0, len(view))
-        if n > size:
-            raise PatchFormatError("skeleton declares more cuts than it has bytes")
+        if n > size or (layers is not None and n != layers):
+            raise PatchFormatError("skeleton declares another number of cuts than the header has layers")
         cuts, at = [], 0
         for _ in range(n):
             delta, pos = read_varint(view, pos, len(view))
@@ -213,9 +238,16 @@ def _encode_layer(job):
                                   base_shift=base_layer.index - layer.index if paired else 0,
                                   quant_width=r.quant_width if r.quant_width > 1 else 0)
         info = ctx.info(layer, lp, base_layer if paired else None)
-        for codec_id in _trials(codecs, len(r.values)):
+        trials, fits = list(_trials(codecs, len(r.values))), False
+        while trials:
+            codec_id = trials.pop(0)
             codec = get_codec(codec_id)
             data = codec.encode(r.values, info)
+            if not paired and len(r.values) > INTRA_VALUES_PER_BYTE * len(data):
+                if not trials and not fits:
+                    trials.append("stored")   # readers refuse denser intra layers; stored always fits
+                continue
+            fits = True
             if best is None or len(data) < len(best[1]):
                 lp.section.CopyFrom(patch_pb2.Section(codec=codec_id, stored_size=len(data),
                                                       codec_config=_config_bytes(codec)))
@@ -243,14 +275,17 @@ def _bounded_map(fn, items, workers: int, cost=None):
     ``cost(item)`` (default 1) is what an item holds in memory (its element
     count); work is submitted while what is in flight costs at most two of the
     largest items per worker, so small layers never stall the big ones and
-    memory stays a few layers' worth whatever the net's size.
+    memory stays a few layers' worth whatever the net's size. Nor more than a
+    quarter of all items (or the largest one): on a machine with many cores the
+    working arrays stay a small multiple of the net, not of the core count.
     """
     items = list(items)
     if workers <= 1:
         yield from map(fn, items)
         return
     costs = [max(1, cost(item)) if cost else 1 for item in items]
-    budget = 2 * workers * max(costs, default=1)
+    largest = max(costs, default=1)
+    budget = min(2 * workers * largest, max(largest, sum(costs) // 4))
     with ThreadPoolExecutor(workers) as pool:
         pending, in_flight = [], 0
         for item, c in zip(items, costs):
@@ -296,7 +331,11 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
         tolerance=float(tolerance or 0.0), writer=WRITER,
         history_id=bytes.fromhex(history.id) if history is not None else b"")
     stream = skeleton_stream(target)
-    skeleton_codec, skeleton_data = encode_skeleton(stream, skeleton_stream(base) if base is not None else None)
+    base_stream = skeleton_stream(base) if base is not None else None
+    if len(stream) > skeleton_limit(base_stream):
+        raise PatchFormatError(f"the target's skeleton of {len(stream):,} bytes is larger than "
+                               f"readers accept ({skeleton_limit(base_stream):,})")
+    skeleton_codec, skeleton_data = encode_skeleton(stream, base_stream)
     header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
     header.skeleton_size = len(stream)
 
@@ -344,24 +383,44 @@ def _hex(b: bytes) -> str | None:
     return b.hex() if b else None
 
 
-def read_patch_info(patch, base: Net | None = None) -> PatchInfo:
-    """The header of a patch (bytes or a file path), after checking its checksum.
+@contextlib.contextmanager
+def _hostile_input():
+    """Turn any other failure on patch data into a PatchFormatError.
 
-    Layer paths come from the skeleton, which is readable without the base
-    for an intra patch and with it otherwise; without it they are None.
+    Every check the format needs raises Lc0WeightsError itself; this is the
+    backstop that keeps a decoder bug on a hostile patch from escaping as a
+    built-in exception, so a caller that falls back on Lc0WeightsError (the
+    fetch client) always can. The message says it was not a known check.
     """
-    with container.open_patch(patch) as source:
+    try:
+        yield
+    except Lc0WeightsError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError, MemoryError,
+            struct.error) as e:
+        raise PatchFormatError(f"{UNDECODABLE} ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _check_patch_argument(patch) -> None:
+    if not isinstance(patch, (bytes, bytearray, memoryview, str, os.PathLike)):
+        raise TypeError(f"a patch is bytes or a file path, not {type(patch).__name__}")
+
+
+def read_patch_info(patch, base: Net | None = None, *, max_size: int | None = None) -> PatchInfo:
+    """The header of a patch (bytes or a file path), after the checks ``apply`` runs.
+
+    Every declared size is checked as :func:`apply_patch` checks it, so a
+    patch that inspects cleanly decodes in bounded memory. Checks against the
+    base run when ``base`` is the patch's base. Layer paths come from the
+    skeleton, readable without the base for an intra patch and with it
+    otherwise; without it they are None.
+    """
+    _check_patch_argument(patch)
+    with _hostile_input(), container.open_patch(patch) as source:
         header = source.header
-        paths = [None] * len(header.layers)
-        try:
-            usable = base if base is not None and base.id == header.base_id.hex() else None
-            cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
-                                         skeleton_stream(usable) if usable is not None else None)
-            named = [layer.path for layer in skeleton_layers(body, cuts) if layer.has_params]
-            if len(named) == len(paths):
-                paths = named
-        except PatchFormatError:
-            pass
+        usable = base if base is not None and base.id == header.base_id.hex() else None
+        plan = _plan(source, usable, None, max_size, complete=False)
+        paths = [layer.path for layer in plan.layers] if plan.layers else [None] * len(header.layers)
         layers = [{"path": path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
                    "residual": patch_pb2.Residual.Name(lp.residual), "intra": lp.intra,
                    "base_shift": lp.base_shift, "escapes": lp.escapes}
@@ -377,13 +436,25 @@ def _result_id(header) -> bytes:
     return header.result_id or header.target_id
 
 
-def _check_ids(header, base: Net | None, history: Net | None):
+def _check_header_fields(header) -> None:
+    """What a header must hold whatever the base: ids, mode and tolerance."""
     for name, value in (("base_id", header.base_id), ("target_id", header.target_id),
                         ("result_id", header.result_id), ("history_id", header.history_id)):
         if value and len(value) != 32 or (name == "target_id" and not value):
             raise PatchFormatError(f"patch header field {name} is not a sha256")
+    if header.mode not in (patch_pb2.LOSSLESS, patch_pb2.TOLERANCE):
+        raise PatchFormatError(f"unknown patch mode {header.mode}")
     if header.mode == patch_pb2.TOLERANCE and not header.result_id:
         raise PatchFormatError("tolerance patch without the id of its result")
+    if header.mode == patch_pb2.TOLERANCE and not (header.tolerance > 0 and np.isfinite(header.tolerance)):
+        raise PatchFormatError("tolerance patch without a positive tolerance")
+    known = set(patch_pb2.Residual.values())
+    for lp in header.layers:
+        if lp.residual not in known:
+            raise PatchFormatError(f"unknown residual kind {lp.residual}")
+
+
+def _check_ids(header, base: Net | None, history: Net | None):
     if header.base_id:
         if base is None:
             raise WrongBaseError(f"this patch needs base net {header.base_id.hex()}; none was given")
@@ -393,17 +464,14 @@ def _check_ids(header, base: Net | None, history: Net | None):
     if header.history_id and (history is None or history.id != header.history_id.hex()):
         raise MissingHistoryError(f"this patch also needs net {header.history_id.hex()} "
                                   "(the base's predecessor) as context")
-    if header.mode == patch_pb2.TOLERANCE and not (header.tolerance > 0 and np.isfinite(header.tolerance)):
-        raise PatchFormatError("tolerance patch without a positive tolerance")
 
 
 def _decode_layer(job):
-    ctx, layer, lp, data = job
+    ctx, layer, lp, base_layer, codec, data = job
     try:
-        base_layer = ctx.base_layer(layer, lp)
         info = ctx.info(layer, lp, base_layer)
         count = _value_count(layer, lp)
-        values = get_codec(lp.section.codec, _config(lp.section)).decode(bytes(data), count, info)
+        values = codec.decode(bytes(data), count, info)
         if len(values) != count:
             raise PatchFormatError("codec returned the wrong number of values")
         target = _target_of(layer)
@@ -423,11 +491,14 @@ def _decode_layer(job):
 
 
 def _config(section) -> dict:
+    """A section's codec parameters: a small, flat JSON object."""
     if not section.codec_config:
         return {}
+    if len(section.codec_config) > MAX_CODEC_CONFIG:
+        raise PatchFormatError(f"codec configuration of {len(section.codec_config):,} bytes")
     try:
         config = json.loads(section.codec_config)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PatchFormatError("unreadable codec configuration") from None
     if not isinstance(config, dict):
         raise PatchFormatError("unreadable codec configuration")
@@ -443,6 +514,8 @@ _RESIDUALS_FOR = {enc.LINEAR16: (patch_pb2.LINEAR16_REGRID,),
 def _check_layer_header(layer: Layer, lp, tolerance: float) -> None:
     """The residual kind must suit the layer the skeleton describes."""
     if lp.residual == patch_pb2.RAW_BYTES:
+        if lp.escapes:
+            raise PatchFormatError(f"layer {layer.path}: escapes in a raw byte layer")
         return
     if not layer.codable or lp.residual not in _RESIDUALS_FOR.get(layer.encoding, ()):
         raise PatchFormatError(f"layer {layer.path}: residual kind {lp.residual} does not suit "
@@ -451,45 +524,113 @@ def _check_layer_header(layer: Layer, lp, tolerance: float) -> None:
         raise PatchFormatError(f"layer {layer.path}: value steps in a lossless patch")
     if lp.escapes > layer.count:
         raise PatchFormatError(f"layer {layer.path}: more escapes than elements")
+    if lp.escapes and lp.residual == patch_pb2.FLOAT_IMAGE:
+        raise PatchFormatError(f"layer {layer.path}: escapes in an exact float layer")
+    if lp.quant_width > res.MAX_QUANT_WIDTH:
+        raise PatchFormatError(f"layer {layer.path}: quantisation width {lp.quant_width} out of range")
 
 
 def skeleton_layers(body, cuts) -> list[Layer]:
     """The target's layers as the skeleton describes them (payloads cut out)."""
     try:
-        spans = find_skeleton_layers(body, cuts)
+        spans = find_skeleton_layers(body, cuts, MAX_SKELETON_FIELDS)
     except NetFormatError as e:
         raise PatchFormatError(f"corrupt skeleton ({e})") from None
     return [Layer(i, s.path, s, enc.effective(s.encoding)) for i, s in enumerate(spans)]
 
 
-def _rebuild(base: Net | None, source: container.PatchSource, history: Net | None, workers):
-    """The rebuilt net's bytes as a sequence of chunks, decoded layer by layer."""
+@dataclass
+class _Plan:
+    """A patch checked against its declared sizes, ready to decode layer by layer."""
+
+    header: patch_pb2.PatchHeader
+    ctx: _Context | None = None
+    cuts: list[int] = field(default_factory=list)
+    body: memoryview | None = None
+    layers: list[Layer] = field(default_factory=list)     # layers with a payload, in header order
+    base_layers: list = field(default_factory=list)      # each one's paired base layer, or None
+    codecs: list = field(default_factory=list)
+
+
+def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
+          max_size: int | None, complete: bool = True) -> _Plan:
+    """Check every size the patch declares before anything is allocated from it.
+
+    The result size against ``max_size``; the skeleton against a cap and the
+    base's; each layer's payload against its base layer (delta layers, whose
+    bytes together cannot exceed the base's) or against its section's stored
+    bytes (intra layers); see docs/FORMAT.md, "Limits". With ``complete``
+    false (inspecting without the base), what needs the base is skipped.
+    """
     header = source.header
-    _check_ids(header, base, history)
+    _check_header_fields(header)
+    if complete:
+        _check_ids(header, base, history)
     if not header.base_id:
         base = None
     if not header.history_id:
         history = None
-    tolerance = header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0
-    if header.result_size > MAX_RESULT_SIZE or header.skeleton_size > header.result_size + 16:
-        raise PatchFormatError("declared net size is out of range")
+    limit = min(MAX_RESULT_SIZE, DEFAULT_MAX_SIZE if max_size is None else max_size)
+    if header.result_size > limit:
+        raise PatchFormatError(f"the patch rebuilds a net of {header.result_size:,} bytes, "
+                               f"more than the {limit:,} allowed")
+    if header.skeleton_size > header.result_size + 16 + 10 * len(header.layers):
+        raise PatchFormatError("declared skeleton is larger than the declared net")
+    plan = _Plan(header)
+    plan.codecs = [get_codec(lp.section.codec, _config(lp.section)) for lp in header.layers]
+    if header.base_id and base is None:
+        if header.skeleton.codec == "brotli-xor-base":
+            return plan                    # the skeleton cannot be read without the base
+        base_stream = None
+    else:
+        base_stream = skeleton_stream(base) if base is not None else None
     cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
-                                 skeleton_stream(base) if base is not None else None)
+                                 base_stream, len(header.layers))
     layers = [layer for layer in skeleton_layers(body, cuts) if layer.has_params]
     if len(layers) != len(header.layers) or len(cuts) != len(layers):
         raise PatchFormatError("the skeleton and the header list different layers")
     if len(body) + sum(layer.nbytes for layer in layers) != header.result_size:
         raise PatchFormatError("skeleton and layer sizes do not add up to the declared net size")
+    tolerance = header.tolerance if header.mode == patch_pb2.TOLERANCE else 0.0
     for layer, lp in zip(layers, header.layers):
         _check_layer_header(layer, lp, tolerance)
-    ctx = _Context(base, history, {l.path: l.count for l in layers if l.codable}, tolerance)
+    plan.cuts, plan.body, plan.layers = cuts, body, layers
+    plan.ctx = _Context(base, history, {l.path: l.count for l in layers if l.codable}, tolerance)
+    if header.base_id and base is None:
+        return plan
+    _check_layer_sizes(plan, base)
+    return plan
+
+
+def _check_layer_sizes(plan: _Plan, base: Net | None) -> None:
+    """Delta layers are bounded by the base, intra layers by their stored bytes."""
+    delta_bytes, intra_values, intra_stored = 0, 0, 0
+    for layer, lp in zip(plan.layers, plan.header.layers):
+        base_layer = plan.ctx.base_layer(layer, lp)
+        plan.base_layers.append(base_layer)
+        if base_layer is not None:
+            delta_bytes += base_layer.nbytes
+        else:
+            intra_values += _value_count(layer, lp)
+            intra_stored += lp.section.stored_size
+    if base is not None and delta_bytes > len(base.raw):
+        raise PatchFormatError("the patch pairs more bytes with base layers than the base has")
+    if intra_values > INTRA_ALLOWANCE + INTRA_VALUES_PER_BYTE * intra_stored:
+        raise PatchFormatError(f"layers coded without a base declare {intra_values:,} values "
+                               f"in {intra_stored:,} bytes, more than any codec packs")
+
+
+def _rebuild(plan: _Plan, source: container.PatchSource, workers):
+    """The rebuilt net's bytes as a sequence of chunks, decoded layer by layer."""
+    layers, header = plan.layers, plan.header
 
     def decode(index):
-        return _decode_layer((ctx, layers[index], header.layers[index], source.section(index + 1)))
+        return _decode_layer((plan.ctx, layers[index], header.layers[index], plan.base_layers[index],
+                              plan.codecs[index], source.section(index + 1)))
 
-    src = 0
+    src, body = 0, plan.body
     payloads = _bounded_map(decode, range(len(layers)), _workers(workers), lambda i: layers[i].nbytes)
-    for cut, layer, payload in zip(cuts, layers, payloads):
+    for cut, layer, payload in zip(plan.cuts, layers, payloads):
         if len(payload) != layer.nbytes or cut < src:
             raise PatchFormatError("a rebuilt layer has the wrong size")
         yield body[src:cut]
@@ -498,9 +639,9 @@ def _rebuild(base: Net | None, source: container.PatchSource, history: Net | Non
     yield body[src:]
 
 
-def _chunks(base, source, history, workers, progress):
-    chunks = _rebuild(base, source, history, workers)
-    return progress(chunks, source.header.result_size) if progress else chunks
+def _chunks(plan, source, workers, progress):
+    chunks = _rebuild(plan, source, workers)
+    return progress(chunks, plan.header.result_size) if progress else chunks
 
 
 def _mismatch() -> VerificationError:
@@ -516,44 +657,50 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     protobuf bytes (a ``bytearray``, to avoid a copy of a large net). Raises
     :class:`WrongBaseError` for another base, :class:`MissingHistoryError`
     when the context net is missing, :class:`PatchFormatError` for a corrupt
-    patch and :class:`VerificationError` when the result is not what the
-    patch promised. ``progress``, if given, is called as ``progress(chunks,
-    total_bytes)`` and returns the chunk iterator it was given, wrapped (in a
-    progress bar, say): the decoder never knows how progress is shown.
-    ``max_size`` refuses a patch whose net would be larger (when the caller
-    knows the size to expect, say from a repository index).
+    patch or one that declares implausible sizes, and
+    :class:`VerificationError` when the result is not what the patch
+    promised; never anything else on bad patch data. ``progress``, if given,
+    is called as ``progress(chunks, total_bytes)`` and returns the chunk
+    iterator it was given, wrapped (in a progress bar, say): the decoder never
+    knows how progress is shown. ``max_size`` refuses a patch whose net would
+    be larger (default :data:`~lc0weights.net.DEFAULT_MAX_SIZE`; a caller that
+    knows the size to expect, say from a repository index, passes it). Every
+    declared size is checked before the output is allocated.
     """
-    with container.open_patch(patch) as source:
-        if max_size is not None and source.header.result_size > max_size:
-            raise PatchFormatError(f"the patch rebuilds a net of {source.header.result_size:,} bytes, "
-                                   f"more than the {max_size:,} expected")
-        out, dst = bytearray(source.header.result_size), 0
-        for chunk in _chunks(base, source, history, workers, progress):
+    _check_patch_argument(patch)
+    with _hostile_input(), container.open_patch(patch) as source:
+        plan = _plan(source, base, history, max_size)
+        out, dst = bytearray(plan.header.result_size), 0
+        for chunk in _chunks(plan, source, workers, progress):
+            if dst + len(chunk) > len(out):
+                raise _mismatch()
             out[dst:dst + len(chunk)] = chunk
             dst += len(chunk)
-        if dst != len(out) or hashlib.sha256(out).digest() != _result_id(source.header):
+        if dst != len(out) or hashlib.sha256(out).digest() != _result_id(plan.header):
             raise _mismatch()
     return out
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
-                        workers: int | None = None, progress=None) -> str:
+                        workers: int | None = None, progress=None, max_size: int | None = None) -> str:
     """Rebuild a net straight into ``output`` (gzip when it ends in ``.gz``).
 
     The rebuilt bytes are streamed to a temp file and hashed on the way; the
     file replaces ``output`` only if they match the id the patch promises, so
     memory holds the base and a few layers, never the output net. Returns the
-    id of the written net.
+    id of the written net. Checks and errors as :func:`apply_patch`.
     """
-    with container.open_patch(patch) as source:
+    _check_patch_argument(patch)
+    with _hostile_input(), container.open_patch(patch) as source:
+        plan = _plan(source, base, history, max_size)
         digest = hashlib.sha256()
         with atomic_file(output) as f:
             sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") \
                 if str(output).endswith(".gz") else f
-            for chunk in _chunks(base, source, history, workers, progress):
+            for chunk in _chunks(plan, source, workers, progress):
                 digest.update(chunk)
                 sink.write(chunk)
-            if digest.digest() != _result_id(source.header):
+            if digest.digest() != _result_id(plan.header):
                 raise _mismatch()
             if sink is not f:
                 sink.close()

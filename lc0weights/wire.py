@@ -176,7 +176,24 @@ def read_magic(buf) -> int | None:
     return magic
 
 
-def find_skeleton_layers(buf, cuts: list[int]) -> list[LayerSpan]:
+class _FieldBudget:
+    """Counts the fields a skeleton walk visits and stops it past ``limit``.
+
+    The walk is pure Python, about a microsecond per field: a skeleton of
+    millions of tiny fields would take minutes, so its time is bounded here.
+    """
+
+    def __init__(self, limit: int | None):
+        self.left = limit
+
+    def spend(self) -> None:
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                raise NetFormatError("skeleton has more fields than any net")
+
+
+def find_skeleton_layers(buf, cuts: list[int], max_fields: int | None = None) -> list[LayerSpan]:
     """The layers of a net whose ``params`` payloads were cut out of ``buf``.
 
     ``cuts`` are the skeleton offsets where payloads were removed (one per
@@ -186,17 +203,19 @@ def find_skeleton_layers(buf, cuts: list[int]) -> list[LayerSpan]:
     Returns every layer, as :func:`find_layers` would for the whole net; a
     layer whose payload was cut has ``params_start`` at its cut and
     ``params_end - params_start`` (and ``cut_length``) the removed length.
+    ``max_fields`` bounds the fields visited (a NetFormatError past it).
     """
     out: list[LayerSpan] = []
     cutset = set(cuts)
-    end = _walk_skeleton(buf, lc0net_pb2.Net.DESCRIPTOR, 0, len(buf), None, "", out, {}, cutset)
+    budget = _FieldBudget(max_fields)
+    end = _walk_skeleton(buf, lc0net_pb2.Net.DESCRIPTOR, 0, len(buf), None, "", out, {}, cutset, budget)
     if end != len(buf):
         raise NetFormatError("skeleton does not end where its fields do")
     _number_duplicates(out)
     return out
 
 
-def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters, cutset):
+def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters, cutset, budget):
     """Walk one message; ``declared`` is its length before the cuts (None: to ``limit``).
 
     Returns the skeleton position where the message ends.
@@ -204,6 +223,7 @@ def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters,
     fields = _message_fields(descriptor) if descriptor is not None else {}
     remaining = declared
     while (pos < limit) if remaining is None else (remaining > 0):
+        budget.spend()
         start = pos
         key, pos = read_varint(buf, pos, limit)
         number, wire = key >> 3, key & 7
@@ -221,11 +241,12 @@ def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters,
                 name = _path(prefix, name, repeated, counters)
                 if child is None:
                     span = LayerSpan(name, body, body)
-                    end = _walk_layer_skeleton(buf, body, limit, length, span, cutset)
+                    end = _walk_layer_skeleton(buf, body, limit, length, span, cutset, budget)
                     span.end = end
                     out.append(span)
                 else:
-                    end = _walk_skeleton(buf, child, body, limit, length, name + ".", out, counters, cutset)
+                    end = _walk_skeleton(buf, child, body, limit, length, name + ".", out, counters,
+                                         cutset, budget)
                 consumed = (body - start) + length
                 pos = end
             else:
@@ -247,10 +268,11 @@ def _walk_skeleton(buf, descriptor, pos, limit, declared, prefix, out, counters,
     return pos
 
 
-def _walk_layer_skeleton(buf, pos, limit, declared, span: LayerSpan, cutset) -> int:
+def _walk_layer_skeleton(buf, pos, limit, declared, span: LayerSpan, cutset, budget) -> int:
     """Walk a Layer whose last params payload may be cut; fill ``span``; return its end."""
     remaining = declared
     while remaining > 0:
+        budget.spend()
         start = pos
         key, pos = read_varint(buf, pos, limit)
         number, wire = key >> 3, key & 7
@@ -261,9 +283,12 @@ def _walk_layer_skeleton(buf, pos, limit, declared, span: LayerSpan, cutset) -> 
                 span.cut_length = length
                 pos = body
             else:
+                if body + length > limit:
+                    raise NetFormatError("protobuf field runs past the end of its message")
                 if number == 5:                             # packed dims
                     p = body
                     while p < body + length:
+                        budget.spend()
                         d, p = read_varint(buf, p, body + length)
                         span.dims.append(d)
                 pos = body + length

@@ -13,14 +13,24 @@ what decodes each of its sections.
   int64 values, given the same ``info``. Corrupt data raises
   :class:`~lc0weights.errors.PatchFormatError`, never anything else.
 - ``get_config() -> dict`` and ``from_config(dict)``: parameters as plain data.
+  ``from_config`` accepts exactly the constructor's keyword parameters, each a
+  JSON scalar; anything else is a :class:`~lc0weights.errors.PatchFormatError`
+  (a patch names its codec's parameters, so one this build does not know may
+  change the stream). A codec whose extra parameters only tune its encoder sets
+  ``ignores_unknown_config = True`` and then drops unknown keys instead.
 
 Encoders may be called from several threads at once on different layers.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..errors import PatchFormatError
+
+_SCALARS = (bool, int, float, str, type(None))
 
 
 @dataclass
@@ -50,6 +60,7 @@ class Codec:
     """Base class; subclasses set ``codec_id`` and implement encode/decode."""
 
     codec_id = ""
+    ignores_unknown_config = False
 
     def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
         raise NotImplementedError
@@ -61,6 +72,27 @@ class Codec:
         return {"id": self.codec_id}
 
     @classmethod
+    def config_parameters(cls) -> frozenset:
+        """The keyword parameters ``from_config`` passes to the constructor."""
+        if cls.__init__ is object.__init__:
+            return frozenset()
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return frozenset(name for name, p in inspect.signature(cls.__init__).parameters.items()
+                         if name != "self" and p.kind in kinds)
+
+    @classmethod
     def from_config(cls, config: dict) -> "Codec":
         params = {k: v for k, v in config.items() if k != "id"}
-        return cls(**params)
+        known = cls.config_parameters()
+        unknown = sorted(str(k) for k in params if k not in known)
+        if unknown and not cls.ignores_unknown_config:
+            raise PatchFormatError(f"codec {cls.codec_id!r} has no parameter "
+                                   f"{', '.join(map(repr, unknown))[:200]} in this build")
+        params = {k: v for k, v in params.items() if k in known}
+        for key, value in params.items():
+            if not isinstance(value, _SCALARS):
+                raise PatchFormatError(f"codec {cls.codec_id!r} parameter {key!r} is not a plain value")
+        try:
+            return cls(**params)
+        except (TypeError, ValueError) as e:
+            raise PatchFormatError(f"codec {cls.codec_id!r}: bad configuration ({e})") from None

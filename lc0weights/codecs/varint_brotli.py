@@ -61,6 +61,7 @@ def unleb128(data: bytes, count: int) -> np.ndarray:
 
 def decompress_limited(data, limit: int) -> bytes:
     """brotli-decompress, refusing output beyond ``limit`` bytes (no bombs)."""
+    limit = min(int(limit), 1 << 40)          # a bound, not a size: never past what brotli takes
     try:
         d = brotli.Decompressor()
         out = d.process(bytes(data), output_buffer_limit=limit + 1)

@@ -8,15 +8,13 @@ dropped and the next cheapest route is tried, down to the full net.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import Lc0WeightsError
-from ..net import Net, write_net_file
+from ..errors import Lc0WeightsError, NetFormatError
+from ..net import Net, gunzip_limited, write_net_file
 from .cache import NetCache
 from .download import TransferPolicy, open_source
 from .engine import apply_patch, checked_net
@@ -237,9 +235,9 @@ def _follow(route, source, cache: NetCache, index) -> Net:
 
 def _full_net(data: bytes, entry: NetEntry) -> Net:
     try:
-        raw = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise IntegrityError(f"{entry.path}: corrupt gzip ({e})") from None
+        raw = gunzip_limited(data, entry.raw_size, entry.path)      # a gzip bomb stops at the signed size
+    except NetFormatError as e:
+        raise IntegrityError(f"{entry.path}: {e}") from None
     if len(raw) != entry.raw_size:
         raise IntegrityError(f"{entry.path}: {len(raw)} raw bytes, the index says {entry.raw_size}")
     net = checked_net(raw, entry.id, entry.path)
