@@ -32,7 +32,7 @@ from .wire import find_skeleton_layers, read_varint
 
 WRITER = "lc0weights 0.1"
 MAX_RESULT_SIZE = 16 << 30
-DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
+DEFAULT_CODECS = ("varint-brotli", "cm2", "stored")
 # The context model wins on every sizeable layer of real runs; the baseline is
 # tried beside it only where it is cheap to try (small layers).
 BASELINE_TRIAL_LIMIT = 1 << 14
@@ -227,7 +227,7 @@ def _encode_layer(job):
 
 def _trials(codecs: tuple, count: int) -> tuple:
     """The codecs to try on a layer of ``count`` values (all of them when forced)."""
-    if len(codecs) > 1 and "cm1" in codecs and count > BASELINE_TRIAL_LIMIT:
+    if len(codecs) > 1 and {"cm1", "cm2"} & set(codecs) and count > BASELINE_TRIAL_LIMIT:
         return tuple(c for c in codecs if c != "varint-brotli")
     return codecs
 
@@ -574,10 +574,5 @@ def max_error(approx: Net, target: Net) -> float:
             if bytes(approx.payload(a)) != bytes(target.payload(t)):
                 return float("inf")
             continue
-        va, vt = approx.values(a).astype(np.float64), target.values(t).astype(np.float64)
-        same = (va == vt) | (np.isnan(va) & np.isnan(vt))
-        with np.errstate(invalid="ignore"):
-            diff = np.where(same, 0.0, np.abs(va - vt))
-        if len(diff):
-            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
+        worst = max(worst, res.max_error(approx.codes(a), _target_of(a), target.codes(t), _target_of(t)))
     return worst
