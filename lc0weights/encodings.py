@@ -63,28 +63,32 @@ def linear16_v0321(code_array, lo: np.float32, hi: np.float32) -> np.ndarray:
 
 
 def linear16_fma(code_array, lo: np.float32, hi: np.float32) -> np.ndarray:
-    """``fmaf(t, max-min, min)``: t*(max-min)+min rounded once, to float32.
+    """``fmaf(t, max-min, min)``: t*(max-min)+min rounded once, to float32."""
+    return fma_f32(_theta(code_array), np.float32(hi - lo), lo)
+
+
+def fma_f32(a: np.ndarray, b: np.float32, c: np.float32) -> np.ndarray:
+    """``fmaf(a, b, c)`` for float32 arrays: a*b+c rounded once, nearest, ties to even.
 
     numpy has no fma, so it is emulated exactly: the product of two float32s
-    is exact in float64 (48 significant bits); the sum with ``min`` is
-    rounded to float64 as ``s`` and its rounding error ``err`` recovered
-    exactly (TwoSum). Rounding ``s`` to float32 equals rounding the exact
-    sum ``s + err`` unless ``s`` lies exactly halfway between two float32s
-    and ``err`` is not zero (|err| is far below a float32 half-ulp); then
-    the exact sum lies on the side of ``err``, and that neighbour is taken.
+    is exact in float64 (48 significant bits); the sum with ``c`` is rounded
+    to float64 as ``s`` and its rounding error ``err`` recovered exactly
+    (TwoSum). Rounding ``s`` to float32 equals rounding the exact sum
+    ``s + err`` unless ``s`` lies exactly halfway between two float32s and
+    ``err`` is not zero (|err| is far below a float32 half-ulp): a plain
+    double rounding would then break the tie by round-to-even, while the exact
+    sum lies on the side of ``err``, and that neighbour is taken.
     """
-    diff = np.float64(np.float32(hi - lo))
-    lo64 = np.float64(lo)
-    prod = _theta(code_array).astype(np.float64) * diff          # exact
-    s = prod + lo64
-    bv = s - prod                                                 # TwoSum error term
-    err = (prod - (s - bv)) + (lo64 - bv)
+    prod = np.asarray(a, np.float32).astype(np.float64) * np.float64(np.float32(b))   # exact
+    c64 = np.float64(np.float32(c))
+    s = prod + c64
+    bv = s - prod
+    err = (prod - (s - bv)) + (c64 - bv)
     r = s.astype(np.float32)
     gap = s - r.astype(np.float64)
-    away = np.where(gap > 0, np.float32(np.inf), np.float32(-np.inf))
-    neighbour = np.nextafter(r, away)
+    neighbour = np.nextafter(r, np.where(gap > 0, np.float32(np.inf), np.float32(-np.inf)))
     halfway = (gap != 0) & (2 * np.abs(gap) == np.abs(neighbour.astype(np.float64) - r))
-    beyond = halfway & (np.sign(err) == np.sign(gap))           # err != 0 past the midpoint
+    beyond = halfway & (np.sign(err) == np.sign(gap))            # err != 0, past the midpoint
     return np.where(beyond, neighbour, r).astype(np.float32)
 
 
