@@ -16,8 +16,10 @@ process on one machine:
   previous raw net + gzip -9 (the training server's upload scheme), zstd -19
   with the previous raw net as dictionary (--patch-from), bsdiff4, the
   original request's scheme (float difference x 2^17 truncated to int32,
-  zigzag, varints, bz2; lossy) and SZ3 in absolute-error mode on the float
-  difference at each tolerance (checked on the re-added weights).
+  zigzag, varints, bz2; lossy), SZ3 in absolute-error mode on the float
+  difference at each tolerance (checked on the re-added weights) and NNCodec
+  (DeepCABAC, when installed: lossless on our residuals, lossy on the float
+  difference in steps of 2T).
 * a yardstick: the order-0 entropy of our residuals (static, per layer).
 
 Writes OUT/bench-<run>.md, OUT/bench-<run>.png and the summary in
@@ -271,6 +273,35 @@ def nncodec_layers(base: Net, target: Net, history: Net | None, tolerance: float
                           -2 ** 30, 2 ** 30)
         out.append((q.astype(np.int64), shape, ref))
     return out, worst
+
+
+def nncodec_lossy_chain(nets, tolerance: float, tcm: bool) -> tuple[list[int], float]:
+    """NNCodec along a run, closed loop like our chains: each net's float difference to
+    the previous reconstruction, quantised to steps of 2T (every weight within T), coded
+    with DeepCABAC; with ``tcm`` the reference is the reconstruction's last step in steps.
+    Returns the bytes per pair and the largest error (the result is float, not LINEAR16)."""
+    from lc0weights.patch import infer_shape
+    step = 2 * tolerance
+    first = nets[0]
+    counts = {l.path: l.count for l in first.layers if l.codable}
+    paths = [l.path for l in first.layers if l.codable and l.count]
+    rec = [{l.path: first.values(l).astype(np.float64) for l in first.layers if l.codable and l.count}]
+    sizes, worst = [], 0.0
+    for i in range(1, len(nets)):
+        target = {l.path: l for l in nets[i].layers if l.codable and l.count}
+        layers, now = [], {}
+        for path in paths:
+            t = nets[i].values(target[path]).astype(np.float64)
+            q = np.rint((t - rec[-1][path]) / step)
+            now[path] = rec[-1][path] + q * step
+            worst = max(worst, float(np.abs(now[path] - t).max()))
+            ref = np.rint((rec[-1][path] - rec[-2][path]) / step) if tcm and i >= 2 else None
+            layers.append((q.astype(np.int64), infer_shape(path, len(q), counts), ref))
+        sizes.append(nncodec_code(layers))
+        rec.append(now)
+        if len(rec) > 2:
+            rec.pop(0)
+    return sizes, worst
 
 
 def peer_nncodec(tolerance):
@@ -695,9 +726,10 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
 
     head = [".pb.gz as distributed", "xz -9e", "XOR prev + gzip -9", "zstd -19 --patch-from", "bsdiff4",
             "ours varint-brotli lossless", "ours cm1 lossless", "ours default lossless", "order-0 entropy lossless",
-            "original (x2^17, bz2)"]
+            "NNCodec lossless", "original (x2^17, bz2)"]
     for mode, _ in TOLERANCES:
-        head += [f"SZ3 T={mode}", f"ours varint-brotli {mode}", f"ours default {mode}", f"order-0 entropy {mode}"]
+        head += [f"SZ3 T={mode}", f"NNCodec T={mode}", f"ours varint-brotli {mode}", f"ours default {mode}",
+                 f"order-0 entropy {mode}"]
     rows = []
     for m in head:
         failed = [labels[i] for i in range(len(labels)) if results[i].get(m, {}).get("failed")]

@@ -126,16 +126,20 @@ def bench_mode(nets, tolerance, nncodec: bool, log) -> list[dict]:
         row = {"plain": plain[i - 1], "today": today[i - 1], "new": new[i - 1]}
         if history is not None:
             row["h0_residuals"], row["h0_errors"] = entropies(held[i - 1], nets[i], history, tolerance)
-        if nncodec:
-            # NNCodec codes against the exact predecessor (its lossy result is float anyway).
-            layers, err = bench.nncodec_layers(nets[i - 1], nets[i], None, tolerance)
-            row["nnc"], row["nnc_err"] = bench.nncodec_code(layers), err
+        if nncodec and tolerance is None:
+            layers, _ = bench.nncodec_layers(nets[i - 1], nets[i], None, None)
+            row["nnc"], row["nnc_err"] = bench.nncodec_code(layers), 0.0
             if i >= 2:
-                layers, _ = bench.nncodec_layers(nets[i - 1], nets[i], nets[i - 2], tolerance)
+                layers, _ = bench.nncodec_layers(nets[i - 1], nets[i], nets[i - 2], None)
                 row["nnc_tcm"] = bench.nncodec_code(layers)
             else:
                 row["nnc_tcm"] = row["nnc"]
         rows.append(row)
+    if nncodec and tolerance is not None:            # closed loop, like our chains
+        plain_nnc, err = bench.nncodec_lossy_chain(nets, tolerance, tcm=False)
+        tcm_nnc, _ = bench.nncodec_lossy_chain(nets, tolerance, tcm=True)
+        for row, a, b in zip(rows, plain_nnc, tcm_nnc):
+            row["nnc"], row["nnc_tcm"], row["nnc_err"] = a, b, err
     log(f"  {time.perf_counter() - start:.0f} s")
     return rows
 
@@ -240,9 +244,10 @@ def main(argv=None) -> int:
             "plain. Whole patch files, applied again and checked (lossy: every weight under the three "
             "LINEAR16 decodings). H0: order-0 entropy of the residuals and of cm2's prediction errors, "
             "static per layer. NNCodec: DeepCABAC bytes only (no header, no skeleton) on the same "
-            "integers: our residuals (lossless) or the float step quantised to steps of 2T (lossy; "
-            "against the exact predecessor, result in float, max error in the last column); TCM is "
-            "its temporal context with the base's last step, in the same units, as reference.", "",
+            "integers: our residuals (lossless), or (lossy) the float difference to its own previous "
+            "reconstruction quantised to steps of 2T, closed loop like ours (its result is float, not "
+            "LINEAR16; max error in the last column); TCM is its temporal context with the base's last "
+            "step (lossy: the reconstruction's), in the same units, as reference.", "",
             *summary(all_results, nncodec), *detail]
     print("\n".join(text))
     if args.out:
