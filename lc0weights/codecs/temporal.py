@@ -21,8 +21,9 @@ between two units, that tells which of the two the value takes. Escape values
 (after ``info.count``) are not predicted.
 
 Stream: one mode byte. Mode 0: no prediction, then exactly cm1's coded bytes
-(the model of cm1 with the base weight as context); used without a history or
-when the fitted slope rounds to zero. Mode 1: the slope as a zigzag LEB128
+(the model of cm1 with the base weight as context); used without a history,
+when the fitted slope rounds to zero, or when it is below 1/2 and coding
+without prediction is smaller. Mode 1: the slope as a zigzag LEB128
 varint (|slope| < 2^16), then the kernels' bytes for the errors.
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ MAX_SLOPE = 1 << 16            # slopes of 16 and more are not meaningful
 HISTORY_FRACTION = 16          # history units per residual unit
 MAX_HISTORY = 1 << 40          # keeps slope * hq far inside int64
 MODE_PLAIN, MODE_PREDICTED = 0, 1
+# Below this slope (steps that barely persist, as on plain SGD runs) the encoder also
+# codes the layer without prediction and keeps the smaller stream.
+UNSURE_SLOPE = 1 << (SLOPE_BITS - 1)
 
 
 def history_units(history: np.ndarray | None, scale: float, count: int) -> np.ndarray | None:
@@ -149,15 +153,18 @@ class TemporalContextModel(Codec):
         hbits = float_bits(info.history, count)
         hq = history_units(info.history, scale, count)
         slope = fit_slope(values[:count], hq) if hq is not None else 0
+        predicted = None
         if slope:
             pred, rem = prediction(hq, slope)
             errors = values.copy()
             errors[:count] -= pred
             if int(np.abs(errors).max()) < MAX_MAGNITUDE:
                 body = _run(errors, hbits, remainder_bits(rem, key), key, count, row)
-                return bytes([MODE_PREDICTED]) + _varint((slope << 1) ^ (slope >> 63)) + body
-        body = _run(values, hbits, float_bits(info.base, count), key, count, row)
-        return bytes([MODE_PLAIN]) + body
+                predicted = bytes([MODE_PREDICTED]) + _varint((slope << 1) ^ (slope >> 63)) + body
+                if abs(slope) >= UNSURE_SLOPE:
+                    return predicted
+        plain = bytes([MODE_PLAIN]) + _run(values, hbits, float_bits(info.base, count), key, count, row)
+        return predicted if predicted is not None and len(predicted) < len(plain) else plain
 
     def decode(self, data: bytes, count: int, info: LayerInfo) -> np.ndarray:
         if not data or data[0] not in (MODE_PLAIN, MODE_PREDICTED):
