@@ -82,6 +82,24 @@ def test_history_units_are_exact_integers_of_sixteenths():
     assert temporal.history_units(h[:3], 1.0, len(h)) is None
 
 
+def test_compiled_prediction_equals_its_numpy_statement():
+    from lc0weights import kernels
+    values, info = swa_layer(11, "weights.residual.1.conv2.weights")
+    edges = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 0.5 * 1.5e-5 / 16,
+                      1.5 * 1.5e-5 / 16, -2.5 * 1.5e-5 / 16, 2.5 * 1.5e-5 / 16], np.float32)
+    for history, scale in ((info.history, info.scale), (edges, 1.5e-5)):
+        hq = temporal.history_units(history, scale, len(history))
+        compiled = np.empty(len(history), np.int64)
+        kernels.history_units(np.ascontiguousarray(history, np.float32), scale, compiled)
+        assert np.array_equal(compiled, hq)
+        for slope in (2867, -1234, 1):
+            key = temporal.scale_key(scale)
+            pred, rem = temporal.prediction(hq, slope)
+            got_pred, got_bits = temporal._predict(history, scale, slope, key, len(history))
+            assert np.array_equal(got_pred, pred)
+            assert np.array_equal(got_bits, temporal.remainder_bits(rem, key))
+
+
 def test_prediction_rounds_and_keeps_the_remainder():
     hq = np.array([0, 16, -16, 24, 8, -8, 7, -9], np.int64)
     pred, rem = temporal.prediction(hq, 1 << temporal.SLOPE_BITS)      # slope 1

@@ -48,7 +48,8 @@ UNSURE_SLOPE = 1 << (SLOPE_BITS - 1)
 
 
 def history_units(history: np.ndarray | None, scale: float, count: int) -> np.ndarray | None:
-    """The history in 1/16 residual units, int64; None when it cannot be used."""
+    """The history in 1/16 residual units, int64; None when it cannot be used. The
+    numpy statement of what the compiled kernels compute (the tests hold them equal)."""
     if history is None or count == 0 or len(history) != count:
         return None
     if not (scale > 0 and np.isfinite(scale)):
@@ -62,8 +63,35 @@ def history_units(history: np.ndarray | None, scale: float, count: int) -> np.nd
     return x.astype(np.int64)
 
 
+def _usable(history, scale: float, count: int):
+    """The history as contiguous float32, or None when it cannot be used."""
+    if history is None or count == 0 or len(history) != count or not (scale > 0 and np.isfinite(scale)):
+        return None
+    return np.ascontiguousarray(history, np.float32)
+
+
+def _units(history, scale: float, count: int) -> np.ndarray | None:
+    """history_units computed by the compiled kernel (same integers, one pass)."""
+    h = _usable(history, scale, count)
+    if h is None:
+        return None
+    out = np.empty(count, np.int64)
+    kernels.history_units(h, float(scale), out)
+    return out
+
+
+def _predict(history, scale: float, slope: int, key: int, count: int):
+    """(prediction, remainder patterns) in one compiled pass; the patterns are absent
+    (empty) for a scale no float32 layer has."""
+    low = key - kernels.BUCKET_ZERO
+    pred, rembits = np.empty(count, np.int64), np.zeros(count, np.int32)
+    kernels.history_prediction(_usable(history, scale, count), float(scale), slope, low, pred, rembits)
+    return pred, (rembits if 1 <= low and low + 8 < (1 << 9) else NO_FEATURE)
+
+
 def prediction(hq: np.ndarray, slope: int) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction in whole units, rounding remainder in 1/16 units, -8..7)."""
+    """(prediction in whole units, rounding remainder in 1/16 units, -8..7); numpy
+    statement of the compiled kernel's."""
     p16 = (hq * slope + (1 << (SLOPE_BITS - 1))) >> SLOPE_BITS
     pred = (p16 + HISTORY_FRACTION // 2) >> 4
     return pred, p16 - pred * HISTORY_FRACTION
@@ -72,15 +100,16 @@ def prediction(hq: np.ndarray, slope: int) -> tuple[np.ndarray, np.ndarray]:
 def fit_slope(values: np.ndarray, hq: np.ndarray) -> int:
     """Least-squares slope of values on hq / 16, in 12-bit fixed point (encoder only)."""
     h = hq.astype(np.float64) / HISTORY_FRACTION
-    hh = float(np.dot(h, h))
+    hh = float(np.sum(h * h))            # plain sums: no BLAS threads for one layer
     if not hh > 0:
         return 0
-    slope = float(np.dot(values.astype(np.float64), h)) / hh
+    slope = float(np.sum(values * h)) / hh
     return int(np.clip(np.rint(slope * (1 << SLOPE_BITS)), -MAX_SLOPE + 1, MAX_SLOPE - 1))
 
 
 def remainder_bits(remainder: np.ndarray, key: int) -> np.ndarray:
-    """Float32 patterns (as int32) the kernels bucket as |remainder|, signed like it."""
+    """Float32 patterns (as int32) the kernels bucket as |remainder|, signed like it;
+    numpy statement of the compiled kernel's."""
     low = key - kernels.BUCKET_ZERO
     if low < 1 or low + 8 >= (1 << 9):
         return NO_FEATURE                    # a scale no float32 layer has
@@ -151,15 +180,15 @@ class TemporalContextModel(Codec):
             raise ValueError("cm2 codes residuals of magnitude below 2^62")
         count, scale, key, row = self._layer(info, len(values))
         hbits = float_bits(info.history, count)
-        hq = history_units(info.history, scale, count)
+        hq = _units(info.history, scale, count)
         slope = fit_slope(values[:count], hq) if hq is not None else 0
         predicted = None
         if slope:
-            pred, rem = prediction(hq, slope)
+            pred, rembits = _predict(info.history, scale, slope, key, count)
             errors = values.copy()
             errors[:count] -= pred
             if int(np.abs(errors).max()) < MAX_MAGNITUDE:
-                body = _run(errors, hbits, remainder_bits(rem, key), key, count, row)
+                body = _run(errors, hbits, rembits, key, count, row)
                 predicted = bytes([MODE_PREDICTED]) + _varint((slope << 1) ^ (slope >> 63)) + body
                 if abs(slope) >= UNSURE_SLOPE:
                     return predicted
@@ -184,10 +213,9 @@ class TemporalContextModel(Codec):
         values = np.zeros(count, np.int64)
         if not slope:
             return _run(values, hbits, float_bits(info.base, main), key, main, row, body)
-        hq = history_units(info.history, scale, main)
-        if hq is None:
+        if _usable(info.history, scale, main) is None:
             raise PatchFormatError("cm2 section predicts from a history the patch does not give")
-        pred, rem = prediction(hq, slope)
-        _run(values, hbits, remainder_bits(rem, key), key, main, row, body)
+        pred, rembits = _predict(info.history, scale, slope, key, main)
+        _run(values, hbits, rembits, key, main, row, body)
         values[:main] += pred
         return values
