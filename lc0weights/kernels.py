@@ -593,3 +593,56 @@ def _bit_length(x):
         x >>= 1
         e += 1
     return e
+
+
+# -- temporal prediction (codec cm2) ----------------------------------------------------
+# The history (float32) in 1/16 residual units, hq = rint(16 h / scale) (NaN 0, clipped to
+# +-2^40), then the prediction p16 = (slope hq + 2^11) >> 12, pred = (p16 + 8) >> 4 and
+# the rounding remainder p16 - 16 pred in -8..7 as a float32 pattern of kernel bucket
+# |remainder| (low = scale_key - BUCKET_ZERO; no pattern when low is out of range).
+# Float steps: one multiply by 16 (exact), one correctly rounded division; rint is
+# done by hand (floor, ties to even), so the result does not depend on a rounding mode.
+
+HQ_LIMIT = float(1 << 40)
+
+
+@njit(cache=True, nogil=True, inline='always')
+def _history_unit(h, scale):
+    x = np.float64(h) * 16.0
+    x = x / scale
+    if x != x:
+        return np.int64(0)
+    if x > HQ_LIMIT:
+        x = HQ_LIMIT
+    elif x < -HQ_LIMIT:
+        x = -HQ_LIMIT
+    r = np.floor(x)
+    frac = x - r                         # exact: |x| <= 2^40
+    if frac > 0.5 or (frac == 0.5 and (np.int64(r) & 1) == 1):
+        r += 1.0
+    return np.int64(r)
+
+
+@njit(cache=True, nogil=True)
+def history_units(history, scale, out):
+    """out[i] = hq of history[i] (float32), as above."""
+    for i in range(out.shape[0]):
+        out[i] = _history_unit(history[i], scale)
+
+
+@njit(cache=True, nogil=True)
+def history_prediction(history, scale, slope, low, pred, rembits):
+    """pred[i] and rembits[i] (int32 patterns, or untouched when low is out of range)
+    from history[i] (float32) with a 12-bit fixed-point slope."""
+    patterns = 1 <= low and low + 8 < 512
+    for i in range(pred.shape[0]):
+        p16 = (_history_unit(history[i], scale) * slope + 2048) >> 12
+        p = (p16 + 8) >> 4
+        pred[i] = p
+        if patterns:
+            rem = p16 - 16 * p
+            mag = rem if rem >= 0 else -rem
+            bits = np.int64(0) if mag == 0 else (low + mag) << 22
+            if rem < 0:
+                bits |= np.int64(1) << 31
+            rembits[i] = np.int32(bits - (np.int64(1) << 32) if bits >= (np.int64(1) << 31) else bits)

@@ -49,6 +49,9 @@ INTRA_ALLOWANCE = 1 << 20
 MAX_CODEC_CONFIG = 4096
 UNDECODABLE = "patch could not be decoded"
 DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
+# With a history net the context model predicts each step from the last one (cm2);
+# without one cm2 writes cm1's bytes, so cm1 is named and older readers still read it.
+HISTORY_CODECS = ("varint-brotli", "cm2", "stored")
 # The context model wins on every sizeable layer of real runs; the baseline is
 # tried beside it only where it is cheap to try (small layers).
 BASELINE_TRIAL_LIMIT = 1 << 14
@@ -259,7 +262,7 @@ def _encode_layer(job):
 
 def _trials(codecs: tuple, count: int) -> tuple:
     """The codecs to try on a layer of ``count`` values (all of them when forced)."""
-    if len(codecs) > 1 and "cm1" in codecs and count > BASELINE_TRIAL_LIMIT:
+    if len(codecs) > 1 and {"cm1", "cm2"} & set(codecs) and count > BASELINE_TRIAL_LIMIT:
         return tuple(c for c in codecs if c != "varint-brotli")
     return codecs
 
@@ -317,11 +320,12 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
-    codecs = (codec,) if codec else tuple(c for c in DEFAULT_CODECS if c in codec_ids())
-    for c in codecs:
-        get_codec(c)
     if history is not None and base is None:
         history = None
+    defaults = DEFAULT_CODECS if history is None else HISTORY_CODECS
+    codecs = (codec,) if codec else tuple(c for c in defaults if c in codec_ids())
+    for c in codecs:
+        get_codec(c)
     ctx = _Context(base, history, {l.path: l.count for l in target.layers if l.codable},
                    float(tolerance or 0.0))
     header = patch_pb2.PatchHeader(
@@ -721,10 +725,5 @@ def max_error(approx: Net, target: Net) -> float:
             if bytes(approx.payload(a)) != bytes(target.payload(t)):
                 return float("inf")
             continue
-        va, vt = approx.values(a).astype(np.float64), target.values(t).astype(np.float64)
-        same = (va == vt) | (np.isnan(va) & np.isnan(vt))
-        with np.errstate(invalid="ignore"):
-            diff = np.where(same, 0.0, np.abs(va - vt))
-        if len(diff):
-            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
+        worst = max(worst, res.max_error(approx.codes(a), _target_of(a), target.codes(t), _target_of(t)))
     return worst

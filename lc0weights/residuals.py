@@ -40,6 +40,15 @@ class LayerTarget:
         return enc.decode(self.encoding, codes, self.min_bits, self.max_bits)
 
 
+def max_error(approx_codes, approx: LayerTarget, target_codes, target: LayerTarget) -> float:
+    """The largest distance of any element of two layers of one encoding, under every
+    engine decoding (what a tolerance promises); inf for a NaN against a number."""
+    if not len(target_codes):
+        return 0.0
+    return float(enc.worst_difference(target.encoding, approx_codes, (approx.min_bits, approx.max_bits),
+                                      target_codes, (target.min_bits, target.max_bits)).max())
+
+
 @dataclass
 class Residuals:
     kind: int
@@ -120,7 +129,8 @@ def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Resi
     k = p + q * w
     ok = (k >= 0) & (k <= 65535)
     k_safe = np.where(ok, k, c)
-    err = np.abs(target.decode(k_safe).astype(np.float64) - target.decode(c).astype(np.float64))
+    bounds = (target.min_bits, target.max_bits)
+    err = enc.worst_difference(enc.LINEAR16, k_safe, bounds, c, bounds)   # every engine decoding
     bad = ~ok | (err > tolerance)
     values, escapes = _append_escapes(q, bad, d)
     rebuilt = np.where(bad, c, k).astype(np.uint16)

@@ -16,8 +16,10 @@ process on one machine:
   previous raw net + gzip -9 (the training server's upload scheme), zstd -19
   with the previous raw net as dictionary (--patch-from), bsdiff4, the
   original request's scheme (float difference x 2^17 truncated to int32,
-  zigzag, varints, bz2; lossy) and SZ3 in absolute-error mode on the float
-  difference at each tolerance (checked on the re-added weights).
+  zigzag, varints, bz2; lossy), SZ3 in absolute-error mode on the float
+  difference at each tolerance (checked on the re-added weights) and NNCodec
+  (DeepCABAC, when installed: lossless on our residuals, lossy on the float
+  difference in steps of 2T).
 * a yardstick: the order-0 entropy of our residuals (static, per layer).
 
 Writes OUT/bench-<run>.md, OUT/bench-<run>.png and the summary in
@@ -62,14 +64,17 @@ FOLLOW_SECTION = "## Following a run"
 # -- measuring helpers -----------------------------------------------------------------
 
 def max_abs_error(approx: Net, target: Net) -> float:
-    """Largest |approx - target| over every decoded weight (computed here, not by the library)."""
+    """Largest |approx - target| over every decoded weight and every engine decoding
+    (computed here, not by the library)."""
     worst = 0.0
     for la, lt in zip(approx.layers, target.layers, strict=True):
         if la.path != lt.path or la.count != lt.count:
             return math.inf
         if la.count:
-            d = np.abs(approx.values(la).astype(np.float64) - target.values(lt).astype(np.float64))
-            worst = max(worst, float(d.max()))
+            for name in enc.LINEAR16_DECODINGS:          # every way an engine decodes LINEAR16
+                a = enc.decode(la.encoding, approx.codes(la), la.min_bits, la.max_bits, decoding=name)
+                t = enc.decode(lt.encoding, target.codes(lt), lt.min_bits, lt.max_bits, decoding=name)
+                worst = max(worst, float(np.abs(a.astype(np.float64) - t.astype(np.float64)).max()))
     return worst
 
 
@@ -170,10 +175,150 @@ def peer_sz3(tolerance):
     return run
 
 
+# -- NNCodec (MPEG-7 part 17, Fraunhofer HHI): DeepCABAC over integer layers ---------------
+# Installed from its sdist without dependencies (`pip install --no-deps nncodec`, which
+# compiles the DeepCABAC extension with the system C++ compiler; the coding path imports
+# only numpy). Every layer's integers are coded with fresh contexts (profile 1, parameter
+# optimisation on, no dependent quantisation); with a reference, NNC's temporal context
+# modelling (encodeLayer2) uses the co-located integer of the previous update as context.
+# The sizes count DeepCABAC's bytes only: no header, no skeleton.
+
+NNC_UNARY_LENGTH = 11
+
+
+def nncodec_available() -> bool:
+    try:
+        from nncodec.extensions import deepCABAC  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def nncodec_code(layers) -> int:
+    """Bytes of DeepCABAC coding ``layers``: (int32 array, shape, int32 reference or None).
+    Decodes the stream again and checks every value."""
+    from nncodec.extensions import deepCABAC as dc
+    hdsp = (dc.HdspMode.AlwaysOff, np.array((0, 0), np.int8))
+    shaped = []
+    for q, shape, ref in layers:
+        shape = tuple(shape) if len(shape) > 1 and int(np.prod(shape)) == len(q) else (len(q),)
+        shaped.append((np.ascontiguousarray(q.reshape(shape), np.int32), shape,
+                       None if ref is None else np.ascontiguousarray(ref.reshape(shape), np.int32)))
+    total = 0
+    for q, shape, ref in shaped:                 # one stream per layer, as NNC's data units
+        encoder = dc.Encoder()
+        encoder.initCtxModels(NNC_UNARY_LENGTH, 1)
+        skip = np.zeros(shape[0], np.int32)
+        if ref is None:
+            encoder.encodeLayer(q, 0, 0, 1, 0, 0, skip, *hdsp, 0, 0)
+        else:
+            encoder.encodeLayer2(q, ref, 0, 0, 1, 0, 0, skip, *hdsp, 0, 0)
+        stream = np.array(encoder.finish(), np.uint8)                  # a copy: the encoder owns its buffer
+        total += len(stream)
+        decoder = dc.Decoder()
+        padded = np.concatenate([stream, np.zeros(64, np.uint8)])     # the decoder reads ahead
+        decoder.setStream(padded)
+        decoder.initCtxModels(NNC_UNARY_LENGTH)
+        out = np.zeros(shape, np.int32)
+        if ref is None:
+            decoder.decodeLayer(out, 0, 0, 1, 0, *hdsp, 0, 0)
+        else:
+            # NNCodec's encodeLayer2 passes its profile as parent_node_id_present_flag
+            decoder.decodeLayer2(out, ref, 0, 0, 1, 1, *hdsp, 0, 0)
+        decoder.finish()
+        if not np.array_equal(out, q):
+            raise SystemExit("NNCodec did not decode what it encoded")
+    return total
+
+
+def nncodec_layers(base: Net, target: Net, history: Net | None, tolerance: float | None):
+    """What NNCodec codes for a pair: per layer (integers, shape, reference or None), and the
+    largest error of its result. Lossless: our residuals (LINEAR16 codes minus the re-gridded
+    base, float images), the reference being the base's last step in the same units.
+    Lossy: the float difference of the decoded weights quantised to steps of 2T, the
+    reference the base's last step in steps; the result is float, not a LINEAR16 net."""
+    from lc0weights.patch import _Context, _pair, infer_shape
+    from lc0weights.proto import patch_pb2
+    counts = {l.path: l.count for l in target.layers if l.codable}
+    ctx = _Context(base, history, counts, float(tolerance or 0.0))
+    out, worst = [], 0.0
+    for layer in target.layers:
+        bl = _pair(base, layer)
+        if not layer.codable or not layer.count or bl is None:
+            continue
+        shape = infer_shape(layer.path, layer.count, counts, layer.dims)
+        hl = _pair(history, bl) if history is not None else None
+        if tolerance is None:
+            lt = res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+            if layer.encoding == enc.LINEAR16:
+                r = res.linear16_residuals(target.codes(layer), base.values(bl), lt)
+            else:
+                r = res.float_image_residuals(target.codes(layer), base.codes(bl), lt)
+            info = ctx.info(layer, patch_pb2.LayerPatch(residual=r.kind), bl)
+            ref = None
+            if hl is not None and info.scale > 0:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    ref = np.nan_to_num(np.rint(info.history.astype(np.float64) / info.scale))
+            if np.abs(r.values).max(initial=0) >= 2 ** 31:
+                raise SystemExit(f"{layer.path}: residuals beyond int32")
+            out.append((r.values, shape, None if ref is None else np.clip(ref, -2 ** 30, 2 ** 30)))
+            continue
+        b = base.values(bl).astype(np.float64)
+        d = target.values(layer).astype(np.float64) - b
+        q = np.rint(d / (2 * tolerance))
+        worst = max(worst, float(np.abs(q * 2 * tolerance - d).max()))
+        ref = None
+        if hl is not None:
+            ref = np.clip(np.rint((b - history.values(hl).astype(np.float64)) / (2 * tolerance)),
+                          -2 ** 30, 2 ** 30)
+        out.append((q.astype(np.int64), shape, ref))
+    return out, worst
+
+
+def nncodec_lossy_chain(nets, tolerance: float, tcm: bool) -> tuple[list[int], float]:
+    """NNCodec along a run, closed loop like our chains: each net's float difference to
+    the previous reconstruction, quantised to steps of 2T (every weight within T), coded
+    with DeepCABAC; with ``tcm`` the reference is the reconstruction's last step in steps.
+    Returns the bytes per pair and the largest error (the result is float, not LINEAR16)."""
+    from lc0weights.patch import infer_shape
+    step = 2 * tolerance
+    first = nets[0]
+    counts = {l.path: l.count for l in first.layers if l.codable}
+    paths = [l.path for l in first.layers if l.codable and l.count]
+    rec = [{l.path: first.values(l).astype(np.float64) for l in first.layers if l.codable and l.count}]
+    sizes, worst = [], 0.0
+    for i in range(1, len(nets)):
+        target = {l.path: l for l in nets[i].layers if l.codable and l.count}
+        layers, now = [], {}
+        for path in paths:
+            t = nets[i].values(target[path]).astype(np.float64)
+            q = np.rint((t - rec[-1][path]) / step)
+            now[path] = rec[-1][path] + q * step
+            worst = max(worst, float(np.abs(now[path] - t).max()))
+            ref = np.rint((rec[-1][path] - rec[-2][path]) / step) if tcm and i >= 2 else None
+            layers.append((q.astype(np.int64), infer_shape(path, len(q), counts), ref))
+        sizes.append(nncodec_code(layers))
+        rec.append(now)
+        if len(rec) > 2:
+            rec.pop(0)
+    return sizes, worst
+
+
+def peer_nncodec(tolerance):
+    def run(raw_prev, raw, **_):
+        if not nncodec_available():
+            return None, None
+        layers, worst = nncodec_layers(Net(raw_prev), Net(raw), None, tolerance)
+        return nncodec_code(layers), worst
+    return run
+
+
 PEERS = [("xz -9e", peer_xz, "lossless"), ("XOR prev + gzip -9", peer_xor_gzip, "lossless"),
          ("zstd -19 --patch-from", peer_zstd, "lossless"), ("bsdiff4", peer_bsdiff, "lossless"),
          ("original (x2^17, bz2)", peer_original, "lossy")]
 PEERS += [(f"SZ3 T={name}", peer_sz3(t), "lossy") for name, t in TOLERANCES]
+PEERS += [("NNCodec lossless", peer_nncodec(None), "lossless")]
+PEERS += [(f"NNCodec T={name}", peer_nncodec(t), "lossy") for name, t in TOLERANCES]
 SLOW_PEERS = {"bsdiff4", "xz -9e"}
 
 
@@ -581,9 +726,10 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
 
     head = [".pb.gz as distributed", "xz -9e", "XOR prev + gzip -9", "zstd -19 --patch-from", "bsdiff4",
             "ours varint-brotli lossless", "ours cm1 lossless", "ours default lossless", "order-0 entropy lossless",
-            "original (x2^17, bz2)"]
+            "NNCodec lossless", "original (x2^17, bz2)"]
     for mode, _ in TOLERANCES:
-        head += [f"SZ3 T={mode}", f"ours varint-brotli {mode}", f"ours default {mode}", f"order-0 entropy {mode}"]
+        head += [f"SZ3 T={mode}", f"NNCodec T={mode}", f"ours varint-brotli {mode}", f"ours default {mode}",
+                 f"order-0 entropy {mode}"]
     rows = []
     for m in head:
         failed = [labels[i] for i in range(len(labels)) if results[i].get(m, {}).get("failed")]

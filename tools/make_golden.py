@@ -1,11 +1,13 @@
 """Write the golden patches that pin the patch format (tests/golden/patches/).
 
-    python tools/make_golden.py
+    python tools/make_golden.py [CHAIN ...]
 
 Each entry is a small synthetic net coded with a fixed codec. The first patch
 of a chain is intra, so no net needs committing: a reader rebuilds every net
 from the patches alone and must get the recorded ids on every platform.
-Re-run only for a deliberate format change (and bump the format version).
+Committed patches are never rewritten: the tool writes the chains named (all
+by default) whose files do not exist yet and keeps the manifest's other
+entries, so a new codec adds its chain and old patches stay as committed.
 """
 from __future__ import annotations
 
@@ -25,13 +27,16 @@ import numpy as np  # noqa: E402
 
 OUT = ROOT / "tests" / "golden" / "patches"
 
-# (chain name, encoding, codec); each chain: intra 0, lossless 0->1, history 1->2, lossy 2->3
-CHAINS = [("linear16-cm1", "LINEAR16", "cm1"), ("linear16-varint", "LINEAR16", "varint-brotli"),
-          ("float16-cm1", "FLOAT16", "cm1")]
+# (chain name, encoding, codec, persistence of the steps); each chain: intra 0,
+# lossless 0->1, history 1->2, lossy 2->3 (cm2 adds lossy 3->4 with history)
+CHAINS = [("linear16-cm1", "LINEAR16", "cm1", 0.0), ("linear16-varint", "LINEAR16", "varint-brotli", 0.0),
+          ("float16-cm1", "FLOAT16", "cm1", 0.0), ("linear16-cm2", "LINEAR16", "cm2", 0.8)]
 
 
-def tiny_run(encoding: str, count: int = 4, seed: int = 11) -> list[Net]:
-    """A few small layers of real shapes, moved by small random steps."""
+def tiny_run(encoding: str, count: int = 4, seed: int = 11, persistence: float = 0.0) -> list[Net]:
+    """A few small layers of real shapes, moved by small random steps; with
+    ``persistence`` each step repeats that fraction of the previous one (an
+    averaged run)."""
     code = {"LINEAR16": enc.LINEAR16, "FLOAT16": enc.FLOAT16}[encoding]
     rng = np.random.default_rng(seed)
     shapes = {"input.weights": 8 * 12 * 9, "input.bn_means": 8, "input.bn_stddivs": 8,
@@ -58,33 +63,45 @@ def tiny_run(encoding: str, count: int = 4, seed: int = 11) -> list[Net]:
                 layer.encoding = code
                 layer.params = enc.encode_float(code, v).tobytes()
         nets.append(Net(net.SerializeToString()))
-        values = {k: v + rng.normal(0, 2e-3, len(v)).astype(np.float32) for k, v in values.items()}
+        fresh = {k: rng.normal(0, 2e-3, len(v)).astype(np.float32) for k, v in values.items()}
+        steps = {k: persistence * steps[k] + fresh[k] for k in values} if step else fresh
+        values = {k: v + steps[k] for k, v in values.items()}
     return nets
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    wanted = set((argv if argv is not None else sys.argv[1:]) or [c[0] for c in CHAINS])
     OUT.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for name, encoding, codec in CHAINS:
-        nets = tiny_run(encoding)
+    old = json.loads((OUT / "manifest.json").read_text()) if (OUT / "manifest.json").exists() else []
+    manifest = list(old)
+    for name, encoding, codec, persistence in CHAINS:
+        if name not in wanted or any(m["file"].startswith(name + "-") for m in old):
+            continue
+        nets = tiny_run(encoding, count=5 if persistence else 4, persistence=persistence)
         steps = [("intra", None, nets[0], {}), ("lossless", nets[0], nets[1], {}),
                  ("history", nets[1], nets[2], {"history": nets[0]}),
                  ("tolerance", nets[2], nets[3], {"tolerance": 2 ** -12})]
+        if persistence:
+            steps.append(("tolerance-history", nets[3], nets[4], {"tolerance": 2 ** -12, "history": nets[2]}))
         held = {}
         for kind, base, target, kw in steps:
             base = held.get(base.id, base) if base is not None else None
+            if "history" in kw:
+                kw = dict(kw, history=held.get(kw["history"].id, kw["history"]))
             patch = make_patch(base, target, codec=codec, workers=1, **kw)
             result = hashlib.sha256(apply_patch(base, patch, history=kw.get("history"))).hexdigest()
             held[target.id] = Net(apply_patch(base, patch, history=kw.get("history")))
             file = f"{name}-{kind}.lc0p"
+            if (OUT / file).exists():
+                raise SystemExit(f"{file} exists: committed golden patches are never rewritten")
             atomic_write(OUT / file, patch)
             manifest.append({"file": file, "base": base.id if base else None,
                              "history": kw["history"].id if "history" in kw else None,
                              "codec": codec, "target": target.id, "result": result,
                              "tolerance": kw.get("tolerance"), "sha256": hashlib.sha256(patch).hexdigest()})
     atomic_write(OUT / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    print(f"wrote {len(manifest)} golden patches, "
-          f"{sum((OUT / m['file']).stat().st_size for m in manifest):,} bytes")
+    new = manifest[len(old):]
+    print(f"wrote {len(new)} golden patches, {sum((OUT / m['file']).stat().st_size for m in new):,} bytes")
     return 0
 
 
