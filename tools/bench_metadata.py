@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import logging
-import os
+import pickle
 import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights import encodings as enc  # noqa: E402
+from lc0weights.errors import Lc0WeightsError  # noqa: E402
 from lc0weights.distribution import TransferPolicy, fetch, parse_index  # noqa: E402
 from lc0weights.distribution.keys import SigningKey  # noqa: E402
 from lc0weights.net import Net, atomic_write, gzip_bytes  # noqa: E402
@@ -285,20 +287,22 @@ class Report:
     schema1: list[Schema1] = field(default_factory=list)
     top_sizes: dict[str, int] = field(default_factory=dict)
     record_sizes: list[int] = field(default_factory=list)
+    published_at: str = ""                       # library commit of the publish phase
+    measured_at: str = ""                        # ... and of the measurements
 
 
-def run(nets: int, seed: int, work: Path, command: str) -> Report:
-    report = Report(nets=nets, seed=seed, command=command)
-    key = SigningKey.generate()
+def publish_phase(report: Report, work: Path, key: SigningKey) -> None:
+    """Publish the run; a client follows the last nets and its trust state is kept at n-1-d."""
     repo = Repository.create(work / "repo", key=key, expires=timedelta(days=7))
     policy = TransferPolicy(progress=False)
+    nets = report.nets
     last = nets - 1
     snapshot_at = {last - d: d for d in BEHIND if last - d >= 0}
     follow_from = max(0, last - max(BEHIND) - 64)
     follower = work / "follower"
     with CountingServer(repo.root) as server:
         started = time.monotonic()
-        for seq, (net, gz) in enumerate(tiny_run(nets, seed)):
+        for seq, (net, gz) in enumerate(tiny_run(nets, report.seed)):
             if seq == 0:
                 report.net_bytes = (len(net.raw), len(gz))
             t0 = time.perf_counter()
@@ -318,16 +322,24 @@ def run(nets: int, seed: int, work: Path, command: str) -> Report:
             if seq % 1000 == 999:
                 print(f"  published {seq + 1} nets, {time.monotonic() - started:.0f} s", file=sys.stderr)
         report.publish_wall_s = time.monotonic() - started
-        report.schema1.append(schema1_figures(repo, work))
-        report.top_sizes = {name: (repo.root / name).stat().st_size for name in ("root.json", "timestamp.json")}
-        report.record_sizes = [repo.link_to(s).size for s in range(max(0, nets - 1000), nets)]
+    report.schema1.append(schema1_figures(repo, work))
+    report.record_sizes = [repo.link_to(s).size for s in range(max(0, nets - 1000), nets)]
 
+
+def measure_phase(report: Report, work: Path, key: SigningKey) -> None:
+    """Poll and catch-up measurements against the published repository (repeatable)."""
+    repo = Repository.create(work / "repo", key=key, expires=timedelta(days=7))
+    last = report.nets - 1
+    report.measured_at = code_version()
+    report.catch_up = []
+    with CountingServer(repo.root) as server:
         poller = work / "poller"
+        shutil.rmtree(poller, ignore_errors=True)
         report.first = measured_fetch(server, "first fetch, empty cache", poller, key)
         report.poll = measured_fetch(server, "poll, nothing new", poller, key)
         repo.resign()
         report.resigned_poll = measured_fetch(server, "poll after a re-sign (no new net)", poller, key)
-
+        report.top_sizes = {name: (repo.root / name).stat().st_size for name in ("root.json", "timestamp.json")}
         for d in BEHIND:
             if last - d < 0:
                 continue
@@ -339,7 +351,19 @@ def run(nets: int, seed: int, work: Path, command: str) -> Report:
                 hold_only(repo, last - d, cache, trust_from=work / f"followed-{d}")
                 followed = measured_fetch(server, "followed up to it", cache, key)
             report.catch_up.append((d, fresh, followed))
-    return report
+
+
+def code_version() -> str:
+    """The commit the library was at (and whether it had local changes), for the record."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "lc0weights", "service"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" with local changes" if dirty else "")
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -385,7 +409,8 @@ def render(r: Report) -> str:
         "wire are counted on the server's socket: request line and headers as read, response status "
         "line and headers as written, body as written (TCP/IP framing not counted). Measured on a "
         f"2-core machine shared with other jobs ({platform.python_implementation()} "
-        f"{platform.python_version()}), with", "", "```", r.command, "```", ""]
+        f"{platform.python_version()}), with", "", "```", r.command, "```", "",
+        f"Library at commit {r.published_at} for publishing, {r.measured_at} for the client measurements.", ""]
 
     out += ["### A poll with nothing new", ""]
     p = r.poll
@@ -484,24 +509,41 @@ def main(argv=None) -> int:
     parser.add_argument("--nets", type=int, default=10_000, help="nets to publish (default 10,000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--markdown", metavar="FILE", help="also write the section into this file")
-    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp folder)")
+    parser.add_argument("--keep", metavar="DIR", help="work in the new folder DIR and keep it")
+    parser.add_argument("--measure", metavar="DIR", help="measure again a folder kept with --keep "
+                        "(no publishing; publish figures are the kept ones)")
     args = parser.parse_args(argv)
     if args.nets < 2:
         parser.error("--nets must be at least 2")
     logging.basicConfig(level=logging.ERROR)
-    shown = [f"--nets {args.nets}"] + ([f"--seed {args.seed}"] if args.seed != 1 else []) \
-        + ([f"--markdown {args.markdown}"] if args.markdown else [])
-    command = "python tools/bench_metadata.py " + " ".join(shown)
-    if args.keep:
-        work = Path(args.keep)
-        if work.exists() and any(work.iterdir()):
-            print(f"error: {work} is not empty", file=sys.stderr)
+    if args.measure:
+        work = Path(args.measure)
+        try:
+            report = pickle.loads((work / "report.pickle").read_bytes())
+            key = SigningKey.load(work / "key.pem")
+        except (OSError, pickle.UnpicklingError, Lc0WeightsError) as e:
+            print(f"error: {work}: not a folder kept by --keep ({e})", file=sys.stderr)
             return 2
-        work.mkdir(parents=True, exist_ok=True)
-        report = run(args.nets, args.seed, work, command.strip())
+        measure_phase(report, work, key)
     else:
-        with tempfile.TemporaryDirectory(prefix="lc0weights-metabench-") as tmp:
-            report = run(args.nets, args.seed, Path(tmp), command.strip())
+        shown = [f"--nets {args.nets}"] + ([f"--seed {args.seed}"] if args.seed != 1 else [])
+        report = Report(nets=args.nets, seed=args.seed,
+                        command="python tools/bench_metadata.py " + " ".join(shown), published_at=code_version())
+        key = SigningKey.generate()
+        if args.keep:
+            work = Path(args.keep)
+            if work.exists() and any(work.iterdir()):
+                print(f"error: {work} is not empty", file=sys.stderr)
+                return 2
+            work.mkdir(parents=True, exist_ok=True)
+            key.save(work / "key.pem")
+            publish_phase(report, work, key)
+            atomic_write(work / "report.pickle", pickle.dumps(report))
+            measure_phase(report, work, key)
+        else:
+            with tempfile.TemporaryDirectory(prefix="lc0weights-metabench-") as tmp:
+                publish_phase(report, Path(tmp), key)
+                measure_phase(report, Path(tmp), key)
     section = render(report)
     print(section)
     if args.markdown:
