@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import logging
 import pickle
 import platform
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights.errors import Lc0WeightsError  # noqa: E402
 from lc0weights.distribution import TransferPolicy, fetch, parse_index  # noqa: E402
+from lc0weights.distribution import updater  # noqa: E402
 from lc0weights.distribution.keys import SigningKey  # noqa: E402
 from lc0weights.net import Net, atomic_write, gzip_bytes  # noqa: E402
 from lc0weights.proto import lc0net_pb2 as pb  # noqa: E402
@@ -284,9 +286,11 @@ class Report:
     poll: Fetched | None = None
     resigned_poll: Fetched | None = None
     catch_up: list[tuple[int, Fetched, Fetched | None]] = field(default_factory=list)
+    catch_up_longest: list[tuple[int, Fetched, Fetched | None]] = field(default_factory=list)
     schema1: list[Schema1] = field(default_factory=list)
     top_sizes: dict[str, int] = field(default_factory=dict)
     record_sizes: list[int] = field(default_factory=list)
+    anatomy: dict = field(default_factory=dict)  # what the records read catching up from far are made of
     published_at: str = ""                       # library commit of the publish phase
     measured_at: str = ""                        # ... and of the measurements
 
@@ -340,17 +344,56 @@ def measure_phase(report: Report, work: Path, key: SigningKey) -> None:
         repo.resign()
         report.resigned_poll = measured_fetch(server, "poll after a re-sign (no new net)", poller, key)
         report.top_sizes = {name: (repo.root / name).stat().st_size for name in ("root.json", "timestamp.json")}
-        for d in BEHIND:
-            if last - d < 0:
-                continue
-            cache = work / f"behind-{d}"
-            hold_only(repo, last - d, cache)
-            fresh = measured_fetch(server, "fresh trust state", cache, key)
-            followed = None
-            if (work / f"followed-{d}").is_dir():
-                hold_only(repo, last - d, cache, trust_from=work / f"followed-{d}")
-                followed = measured_fetch(server, "followed up to it", cache, key)
-            report.catch_up.append((d, fresh, followed))
+        report.catch_up = catch_up(server, repo, key, work, last)
+        report.anatomy = record_anatomy(repo, report.catch_up[-1][1], repo.net_at(last - report.catch_up[-1][0]))
+        # The same clients descending the way the client did before link plans: longest link first.
+        plan_limit, updater.PLAN_LIMIT = updater.PLAN_LIMIT, -1
+        try:
+            report.catch_up_longest = catch_up(server, repo, key, work, last)
+        finally:
+            updater.PLAN_LIMIT = plan_limit
+
+
+def catch_up(server: CountingServer, repo: Repository, key: SigningKey, work: Path, last: int) -> list:
+    """For each distance: a client holding only net ``last - d``, fresh, then with a follower's trust state."""
+    rows = []
+    for d in BEHIND:
+        if last - d < 0:
+            continue
+        cache = work / f"behind-{d}"
+        hold_only(repo, last - d, cache)
+        fresh = measured_fetch(server, "fresh trust state", cache, key)
+        followed = None
+        if (work / f"followed-{d}").is_dir():
+            hold_only(repo, last - d, cache, trust_from=work / f"followed-{d}")
+            followed = measured_fetch(server, "followed up to it", cache, key)
+        rows.append((d, fresh, followed))
+    return rows
+
+
+HEX64 = re.compile(rb'"[0-9a-f]{64}"')
+
+
+def record_anatomy(repo: Repository, fetched: Fetched, held_id: str) -> dict:
+    """Bytes of the records a catch-up read, by part: net entry, patch entries, links, hex digests."""
+    parts = {"records": 0, "bytes": 0, "net": 0, "patches": 0, "links": 0, "patch_entries": 0,
+             "link_entries": 0, "hex_bytes": 0, "held_record": 0, "held_reads": 0}
+    for e in fetched.metadata:
+        if not e.path.startswith("/records/"):
+            continue
+        data = (repo.root / e.path.lstrip("/")).read_bytes()
+        doc = json.loads(data)
+        parts["records"] += 1
+        parts["bytes"] += len(data)
+        for name in ("net", "patches", "links"):
+            parts[name] += len(json.dumps(doc[name], separators=(",", ":")))
+        parts["patch_entries"] += len(doc["patches"])
+        parts["link_entries"] += len(doc["links"])
+        parts["hex_bytes"] += 66 * len(HEX64.findall(data))
+        if doc["net"]["id"] == held_id:
+            parts["held_record"] += len(data)
+            parts["held_reads"] += 1
+    return parts
 
 
 def code_version() -> str:
@@ -444,14 +487,36 @@ def render(r: Report) -> str:
             if f is not None:
                 out.append(f"| {d:,} | {f.label} | {f.metadata_bytes:,} | {len(f.metadata)} | "
                            f"{f.metadata_wire:,} | {f.route} | {f.patches} | {f.bytes_downloaded:,} |")
-    far = [t for t in r.catch_up if t[0] == max(BEHIND)]
-    if far:
-        d, fresh, followed = far[0]
+    if r.catch_up:
+        d, fresh, followed = r.catch_up[-1]
         worst = max(fresh.metadata_bytes, followed.metadata_bytes if followed else 0)
-        out += ["", f"Target: catching up from {d:,} behind under 32 KB of metadata: {_verdict(worst, CATCH_UP_TARGET)} "
-                "(metadata bytes, the larger of the two trust states).", ""]
+        if d == max(BEHIND):
+            out += ["", f"Target: catching up from {d:,} behind under 32 KB of metadata: "
+                    f"{_verdict(worst, CATCH_UP_TARGET)} (metadata bytes, the larger of the two trust states).", ""]
+        else:
+            out.append("")
         out += [f"Metadata read catching up from {d:,} behind, fresh trust state:", ""]
         out += _exchanges_table(fresh.metadata)
+        a = getattr(r, "anatomy", {})
+        if a.get("records"):
+            out += ["", f"What those {a['records']} record reads are made of ({a['bytes']:,} bytes): net entries "
+                    f"{a['net']:,}, {a['patch_entries']} patch entries {a['patches']:,} "
+                    f"({a['patches'] / a['patch_entries']:.0f} each), {a['link_entries']} links {a['links']:,} "
+                    f"({a['links'] / a['link_entries']:.0f} each); quoted 64-digit hex digests alone "
+                    f"{a['hex_bytes']:,} ({100 * a['hex_bytes'] / a['bytes']:.0f}%). Of these, the held net's own "
+                    f"record: {a['held_record']:,} bytes (read first, unverified, to place the held net; the "
+                    "last hop then verifies the same bytes)."]
+    longest = getattr(r, "catch_up_longest", [])
+    if longest:
+        out += ["", "The same clients with the descent the client used before link plans (longest link "
+                "first; `PLAN_LIMIT = -1`): from an odd-numbered record the longest link is 16 back and "
+                "lands on an odd number again, so the power-of-two links are never reached.", "",
+                "| behind | trust state | metadata bytes | record reads | route |", "|---:|---|---:|---:|---|"]
+        for d, fresh, followed in longest:
+            for f in (fresh, followed):
+                if f is not None:
+                    reads = sum(1 for e in f.metadata if e.path.startswith("/records/"))
+                    out.append(f"| {d:,} | {f.label} | {f.metadata_bytes:,} | {reads} | {f.route} |")
     out.append("")
 
     out += ["### Publishing", ""]
