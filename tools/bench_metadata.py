@@ -241,6 +241,17 @@ def measured_fetch(server: CountingServer, label: str, cache: Path, key: Signing
                    [e for e in seen if METADATA.match(e.path)], [e for e in seen if not METADATA.match(e.path)])
 
 
+def keep_only(cache: Path, net_id: str) -> None:
+    """Delete every cached net but ``net_id``, as a client that keeps only the net it plays with.
+
+    A cache of every fetched net would make each fetch place every held net
+    (a record read per net the trust state no longer remembers).
+    """
+    for path in cache.glob("*.pb.gz"):
+        if path.name != f"{net_id}.pb.gz":
+            path.unlink()
+
+
 def hold_only(repo: Repository, seq: int, cache: Path, trust_from: Path | None = None) -> None:
     """A client cache holding only net ``seq`` (``<id>.pb.gz``), with a copied or fresh trust state."""
     shutil.rmtree(cache, ignore_errors=True)
@@ -318,6 +329,7 @@ def publish_phase(report: Report, work: Path, key: SigningKey) -> None:
             if seq >= follow_from:
                 # A client that polls after every publish, as a long-running one would.
                 fetch(server.url, cache_dir=follower, trust=key.public, policy=policy)
+                keep_only(follower, net.id)
                 if seq in snapshot_at:
                     shutil.copytree(follower / TRUST_DIR, work / f"followed-{snapshot_at[seq]}" / TRUST_DIR)
                 server.take()
