@@ -298,6 +298,7 @@ class Report:
     resigned_poll: Fetched | None = None
     catch_up: list[tuple[int, Fetched, Fetched | None]] = field(default_factory=list)
     catch_up_longest: list[tuple[int, Fetched, Fetched | None]] = field(default_factory=list)
+    many_held: Fetched | None = None
     schema1: list[Schema1] = field(default_factory=list)
     top_sizes: dict[str, int] = field(default_factory=dict)
     record_sizes: list[int] = field(default_factory=list)
@@ -358,12 +359,28 @@ def measure_phase(report: Report, work: Path, key: SigningKey) -> None:
         report.top_sizes = {name: (repo.root / name).stat().st_size for name in ("root.json", "timestamp.json")}
         report.catch_up = catch_up(server, repo, key, work, last)
         report.anatomy = record_anatomy(repo, report.catch_up[-1][1], repo.net_at(last - report.catch_up[-1][0]))
+        report.many_held = many_held(server, repo, key, work, last)
         # The same clients descending the way the client did before link plans: longest link first.
         plan_limit, updater.PLAN_LIMIT = updater.PLAN_LIMIT, -1
         try:
             report.catch_up_longest = catch_up(server, repo, key, work, last)
         finally:
             updater.PLAN_LIMIT = plan_limit
+
+
+HELD = 100
+
+
+def many_held(server: CountingServer, repo: Repository, key: SigningKey, work: Path, last: int):
+    """One net behind, with the cache holding the HELD nets before the latest (a client that keeps nets)."""
+    if last < HELD:
+        return None
+    cache = work / "many-held"
+    hold_only(repo, last - 1, cache)
+    for seq in range(last - HELD, last - 1):
+        net_id = repo.net_at(seq)
+        shutil.copyfile(repo.object_file(f"nets/{net_id}.pb.gz"), cache / f"{net_id}.pb.gz")
+    return measured_fetch(server, f"fresh trust state, holds nets {last - HELD:,}-{last - 1:,}", cache, key)
 
 
 def catch_up(server: CountingServer, repo: Repository, key: SigningKey, work: Path, last: int) -> list:
@@ -531,6 +548,14 @@ def render(r: Report) -> str:
                     out.append(f"| {d:,} | {f.label} | {f.metadata_bytes:,} | {reads} | {f.route} |")
     out.append("")
 
+    m = getattr(r, "many_held", None)
+    if m is not None:
+        reads = sum(1 for e in m.metadata if e.path.startswith("/records/"))
+        out += ["", f"A client that keeps nets: one behind, its cache holding the {HELD} nets before the "
+                f"latest, fresh trust state: {m.metadata_bytes:,} bytes of metadata in {len(m.metadata)} "
+                f"requests ({reads} record reads), route {m.route}. The client places every held net "
+                "(a record read for each one its trust state does not remember, then a descent to it), so "
+                "this cost grows with the number of nets held, not with the distance.", ""]
     out += ["### Publishing", ""]
     s = r.publish_s
     windows = [("first 50 (nets 1-50)", s[1:WINDOW + 1])]
