@@ -535,6 +535,17 @@ def render(r: Report) -> str:
                     f"{a['hex_bytes']:,} ({100 * a['hex_bytes'] / a['bytes']:.0f}%). Of these, the held net's own "
                     f"record: {a['held_record']:,} bytes (read first, unverified, to place the held net; the "
                     "last hop then verifies the same bytes)."]
+        if r.catch_up[-1][0] == max(BEHIND):
+            worst = max(f.metadata_bytes for f in r.catch_up[-1][1:] if f is not None)
+            no_held = a["held_record"]
+            no_dup = 73 * a["patch_entries"]
+            b64 = 21 * a["hex_bytes"] // 66
+            out += ["", "What would bring it down, estimated on these very records: not reading the held "
+                    f"net's own record (the link to it already names its id, length and sha256): "
+                    f"−{no_held:,}; patch entries without `base` (each base is also named, with the same "
+                    f"number, by a link of the same record): −{no_dup:,}; "
+                    f"digests in base64url (43 characters) instead of hex (64): −{b64:,}. The first two "
+                    f"together: {worst - no_held - no_dup:,} bytes for the worst case above."]
     longest = getattr(r, "catch_up_longest", [])
     if longest:
         out += ["", "The same clients with the descent the client used before link plans (longest link "
