@@ -1,16 +1,19 @@
 """What signed metadata costs a client and a publisher as the history grows.
 
-    python tools/bench_metadata.py [--nets N] [--markdown FILE] [--seed S]
+    python tools/bench_metadata.py [--nets N] [--seed S] [--markdown FILE] [--keep DIR]
+    python tools/bench_metadata.py --measure DIR [--markdown FILE]
 
 Publishes N tiny synthetic nets (a few KB each, successive nets one small
 training step apart) into a signed repository, served by the built-in server
 on loopback, then measures:
 
-* a poll with nothing new: the bytes of the conditional timestamp request,
-  body and HTTP headers counted separately on the server's socket;
+* a poll with nothing new: the conditional timestamp request, body and HTTP
+  headers counted separately on the server's socket (and the poll that
+  follows a re-sign);
 * catching up from 1, 10, 100 and 1,000 nets behind: the metadata bytes and
   route, for a client with a fresh trust state and for one that had followed
-  the repository up to the net it holds;
+  the repository up to the net it holds; what the records read are made of;
+  the same with the older longest-link descent; a client holding 100 nets;
 * publish time per net near the start, along the way and at the end;
 * the same for today's schema-1 ``index.json`` at 1,000 and N nets: its size
   (raw and gzip), which its client downloads whole on every poll, and the
@@ -18,6 +21,9 @@ on loopback, then measures:
 
 Prints a Markdown report; ``--markdown FILE`` also writes it into FILE as
 the section "Metadata at N nets" (replacing that section if present).
+``--keep DIR`` keeps the repository, key and publish figures, so that
+``--measure DIR`` can repeat the client measurements after a client change
+without publishing again (it loads a pickle: only folders this tool wrote).
 """
 from __future__ import annotations
 
