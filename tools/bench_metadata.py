@@ -572,7 +572,7 @@ def render(r: Report) -> str:
     m = getattr(r, "many_held", None)
     if m is not None:
         reads = sum(1 for e in m.metadata if e.path.startswith("/records/"))
-        out += ["", f"A client that keeps nets: one behind, its cache holding the {HELD} nets before the "
+        out += [f"A client that keeps nets: one behind, its cache holding the {HELD} nets before the "
                 f"latest, fresh trust state: {m.metadata_bytes:,} bytes of metadata in {len(m.metadata)} "
                 f"requests ({reads} record reads), route {m.route}. The client places every held net "
                 "(a record read for each one its trust state does not remember, then a descent to it), so "
@@ -591,7 +591,7 @@ def render(r: Report) -> str:
     out += ["", "- Each publish writes the same few files whatever the history (the net, its patches, its "
             "record, one line of `.state/sequence`, the timestamp), each fsynced; with nets this small "
             "the time is those writes, the patch coding threads and the machine's load, not the history.",
-            f"- Whole run: {r.publish_wall_s:.0f} s wall for {n:,} publishes "
+            f"- Whole run: {r.publish_wall_s:,.0f} s wall for {n:,} publishes "
             f"(including the following client's fetches near the end); "
             f"{statistics.mean(counts):.2f} patches per net on average, at most {max(counts)}.",
             "- Patch size by distance (median bytes): " + ", ".join(
@@ -651,6 +651,8 @@ def main(argv=None) -> int:
             print(f"error: {work}: not a folder kept by --keep ({e})", file=sys.stderr)
             return 2
         measure_phase(report, work, key)
+        report.command += f" --keep {work}\npython tools/bench_metadata.py --measure {work}" + (
+            f" --markdown {args.markdown}" if args.markdown else "")
     else:
         shown = [f"--nets {args.nets}"] + ([f"--seed {args.seed}"] if args.seed != 1 else [])
         report = Report(nets=args.nets, seed=args.seed,
