@@ -32,8 +32,8 @@ from lc0weights.distribution.errors import RepositoryError, UntrustedError
 from lc0weights.distribution.index import INDEX_NAME, NetEntry, RepositoryIndex, parse_index
 from lc0weights.distribution.keys import SigningKey
 from lc0weights.distribution.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
-                                              open_envelope, parse_record, parse_root, parse_timestamp,
-                                              record_path, utc_now)
+                                              link_distances, open_envelope, parse_record, parse_root,
+                                              parse_timestamp, record_path, utc_now)
 from lc0weights.net import atomic_file
 
 from .sweep import sweep_temp_files
@@ -68,21 +68,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def link_distances(seq: int, skips=(1, 2, 4, 8, 16)) -> list[int]:
-    """How far back record ``seq`` links: the fixed skips plus every power of two dividing it.
-
-    The powers make a deterministic skip list: from any record, a client
-    reaches any earlier one in O(log distance) links.
-    """
-    found = set(skips)
-    step = 32
-    while step <= seq:
-        if seq % step == 0:
-            found.add(step)
-        step *= 2
-    return sorted(d for d in found if d <= seq)
 
 
 class Repository:

@@ -58,6 +58,34 @@ def _compact(doc: dict) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+def link_distances(seq: int, skips=(1, 2, 4, 8, 16)) -> list[int]:
+    """How far back record ``seq`` links: the fixed skips plus every power of two dividing it.
+
+    The powers make a deterministic skip list: from any record, a client
+    reaches any earlier one in O(log distance) links.
+    """
+    found = set(skips)
+    step = 32
+    while step <= seq:
+        if seq % step == 0:
+            found.add(step)
+        step *= 2
+    return sorted(d for d in found if d <= seq)
+
+
+def link_hops(low: int, high: int) -> list[int]:
+    """Fewest links from each record ``low + i`` (up to ``high``) down to record ``low``.
+
+    Planned on the publisher's link layout, so a client knows which link to
+    follow before it reads the record: always taking the longest link is
+    worse (from an odd number, steps of 16 never reach the long power links).
+    """
+    hops = [0] * (high - low + 1)
+    for i in range(1, len(hops)):
+        hops[i] = 1 + min(hops[i - d] for d in link_distances(low + i) if d <= i)
+    return hops
+
+
 # -- envelopes ----------------------------------------------------------------------------
 
 def _signed_message(doc_type: str, payload: bytes) -> bytes:

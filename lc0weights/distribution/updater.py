@@ -22,13 +22,14 @@ from .errors import DownloadError, NotFoundError, RepositoryIndexError, Untruste
 from .index import RepositoryIndex, resolve_prefix
 from .keys import PublicKey, read_trust
 from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Link, Record,
-                       Root, Timestamp, open_envelope, parse_record, parse_root, parse_timestamp,
-                       record_path, utc_now)
+                       Root, Timestamp, link_hops, open_envelope, parse_record, parse_root,
+                       parse_timestamp, record_path, utc_now)
 
 log = logging.getLogger(__name__)
 KNOWN_LIMIT = 512          # net ids whose publication number a client remembers
 PREFIX_WINDOW = 64         # a short id prefix may name one of this many most recent nets
 LOSSY_WINDOW = 64          # how far back a client looks for the start of a lossy chain
+PLAN_LIMIT = 1 << 16      # further behind, descend by longest links without a plan (cost)
 _warned = False
 
 
@@ -299,13 +300,14 @@ class Updater:
         return seq
 
     def descend(self, record: Record, seq: int) -> Record | None:
-        """Follow links from ``record`` down to the record numbered ``seq`` (largest safe jumps)."""
+        """Follow links from ``record`` down to the record numbered ``seq``, fewest records first."""
         horizon = self.timestamp.horizon
+        plan = link_hops(seq, record.seq) if record.seq - seq <= PLAN_LIMIT else None
         while record.seq > seq:
             steps = [l for l in record.links if seq <= l.seq < record.seq and l.seq >= horizon]
             if not steps:
                 return None
-            record = self.record(min(steps, key=lambda l: l.seq))
+            record = self.record(min(steps, key=lambda l: (plan[l.seq - seq] if plan else 0, l.seq)))
         return record
 
     # -- what the route search needs ------------------------------------------------------------
