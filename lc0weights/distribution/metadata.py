@@ -276,9 +276,12 @@ class Record:
         n = self.net
         net = {"id": n.id, "size": n.size, "sha256": n.sha256, "raw_size": n.raw_size,
                "training_steps": n.training_steps, "published": n.published, "source": n.source}
+        linked = {l.seq: l.id for l in self.links}
         patches = []
         for p in self.patches:
-            doc = {"base": p.base, "base_seq": p.base_seq, "size": p.size, "sha256": p.sha256}
+            doc = {"base_seq": p.base_seq, "size": p.size, "sha256": p.sha256}
+            if linked.get(p.base_seq) != p.base:     # a base the links already name is not repeated
+                doc["base"] = p.base
             if p.lossy:
                 doc.update(mode=p.mode, tolerance=p.tolerance, result=p.result)
             if p.history is not None:
@@ -307,13 +310,17 @@ def parse_record(data: bytes, expected: Link, repository: str) -> Record:
                    training_steps=v.opt_count(n.get("training_steps"), "net.training_steps", 1 << 62),
                    published=v.string(n.get("published", ""), "net.published", 64),
                    predecessor=None, source=v.string(n.get("source", ""), "net.source"))
+    links = [_link(v, l, f"links[{i}]") for i, l in enumerate(v.list(doc.get("links", []), "links", MAX_LINKS))]
+    if any(l.seq >= seq for l in links):
+        v.fail("links", "a link must point to an earlier net")
+    linked = {l.seq: l.id for l in links}
     patches = []
     for i, p in enumerate(v.list(doc.get("patches", []), "patches", MAX_PATCHES)):
+        p = v.object(p, f"patches[{i}]")
+        if "base" not in p and p.get("base_seq") in linked:
+            p = {**p, "base": linked[p["base_seq"]]}
         entry = parse_patch_entry(v, p, f"patches[{i}]", target=net_id)
         if entry.base_seq is None or entry.base_seq >= seq:
             v.fail(f"patches[{i}].base_seq", "must name an earlier net")
         patches.append(entry)
-    links = [_link(v, l, f"links[{i}]") for i, l in enumerate(v.list(doc.get("links", []), "links", MAX_LINKS))]
-    if any(l.seq >= seq for l in links):
-        v.fail("links", "a link must point to an earlier net")
     return Record(repository=repository, seq=seq, net=net, patches=patches, links=links)

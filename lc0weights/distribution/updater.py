@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 KNOWN_LIMIT = 512          # net ids whose publication number a client remembers
 PREFIX_WINDOW = 64         # a short id prefix may name one of this many most recent nets
 LOSSY_WINDOW = 64          # how far back a client looks for the start of a lossy chain
+MAX_STARTS = 4             # held nets a route may start from: the newest few
+MAX_LOOKUPS = 8            # held nets of unknown number looked up per fetch
 PLAN_LIMIT = 1 << 16      # further behind, descend by longest links without a plan (cost)
 _warned = False
 
@@ -310,6 +312,24 @@ class Updater:
             record = self.record(min(steps, key=lambda l: (plan[l.seq - seq] if plan else 0, l.seq)))
         return record
 
+    def reach(self, record: Record, seq: int) -> Link | None:
+        """The verified link to record ``seq``: its id, length and sha256, without reading it.
+
+        A held net needs no record of its own: the patches from it sit in the
+        records after it, and the link already proves which net it is.
+        """
+        horizon = self.timestamp.horizon
+        plan = link_hops(seq, record.seq) if record.seq - seq <= PLAN_LIMIT else None
+        while record.seq > seq:
+            for link in record.links:
+                if link.seq == seq:
+                    return link
+            steps = [l for l in record.links if seq < l.seq < record.seq and l.seq >= horizon]
+            if not steps:
+                return None
+            record = self.record(min(steps, key=lambda l: (plan[l.seq - seq] if plan else 0, l.seq)))
+        return None
+
     # -- what the route search needs ------------------------------------------------------------
     def catalog(self, wanted: str, held, tolerance: float | None = None) -> tuple[RepositoryIndex, str]:
         """The nets and patches a route to ``wanted`` can use, and the wanted net's id."""
@@ -322,16 +342,15 @@ class Updater:
         top = self.record(ts.latest)
         target = top if wanted == "latest" else self._find(top, wanted)
         lossy_targets = {p.result for p in target.patches if p.lossy}
-        for net_id in set(held) - {target.net.id} - lossy_targets:
-            seq = self._hinted_seq(net_id)
-            if seq is None or not ts.horizon <= seq < target.seq:
-                continue
+        for net_id, seq in self._starts(set(held) - {target.net.id} - lossy_targets, target.seq):
             if tolerance is not None:
                 self._walk_back(target, max(seq, target.seq - LOSSY_WINDOW))
             else:
-                reached = self.descend(target, seq)
-                if reached is None or reached.net.id != net_id:
+                reached = self.reach(target, seq)
+                if reached is None or reached.id != net_id:
                     log.info("held net %s... is not net %d of this repository", net_id[:16], seq)
+                else:
+                    self.state.learn(reached)
         if tolerance is not None:
             self._walk_back(target, max(ts.horizon, target.seq - 1))
         for record in self._records.values():
@@ -339,6 +358,23 @@ class Updater:
                 if p.lossy:
                     self.state.learn(Link(record.seq, record.net.id, 0, "0" * 64), p.result)
         return self._index(), target.net.id
+
+    def _starts(self, held, below: int) -> list[tuple[str, int]]:
+        """The held nets worth routing from: the few newest before ``below``.
+
+        A client keeping many nets pays metadata only for those that can give
+        a cheap route: nets it knows the number of first, then a few looked up.
+        """
+        found, looked_up = [], 0
+        for net_id in sorted(held, key=lambda i: self.state.known(i) is None):
+            if self.state.known(net_id) is None:
+                if looked_up >= MAX_LOOKUPS:
+                    continue
+                looked_up += 1
+            seq = self._hinted_seq(net_id)
+            if seq is not None and self.timestamp.horizon <= seq < below:
+                found.append((net_id, seq))
+        return sorted(found, key=lambda start: -start[1])[:MAX_STARTS]
 
     def _find(self, top: Record, wanted: str) -> Record:
         """The record of a full id, or of a 16+ digit prefix of a recent or already known net."""
