@@ -72,11 +72,12 @@ def main(argv=None) -> int:
             server.server_close()
 
     print(f"Run: `{Path(args.run_dir).name}`, {len(paths)} nets; codec: {args.codec or 'smallest per layer'}.\n")
-    print("| net | patches published | publish s | route | downloaded bytes | full .pb.gz bytes | fetch s |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("| net | patches published | publish s | route | history patch | downloaded bytes "
+          "| of which metadata | full .pb.gz bytes | fetch s |")
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|")
     for name, npatches, publish_s, r in rows:
-        print(f"| {name} | {npatches} | {publish_s:.1f} | {r.route} | {r.bytes_downloaded:,} | "
-              f"{r.full_size:,} | {r.seconds:.2f} |")
+        print(f"| {name} | {npatches} | {publish_s:.1f} | {r.route} | {'yes' if r.history_patches else ''} | "
+              f"{r.bytes_downloaded:,} | {r.metadata_bytes:,} | {r.full_size:,} | {r.seconds:.2f} |")
     follow = sum(r.bytes_downloaded for *_, r in rows)
     full = sum(r.full_size for *_, r in rows)
     after_first = sum(r.bytes_downloaded for *_, r in rows[1:])
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     print(f"- Client checking in every {args.every} nets ({len(occasional)} fetches): {occ:,} bytes vs "
           f"{occ_full:,} full ({100 * occ / occ_full:.1f}%); routes: "
           + "; ".join(r.route for r in occasional) + ".")
-    print("- Downloaded bytes include the index (it grows with the repository).")
+    print("- Downloaded bytes include the metadata (timestamp and the records on the route).")
     return 0
 
 

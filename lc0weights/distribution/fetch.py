@@ -38,6 +38,7 @@ class FetchResult:
     route: str                       # what was downloaded, e.g. "abcd1234->ef567890"
     start: str | None                # the held net the route began from
     patches: int
+    history_patches: int             # of which patches that also needed the net before their base
     bytes_downloaded: int            # every byte read from the source, metadata included
     metadata_bytes: int              # of which metadata (timestamp, root, records, or a schema-1 index)
     full_size: int                   # size of the full .pb.gz of the target (0: held, not looked up)
@@ -92,6 +93,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
         route=route.describe(), start=route.start, patches=route.patch_count,
+        history_patches=sum(getattr(step, "history", None) is not None for step in route.steps),
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)

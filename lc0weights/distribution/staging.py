@@ -36,6 +36,7 @@ WORK_PREFIX = ".fetch-"
 LOCK_NAME = ".lock"
 TEMP_MIN_AGE = 3600.0                  # sweep: temp files and work folders untouched for an hour
 PARTIAL_MIN_AGE = 7 * 24 * 3600.0      # sweep: partials are kept a week, for resuming
+DEAD_OWNER_GRACE = 2.0                 # sweep: a work folder whose lock is free, after this many seconds
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -266,6 +267,10 @@ def _sweep_work_folder(folder: Path, cutoff: float) -> bool:
     try:
         if fd is not None and not _try_lock(fd):
             return False
+        if fd is not None:
+            # Its lock is free: the process that made it is gone (the grace covers the moment
+            # between a folder's creation and its lock being taken).
+            cutoff = max(cutoff, time.time() - DEAD_OWNER_GRACE)
         if _newest_mtime(folder) > cutoff:
             return False
         shutil.rmtree(folder)                  # removes links inside, never follows them
