@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bench  # noqa: E402
 from lc0weights import Net, apply_patch, make_patch  # noqa: E402
 from lc0weights import encodings as enc  # noqa: E402
-from lc0weights import patch as patch_module  # noqa: E402
+from lc0weights.patching import encode as patch_module  # noqa: E402
 from lc0weights import residuals as res  # noqa: E402
 from lc0weights.codecs import temporal  # noqa: E402
 from lc0weights.patch import _Context, _pair  # noqa: E402
@@ -100,9 +100,9 @@ def checked(base: Net, patch: bytes, target: Net, history, tolerance) -> Net:
 
 def chain(nets, tolerance, use_history: bool, codecs=None, log=None) -> tuple[list[int], list[Net]]:
     """Sizes of a closed-loop chain of patches and the nets it rebuilds."""
-    saved = patch_module.DEFAULT_CODECS
+    saved = patch_module.DEFAULT_CODECS, patch_module.HISTORY_CODECS
     if codecs:
-        patch_module.DEFAULT_CODECS = codecs
+        patch_module.DEFAULT_CODECS = patch_module.HISTORY_CODECS = codecs
     try:
         held, sizes = [nets[0]], []
         for i in range(1, len(nets)):
@@ -112,7 +112,7 @@ def chain(nets, tolerance, use_history: bool, codecs=None, log=None) -> tuple[li
             held.append(checked(held[i - 1], p, nets[i], history, tolerance))
         return sizes, held
     finally:
-        patch_module.DEFAULT_CODECS = saved
+        patch_module.DEFAULT_CODECS, patch_module.HISTORY_CODECS = saved
 
 
 def bench_mode(nets, tolerance, nncodec: bool, log) -> list[dict]:

@@ -1,0 +1,104 @@
+"""Which base layer each target layer is coded against, and what both sides derive from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import encodings as enc
+from .. import residuals as res
+from ..codecs import LayerInfo
+from ..errors import (PatchFormatError)
+from ..net import Layer, Net
+from ..proto import patch_pb2
+
+
+# -- layer pairing and codec context ----------------------------------------------------
+
+def paired_layer(base: Net | None, layer: Layer) -> Layer | None:
+    """The base layer a target layer is coded against: same path, count and encoding."""
+    if base is None or not layer.codable:
+        return None
+    for candidate in base._by_path().get(layer.path, ()):
+        if candidate.codable and candidate.count == layer.count and candidate.encoding == layer.encoding:
+            return candidate
+    return None
+
+
+def infer_shape(path: str, count: int, counts: dict[str, int], dims=()) -> tuple:
+    """(out, in, h, w) for convolutions, (out, in) for dense layers, else (count,).
+
+    lc0 files rarely carry dims; the output width is read off the layer's bias
+    or batch-norm sibling instead.
+    """
+    if dims and int(np.prod(dims)) == count:
+        return tuple(int(d) for d in dims)
+    stem, _, leaf = path.rpartition(".")
+    if leaf == "weights":
+        sibling = counts.get(f"{stem}.biases") or counts.get(f"{stem}.bn_means") or counts.get(f"{stem}.bn_betas")
+        if sibling and count % sibling == 0:
+            rest = count // sibling
+            return (sibling, rest // 9, 3, 3) if rest % 9 == 0 else (sibling, rest, 1, 1)
+    elif leaf.endswith("_w") or leaf in ("w1", "w2"):
+        bias = leaf[:-2] + "_b" if leaf.endswith("_w") else "b" + leaf[1:]
+        out = counts.get(f"{stem}.{bias}" if stem else bias)
+        if out and count % out == 0:
+            return (out, count // out)
+    return (count,)
+
+
+@dataclass
+class LayerContext:
+    """Everything both sides derive from the base, history and skeleton alike."""
+
+    base: Net | None
+    history: Net | None
+    counts: dict[str, int] = field(default_factory=dict)
+    tolerance: float = 0.0
+
+    def base_layer(self, layer: Layer, lp) -> Layer | None:
+        if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
+            return None
+        index = layer.index + lp.base_shift
+        if self.base is None or not 0 <= index < len(self.base.layers):
+            raise PatchFormatError(f"layer {layer.path}: base layer {index} does not exist")
+        found = self.base.layers[index]
+        if not found.codable or found.encoding != layer.encoding or found.count != layer.count:
+            raise PatchFormatError(f"layer {layer.path}: base layer {index} does not match")
+        return found
+
+    def info(self, layer: Layer, lp, base_layer: Layer | None) -> LayerInfo:
+        base_values = self.base.values(base_layer) if base_layer is not None else None
+        history = None
+        if base_layer is not None and self.history is not None:
+            h = paired_layer(self.history, base_layer)
+            if h is not None:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    history = base_values - self.history.values(h)
+        count = layer.count if lp.residual != patch_pb2.RAW_BYTES else layer.nbytes
+        return LayerInfo(path=layer.path, role=layer.role, residual=lp.residual, encoding=layer.encoding,
+                         count=count, dims=layer.dims,
+                         shape=infer_shape(layer.path, count, self.counts, layer.dims),
+                         quant_width=lp.quant_width or 1, tolerance=self.tolerance,
+                         base=base_values, history=history, scale=unit_scale(layer, lp, self.tolerance))
+
+
+def unit_scale(layer: Layer, lp, tolerance: float) -> float:
+    """The value of one residual unit, as the rebuild side can compute it."""
+    if lp.residual == patch_pb2.LINEAR16_REGRID:
+        lo, hi = float(enc.f32(layer.min_bits)), float(enc.f32(layer.max_bits))
+        return (hi - lo) / 65535.0 * (lp.quant_width or 1)
+    if lp.residual == patch_pb2.FLOAT_STEP:
+        return 2.0 * tolerance
+    return 0.0
+
+
+def target_of(layer: Layer) -> res.LayerTarget:
+    return res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+
+
+def value_count(layer: Layer, lp) -> int:
+    """How many integers a layer's section holds: elements, then escape pairs."""
+    if lp.residual == patch_pb2.RAW_BYTES:
+        return layer.nbytes
+    return layer.count + 2 * lp.escapes
