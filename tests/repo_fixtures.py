@@ -30,6 +30,13 @@ def serving(root, handler_cls=None):
     server.handle_error = _quiet_on_hangups(server.handle_error)
     if handler_cls is not None:
         server.RequestHandlerClass = type("H", (handler_cls,), {"root": Path(root).resolve()})
+    with running(server):
+        yield server
+
+
+@contextmanager
+def running(server):
+    """Serve ``server`` from a daemon thread for the block, then shut it down and close it."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -22,7 +22,7 @@ from service.repository import Repository
 
 from conftest import NETS, run_paths
 from lczero_client_standin import ClientError, StandInClient
-from repo_fixtures import FAST_CODEC, faulty_handler, leftovers, publish_run, serving
+from repo_fixtures import FAST_CODEC, faulty_handler, leftovers, publish_run, serving, running
 
 POLICY = TransferPolicy(retries=0, progress=False)
 LINE = re.compile(r"GET (\w{16}) 200 route=(.+?) upstream=(\d+) saved=(\d+) sent=(\d+)")
@@ -150,17 +150,14 @@ def plain_files(folder):
     """Any static web server, as lc0's own network server would be: serves bare-sha files."""
     import functools
     import http.server
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.func.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_fallback_passes_through_only_verified_nets(repo, ids, tmp_path):

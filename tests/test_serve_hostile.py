@@ -23,6 +23,8 @@ import pytest
 
 from service.serve import RepositoryServer, ServerLimits, parse_range, within_descriptor_limit
 
+from repo_fixtures import running
+
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT = bytes(range(256)) * 40                     # 10240 bytes
 SHA = hashlib.sha256(OBJECT).hexdigest()
@@ -45,14 +47,8 @@ def build_repository(root: Path) -> Path:
 
 @contextmanager
 def in_process(root: Path, **limits):
-    server = RepositoryServer(root, limits=ServerLimits(**limits))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(RepositoryServer(root, limits=ServerLimits(**limits))) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 _CHILD = """
