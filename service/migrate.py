@@ -12,7 +12,9 @@ import logging
 
 from lc0weights.distribution.metadata import Record
 
-from .repository import Repository, atomic_write, link_distances
+from lc0weights.distribution.metadata import link_distances
+
+from .repository import Repository, atomic_write
 
 log = logging.getLogger(__name__)
 

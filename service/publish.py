@@ -18,13 +18,13 @@ from lc0weights.distribution.cache import NetCache
 from lc0weights.distribution.engine import apply_patch, checked_net, make_patch
 from lc0weights.distribution.errors import RepositoryError
 from lc0weights.distribution.index import NetEntry, PatchEntry, net_object_path, patch_object_path
-from lc0weights.distribution.metadata import Record
+from lc0weights.distribution.metadata import Record, link_distances
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields
 
 from .migrate import migrate_if_needed
-from .repository import Repository, link_distances, utc_text_now
+from .repository import Repository, utc_text_now
 
 log = logging.getLogger(__name__)
 SKIPS = (1, 2, 4, 8, 16)

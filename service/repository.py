@@ -32,7 +32,7 @@ from lc0weights.distribution.errors import RepositoryError, UntrustedError
 from lc0weights.distribution.index import INDEX_NAME, NetEntry, RepositoryIndex, parse_index
 from lc0weights.distribution.keys import SigningKey
 from lc0weights.distribution.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
-                                              link_distances, open_envelope, parse_record, parse_root,
+                                              open_envelope, parse_record, parse_root,
                                               parse_timestamp, record_path, utc_now)
 from lc0weights.net import atomic_file
 

@@ -18,11 +18,12 @@ from lc0weights.distribution import TransferPolicy, check_repository, fetch
 from lc0weights.distribution.errors import UntrustedError
 from lc0weights.distribution.keys import PublicKey, SigningKey, read_trust
 from service.publish import publish
-from service.repository import Repository, link_distances
+from lc0weights.distribution.metadata import link_distances
+from service.repository import Repository
 from service.watch import Watcher
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, legacy_index, serving
+from repo_fixtures import FAST_CODEC, legacy_index
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = TransferPolicy(timeout=5.0, retries=1, backoff=0.01, progress=False)

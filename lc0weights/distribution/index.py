@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import RepositoryIndexError
-from .strict import MAX_ENTRIES, MAX_OBJECT_BYTES, Strict, show
+from .strict import Strict, show
 
 SCHEMA = 1
 FORMAT = "lc0weights-repository"
