@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from lc0weights.distribution.metadata import Record
-
-from lc0weights.distribution.metadata import link_distances
+from lc0weights.distribution.metadata import Record, link_distances
 
 from .repository import Repository, atomic_write
 
