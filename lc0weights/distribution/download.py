@@ -96,9 +96,12 @@ class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
 
 
+SHOW_PROGRESS = True   # the command line's --no-progress and -q turn every bar off
+
+
 def progress_bar(chunks, total: int, initial: int, desc: str, enabled: bool = True):
     """Wrap a chunk iterator in a tqdm bar; plain iteration when not on a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    if not (enabled and SHOW_PROGRESS) or not sys.stderr.isatty():
         yield from chunks
         return
     from tqdm import tqdm
