@@ -1,0 +1,284 @@
+"""The command lines as people type them: messages, exit codes and the files left behind.
+
+Every test runs the installed entry points' modules in a subprocess on real nets
+from the shared training run.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_paths
+from lc0weights import Net
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, module="lc0weights.cli", timeout=300, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    kw.setdefault("capture_output", "stdout" not in kw)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env,
+                          text=True, timeout=timeout, **kw)
+
+
+def server(*args, **kw):
+    return cli(*args, module="service.cli", **kw)
+
+
+def one_error_line(done, *words, code=1):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert all(w in lines[-1] for w in words), lines[-1]
+    if code == 1:
+        assert len(lines) == 1, done.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two successive nets of the run and a lossless patch between them, made by the CLI."""
+    folder = tmp_path_factory.mktemp("pair")
+    paths = run_paths()
+    base, target = folder / "base.pb.gz", folder / "target.pb.gz"
+    base.write_bytes(paths[0].read_bytes())
+    target.write_bytes(paths[1].read_bytes())
+    patch = folder / "patch"
+    done = cli("diff", base, target, "-o", patch, "--json")
+    assert done.returncode == 0, done.stderr
+    return base, target, patch, json.loads(done.stdout)
+
+
+# -- item 5: outputs never overwrite inputs; existing outputs need --force --------------
+
+def test_an_existing_output_is_refused_without_force(pair, tmp_path):
+    base, target, patch, _ = pair
+    out = tmp_path / "p"
+    out.write_bytes(b"keep me")
+    done = cli("diff", base, target, "-o", out)
+    one_error_line(done, str(out), "already exists", "-f/--force")
+    assert out.read_bytes() == b"keep me"
+    done = cli("diff", base, target, "-o", out, "-f")
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == patch.read_bytes()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_an_input_is_never_the_output(pair, force):
+    base, target, patch, _ = pair
+    before = digest(target)
+    done = cli("diff", base, target, "-o", target, *force)
+    one_error_line(done, str(target), "is also an input")
+    assert digest(target) == before
+    done = cli("apply", base, patch, "-o", base, *force)
+    one_error_line(done, "is also an input")
+
+
+def test_fetch_refuses_an_existing_output_before_reading_the_repository(tmp_path):
+    out = tmp_path / "net.pb.gz"
+    out.write_bytes(b"keep me")
+    done = cli("fetch", tmp_path / "no-repository", "-o", out, "--cache", tmp_path / "cache")
+    one_error_line(done, str(out), "already exists")
+    assert out.read_bytes() == b"keep me" and not (tmp_path / "cache").exists()
+
+
+# -- item 6: errors that name the user's paths, checked before any work --------------------
+
+def test_an_output_in_a_missing_folder_is_refused_before_the_inputs_are_read(pair, tmp_path):
+    base, _, _, _ = pair
+    out = tmp_path / "nosuchdir" / "out.patch"
+    # the target does not exist either: the output is checked first, so no work is done
+    done = cli("diff", base, tmp_path / "missing.pb.gz", "-o", out)
+    one_error_line(done, str(out), "does not exist")
+    assert ".tmp" not in done.stderr
+    assert not out.parent.exists()
+
+
+def test_apply_with_base_and_patch_swapped_says_so(pair, tmp_path):
+    base, _, patch, _ = pair
+    for command in (["apply", patch, base, "-o", tmp_path / "out.pb.gz"], ["verify", patch, base, base]):
+        done = cli(*command)
+        one_error_line(done, str(patch), "this is a patch; did you swap BASE and PATCH?")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(pair):
+    base = pair[0]
+    read_end, write_end = os.pipe()
+    os.close(read_end)                     # a reader that has already gone, as `| head -1` ends up
+    try:
+        done = cli("inspect", base, stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "-1"], ["--workers", "at least 1", "'-1'"]),
+    (["--workers", "0"], ["--workers", "at least 1"]),
+    (["--codec", "nosuch"], ["unknown codec 'nosuch'", "cm1", "varint-brotli", "stored"]),
+])
+def test_bad_option_values_are_usage_errors_that_say_what_is_valid(pair, tmp_path, args, words):
+    base, target, _, _ = pair
+    done = cli("diff", base, target, "-o", tmp_path / "p", *args)
+    one_error_line(done, *words, code=2)
+    assert not (tmp_path / "p").exists()
+
+
+def test_server_codec_option_lists_the_valid_codecs(tmp_path):
+    done = server("publish", "--repo", tmp_path / "repo", "--codec", "nosuch", run_paths()[0])
+    one_error_line(done, "unknown codec 'nosuch'", "cm1", code=2)
+    assert not (tmp_path / "repo").exists()
+
+
+# -- item 3: -v/-q before or after the subcommand -----------------------------------------
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_is_accepted_before_or_after_the_subcommand(pair, tmp_path, where):
+    base, target, patch, _ = pair
+    out = tmp_path / "out.pb.gz"
+    args = ["apply", base, patch, "-o", out]
+    done = cli(*(["-q", *args] if where == "before" else [*args, "-q"]))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""
+    assert Net.load(out).id == pair[3]["target_id"]
+
+
+@pytest.mark.parametrize("command", [["fetch"], ["check"], ["inspect"]])
+def test_verbose_is_accepted_after_any_subcommand(tmp_path, command):
+    done = cli(*command, tmp_path / "nosuch", "-v", "--no-progress")
+    assert done.returncode == 1, done.stderr          # a failure of the command, not a usage error
+    assert "unrecognized arguments" not in done.stderr
+
+
+def test_verbose_and_quiet_together_are_refused(pair):
+    done = cli("-v", "inspect", pair[0], "-q")
+    assert done.returncode != 0 and "do not go together" in done.stderr
+
+
+# -- item 8: --help shows a text and the default of every argument; --json -------------
+
+def _parsers(parser, name):
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def _continuation(lines, first):
+    """The wrapped lines of the option entry starting at ``first``."""
+    for line in lines[first + 1:]:
+        if not line.startswith("    ") or line.lstrip().startswith("-"):
+            return
+        yield line
+
+
+@pytest.mark.parametrize("module", ["lc0weights.cli", "service.cli"])
+def test_every_argument_of_every_command_has_help_and_shows_its_default(module):
+    import importlib
+    parser = importlib.import_module(module).build_parser()
+    checked = 0
+    for name, p in _parsers(parser, parser.prog):
+        text = p.format_help()
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                flag = action.option_strings[-1]
+                lines = text.splitlines()
+                first = next(i for i, line in enumerate(lines)
+                             if line.lstrip().startswith("-") and flag in line.split())
+                entry = " ".join([lines[first], *_continuation(lines, first)])
+                assert "default" in entry, f"{name}: {flag} does not show its default"
+            checked += 1
+    assert checked > 40
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["serve", "--help"], ["(default: 8000)", "(default: 127.0.0.1)"]),
+])
+def test_server_help_shows_defaults(args, shown):
+    done = server(*args)
+    assert done.returncode == 0
+    assert all(s in " ".join(done.stdout.split()) for s in shown), done.stdout
+
+
+def test_fetch_help_shows_network_defaults():
+    done = cli("fetch", "--help")
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    assert "(default: 30.0)" in text and "(default: 4)" in text and "user cache folder" in text
+
+
+def test_json_from_diff_apply_and_verify_agree(pair, tmp_path):
+    base, target, patch, made = pair
+    assert made["mode"] == "lossless" and made["bytes"] == patch.stat().st_size
+    assert made["target_id"] == made["result_id"]
+    out = tmp_path / "out.pb.gz"
+    applied = cli("apply", base, patch, "-o", out, "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout) == {"output": str(out), "net_id": made["target_id"]}
+    verified = cli("verify", base, patch, target, "--json")
+    assert verified.returncode == 0, verified.stderr
+    record = json.loads(verified.stdout)
+    assert record["ok"] is True and record["rebuilt_id"] == record["target_id"] == made["target_id"]
+    wrong = cli("verify", base, patch, base, "--json")
+    assert wrong.returncode == 1 and json.loads(wrong.stdout)["ok"] is False
+
+
+# -- item 11: wording ----------------------------------------------------------------------
+
+def test_tolerances_that_keep_the_base_or_change_nothing_are_warned_about(pair, tmp_path):
+    base, target, _, _ = pair
+    wide = cli("diff", base, target, "-o", tmp_path / "wide", "--tolerance", "100")
+    assert wide.returncode == 0 and "warning: tolerance 100 is at least every weight's change" in wide.stderr
+    tiny = cli("diff", base, target, "-o", tmp_path / "tiny", "--tolerance", "1e-99")
+    assert tiny.returncode == 0 and "warning: tolerance 1e-99" in tiny.stderr
+    assert "effectively lossless" in tiny.stderr
+    usual = cli("diff", base, target, "-o", tmp_path / "usual", "--tolerance", "2^-10")
+    assert usual.returncode == 0 and "warning" not in usual.stderr
+
+
+def test_inspect_patch_names_the_tolerance_once_and_heads_its_layer_table(pair, tmp_path):
+    base, target, _, _ = pair
+    lossy = tmp_path / "lossy"
+    assert cli("diff", base, target, "-o", lossy, "--tolerance", "2^-10").returncode == 0
+    done = cli("inspect", lossy)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith(", tolerance 0.000976562)") and "tolerance, tolerance" not in lines[0]
+    assert done.stdout.count("--base") == 1 and "needs the base" not in done.stdout
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["layer", "kind"])
+    assert lines[header].split() == ["layer", "kind", "residual", "codec", "bytes"]
+    assert lines[header + 1].split()[:2] == ["layer", "0"]
+    named = cli("inspect", lossy, "--base", base)
+    assert "--base" not in named.stdout and "weights.input.weights" in named.stdout
+
+
+def test_counts_are_worded_in_the_singular_for_one(tmp_path):
+    repo = tmp_path / "repo"
+    published = server("publish", "--repo", repo, *run_paths()[:2])
+    assert published.returncode == 0, published.stderr
+    assert not re.search(r"\b1 (patches|nets|attempts)\b", published.stdout), published.stdout
+    checked = cli("check", repo)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    m = re.search(r"checked (\d+) (nets?) and (\d+) (patch(?:es)?): ok", checked.stdout)
+    assert m, checked.stdout
+    assert (m[2] == "net") == (m[1] == "1") and (m[4] == "patch") == (m[3] == "1")
+    pruned = server("prune", "--repo", repo, "--keep", "1")
+    assert pruned.returncode == 0, pruned.stderr
+    assert re.search(r"removed 1 net, \d+ patch", pruned.stdout), pruned.stdout
