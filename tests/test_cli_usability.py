@@ -282,3 +282,60 @@ def test_counts_are_worded_in_the_singular_for_one(tmp_path):
     pruned = server("prune", "--repo", repo, "--keep", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert re.search(r"removed 1 net, \d+ patch", pruned.stdout), pruned.stdout
+
+
+# -- item 3: progress on a terminal, nothing but results when piped ----------------------
+
+def on_terminal(*args, timeout=300) -> tuple[int, str]:
+    """Run the command with stdin, stdout and stderr on a pseudo-terminal; its exit code and output."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm")
+    leader, follower = pty.openpty()
+    # a terminal 24 rows by 100 columns: a fresh pty is 0 by 0, where bars have no room
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "lc0weights.cli", *map(str, args)], env=env,
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    output, deadline = bytearray(), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:                # EIO: the terminal's last writer has gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+        code = proc.wait(timeout=30)
+    return code, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", ["diff", "apply"])
+def test_progress_shows_on_a_terminal_and_not_in_a_pipe(pair, tmp_path, command):
+    base, target, patch, _ = pair
+    out = tmp_path / "out"
+    args = ["diff", base, target, "-o", out] if command == "diff" else ["apply", base, patch, "-o", out]
+    code, shown = on_terminal(*args)
+    assert code == 0, shown
+    bar = re.compile(r"(encoding|decoding):\s+\d+%\|")
+    assert bar.search(shown), shown
+    assert f"wrote {out}" in shown
+    out.unlink()
+    code, quiet = on_terminal(*args, "--no-progress")
+    assert code == 0 and not bar.search(quiet) and f"wrote {out}" in quiet
+    out.unlink()
+    piped = cli(*args)
+    assert piped.returncode == 0 and piped.stdout == ""
+    assert piped.stderr.splitlines() == [piped.stderr.strip()] and piped.stderr.startswith(f"wrote {out}:")
