@@ -339,3 +339,54 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(pair, tmp_path, command)
     piped = cli(*args)
     assert piped.returncode == 0 and piped.stdout == ""
     assert piped.stderr.splitlines() == [piped.stderr.strip()] and piped.stderr.startswith(f"wrote {out}:")
+
+
+# -- item 2: the scripts install once, quietly -------------------------------------------
+
+def _fake_checkout(tmp_path: Path) -> Path:
+    """scripts/setup-venv and pyproject.toml in a folder whose .venv python records pip calls."""
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "setup-venv"
+    script.write_bytes((ROOT / "scripts" / "setup-venv").read_bytes())
+    script.chmod(0o755)
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "$@" >> "{tmp_path}/pip.log"; '
+                      f'exit 0; fi\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return script
+
+
+def test_setup_venv_installs_only_when_something_changed(tmp_path):
+    script = _fake_checkout(tmp_path)
+    log = tmp_path / "pip.log"
+
+    def setup(*extras):
+        done = subprocess.run([str(script), *extras], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        calls = log.read_text().count("install -q") if log.exists() else 0
+        log.unlink(missing_ok=True)
+        return calls, done.stdout + done.stderr
+
+    calls, said = setup()
+    assert calls == 2 and said.strip() == "installing lc0weights into .venv (once) ..."
+    assert setup() == (0, "")                         # nothing changed: silent, no pip
+    calls, said = setup("test")                       # a new extra installs
+    assert calls == 2 and "[test]" in said
+    assert setup("test") == (0, "") and setup() == (0, "")   # any extras include the runtime
+    with open(tmp_path / "pyproject.toml", "a") as f:
+        f.write("\n# changed\n")
+    assert setup()[0] == 2                             # a changed pyproject installs again
+
+
+@pytest.mark.slow
+def test_demo_twice_installs_once_and_prints_no_warnings():
+    runs = [subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, text=True, timeout=900)
+            for _ in range(2)]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+    second = runs[1].stdout + runs[1].stderr
+    assert "installing" not in second
+    assert "warning" not in second.lower(), second
+    assert "ratio" in second.lower() or "%" in second

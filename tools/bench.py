@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Patch sizes, errors, speed and memory on a run of successive nets, against peers.
 
-    python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out docs]
+    python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out DIR]
+
+Needs the bench extra (pip install -e '.[bench]'; NNCodec optional, see
+pyproject.toml).
 
 For every consecutive pair (base -> target) of RUN_DIR/step-*.pb.gz, in one
 process on one machine:
@@ -24,6 +27,8 @@ process on one machine:
 
 Writes OUT/bench-<run>.md, OUT/bench-<run>.png and the summary in
 OUT/BENCHMARKS.md (keeping a final "## Following a run" section if there).
+Without --out, OUT is a new temporary folder, named at the end: the checkout's
+docs/ change only with an explicit ``--out docs``.
 """
 from __future__ import annotations
 
@@ -630,15 +635,26 @@ def replace_benchmarks(path: Path, body: str) -> None:
     atomic_text(path, body.rstrip() + "\n" + keep)
 
 
+# measured with the shared maia-distill run; --quick is the one for a first look
+RUN_TIME = "--quick about QUICK, the full run about FULL, --synthetic-large adds LARGE."
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", nargs="?", type=Path, default=DEFAULT_RUN)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Needs the bench extra: pip install -e '.[bench]'. Run time on 2 cores: " + RUN_TIME)
+    ap.add_argument("run_dir", nargs="?", type=Path, default=DEFAULT_RUN,
+                    help="folder of step-*.pb.gz nets (default: the shared maia-distill run)")
     ap.add_argument("--pairs", type=int, help="only the first N pairs")
     ap.add_argument("--quick", action="store_true", help="2 pairs, skip slow peers and history, small speed run")
     ap.add_argument("--synthetic-large", action="store_true",
                     help="also generate a large synthetic run (~113 MB raw nets) and measure speed and memory on it")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--out", type=Path,
+                    help="folder for the reports, e.g. docs to update the published figures "
+                         "(default: a new temporary folder)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="lc0weights-bench-"))
     command = "python tools/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     def log(msg):

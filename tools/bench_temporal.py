@@ -4,6 +4,9 @@
     python tools/bench_temporal.py [RUN_DIR ...] [--modes lossless,2^-14,2^-10] [--no-nncodec]
                                    [--out docs/BENCHMARKS.md]
 
+Needs no extra beyond the runtime, but NNCodec unless --no-nncodec (see
+pyproject.toml). Prints its tables; writes a file only when given --out.
+
 For every run (default: the shared maia-swa and maia-distill) and mode, three
 chains over the run's successive nets, each closed loop (a lossy patch is made
 against the net the previous patch of the same chain rebuilt):
@@ -205,11 +208,20 @@ def write_section(path: Path, text: str) -> None:
     bench.atomic_text(path, new)
 
 
+# measured on the shared runs
+RUN_TIME = "about TEMPORAL with the defaults."
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="*", type=Path, default=DEFAULT_RUNS)
-    ap.add_argument("--modes", default="lossless,2^-14,2^-10")
-    ap.add_argument("--no-nncodec", action="store_true")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Needs NNCodec unless --no-nncodec (pip install --no-deps nncodec==2.1.3 pybind11); "
+               "no other extra. Run time on 2 cores: " + RUN_TIME)
+    ap.add_argument("runs", nargs="*", type=Path, default=DEFAULT_RUNS,
+                    help="folders of step-*.pb.gz nets (default: the shared maia-swa and maia-distill)")
+    ap.add_argument("--modes", default="lossless,2^-14,2^-10",
+                    help="comma-separated: lossless and tolerances (default: %(default)s)")
+    ap.add_argument("--no-nncodec", action="store_true", help="leave out the NNCodec column")
     ap.add_argument("--out", type=Path, help="also write the tables as a section of this Markdown file")
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
