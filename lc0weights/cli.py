@@ -145,14 +145,8 @@ def _layer_bar(args, desc: str):
     """A progress wrapper over layers for make_patch, or None when bars are off."""
     if not args.progress:
         return None
-
-    def wrap(items, total):
-        from tqdm import tqdm
-        with tqdm(total=total, unit="layer", desc=desc, leave=False, file=sys.stderr) as bar:
-            for item in items:
-                bar.update(1)
-                yield item
-    return wrap
+    from .distribution.download import counting_bar
+    return lambda layers, total: counting_bar(layers, total, desc)
 
 
 def _byte_bar(args, desc: str):
