@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .settings import parse_tolerance
 from . import encodings as enc
 
 NO_BASE = "none"
+log = logging.getLogger("lc0weights")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -187,10 +189,14 @@ def _change(base: Net, target: Net) -> float:
 
 def cmd_diff(args) -> int:
     check_output(args.output, (args.base, args.target, args.history), args.force)
+    started = time.monotonic()
     base, target = _load_net(args.base), Net.load(args.target)
     history = _load_net(args.history)
+    log.info("read the nets in %.2f s: target %s, %d layers, %s bytes raw; base %s", time.monotonic() - started,
+             target.id[:16], len(target.layers), f"{len(target.raw):,}", base.id[:16] if base else "none")
     patch = make_patch(base, target, args.tolerance, codec=args.codec, history=history,
                        workers=args.workers, progress=_layer_bar(args, "encoding"))
+    log.info("encoded and verified the patch in %.2f s", time.monotonic() - started)
     info = read_patch_info(patch)
     if args.tolerance and base is not None and base.id != target.id and _change(base, target) <= args.tolerance:
         _warn(args, f"tolerance {args.tolerance:g} is at least every weight's change: the patch "
@@ -210,9 +216,12 @@ def cmd_diff(args) -> int:
 def cmd_apply(args) -> int:
     _refuse_swapped(args.base, args.patch)
     check_output(args.output, (args.base, args.patch, args.history), args.force)
+    started = time.monotonic()
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
     net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
                                  progress=_byte_bar(args, "decoding"), max_size=args.max_size)
+    log.info("rebuilt, checked and wrote the net in %.2f s", time.monotonic() - started)
     _report(args, {"output": args.output, "net_id": net_id}, f"wrote {args.output}: net {net_id}")
     return 0
 

@@ -156,6 +156,16 @@ def test_quiet_is_accepted_before_or_after_the_subcommand(pair, tmp_path, where)
     assert Net.load(out).id == pair[3]["target_id"]
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_tells_what_diff_and_apply_did(pair, tmp_path, where):
+    base, _, patch, _ = pair
+    args = ["apply", base, patch, "-o", tmp_path / "out.pb.gz"]
+    done = cli(*(["-v", *args] if where == "before" else [*args, "--verbose"]))
+    assert done.returncode == 0, done.stderr
+    assert "read the base" in done.stderr and "rebuilt, checked and wrote the net in" in done.stderr
+    assert cli(*args, "-f").stderr.count("\n") == 1      # without -v: the result line only
+
+
 @pytest.mark.parametrize("command", [["fetch"], ["check"], ["inspect"]])
 def test_verbose_is_accepted_after_any_subcommand(tmp_path, command):
     done = cli(*command, tmp_path / "nosuch", "-v", "--no-progress")
