@@ -398,7 +398,8 @@ def run_command(prog: str, run, args) -> int:
 def settle_output_options(args, prog: str) -> None:
     """Set logging and progress from -v/-q/--no-progress, wherever they were given."""
     if args.verbose and args.quiet:
-        raise SystemExit(f"{prog}: error: -v/--verbose and -q/--quiet do not go together")
+        print(f"{prog}: error: -v/--verbose and -q/--quiet do not go together", file=sys.stderr)
+        raise SystemExit(2)
     args.progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
     from .distribution import download
     download.SHOW_PROGRESS = args.progress

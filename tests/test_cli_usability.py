@@ -175,7 +175,7 @@ def test_verbose_is_accepted_after_any_subcommand(tmp_path, command):
 
 def test_verbose_and_quiet_together_are_refused(pair):
     done = cli("-v", "inspect", pair[0], "-q")
-    assert done.returncode != 0 and "do not go together" in done.stderr
+    one_error_line(done, "-v/--verbose and -q/--quiet do not go together", code=2)
 
 
 # -- item 8: --help shows a text and the default of every argument; --json -------------
