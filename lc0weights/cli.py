@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lc0weights {__version__}")
     output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_SubcommandParser)
+                                parser_class=SubcommandParser)
 
     def max_size(p):
         p.add_argument("--max-size", type=parse_size, default=DEFAULT_MAX_SIZE, metavar="BYTES",
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(parser)
 
 
-class _SubcommandParser(argparse.ArgumentParser):
+class SubcommandParser(argparse.ArgumentParser):
     """A subcommand's parser: it also accepts -v, -q and --no-progress."""
 
     def __init__(self, *a, **kw):

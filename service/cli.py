@@ -6,7 +6,7 @@ import logging
 import sys
 
 from lc0weights import __version__
-from lc0weights.cli import (_SubcommandParser, finish_parser, output_options, parse_codec, plural,
+from lc0weights.cli import (SubcommandParser, finish_parser, output_options, parse_codec, plural,
                             positive_int, run_command, settle_output_options)
 from lc0weights.errors import Lc0WeightsError
 from lc0weights.settings import parse_duration, parse_tolerance
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lc0weights-server {__version__}")
     output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_SubcommandParser)
+                                parser_class=SubcommandParser)
 
     def signing_options(p):
         p.add_argument("--key", metavar="KEYFILE",

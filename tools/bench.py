@@ -759,7 +759,7 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
         err = "-" if any(e is None for e in errs) else ("0" if max(errs) == 0 else f"{max(errs):.3g}")
         rows.append([m, human(t), human(t / len(labels)), f"{pbgz_total / t:.1f}x", err])
     lines = ["# Benchmarks", "",
-             f"Produced by `{command}`; details per pair and method in [bench-{name}.md](bench-{name}.md), "
+             f"Produced by `{command}` (needs `pip install -e '.[bench]'`; {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
              f"chart [bench-{name}.png](bench-{name}.png). {env}.", "",
              f"Data: `{name}`, {len(labels)} pairs of successive checkpoints of one SGD training run, "
              f"{nets[0].weight_count:,} weights, {raw_size:,} bytes raw per net. Every patch was applied and "

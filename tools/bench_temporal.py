@@ -249,7 +249,8 @@ def main(argv=None) -> int:
             results[mode] = bench_mode(nets, MODES[mode], nncodec, log)
         all_results[run.name] = results
         detail += tables(run.name, labels, results, nncodec)
-    text = [SECTION, "", f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}).", "",
+    text = [SECTION, "", f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}; NNCodec installed as "
+                         f"pyproject.toml says, or pass --no-nncodec; {RUN_TIME}).", "",
             "Three closed-loop chains per run and mode: plain patches; history patches as before cm2 "
             "(cm1 with the base's last step as context); history patches with cm2 (signed prediction "
             "from the base's last step). The first pair of a history chain has no predecessor and is "
