@@ -400,3 +400,22 @@ def test_demo_twice_installs_once_and_prints_no_warnings():
     assert "installing" not in second
     assert "warning" not in second.lower(), second
     assert "one net behind: downloaded" in second     # the figure the README says the demo prints
+
+
+# -- item 10: benchmarks say what they need and leave docs/ alone unless asked ----------
+
+@pytest.mark.parametrize("tool, needs", [("bench.py", "pip install -e '.[bench]'"),
+                                         ("bench_temporal.py", "--no-nncodec")])
+def test_benchmark_help_says_what_it_needs_how_long_it_runs_and_where_it_writes(tool, needs):
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), "--help"], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0, done.stderr
+    assert needs in text and re.search(r"Runs on 2 cores about \d+ (s|min)", text), text
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import importlib
+        module = importlib.import_module(tool[:-3])
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert module.build_parser().parse_args([]).out is None      # no --out: nothing written into docs/

@@ -635,14 +635,14 @@ def replace_benchmarks(path: Path, body: str) -> None:
     atomic_text(path, body.rstrip() + "\n" + keep)
 
 
-# measured with the shared maia-distill run; --quick is the one for a first look
-RUN_TIME = "--quick about QUICK, the full run about FULL, --synthetic-large adds LARGE."
+# measured with the shared maia-distill run (13 nets) on 2 cores shared with other work
+RUN_TIME = "on 2 cores about 3 min (--quick: about 40 s; --synthetic-large adds about 8 min)"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Needs the bench extra: pip install -e '.[bench]'. Run time on 2 cores: " + RUN_TIME)
+        epilog="Needs the bench extra: pip install -e '.[bench]'. Runs " + RUN_TIME + ".")
     ap.add_argument("run_dir", nargs="?", type=Path, default=DEFAULT_RUN,
                     help="folder of step-*.pb.gz nets (default: the shared maia-distill run)")
     ap.add_argument("--pairs", type=int, help="only the first N pairs")
@@ -652,6 +652,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path,
                     help="folder for the reports, e.g. docs to update the published figures "
                          "(default: a new temporary folder)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="lc0weights-bench-"))
@@ -759,7 +764,7 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
         err = "-" if any(e is None for e in errs) else ("0" if max(errs) == 0 else f"{max(errs):.3g}")
         rows.append([m, human(t), human(t / len(labels)), f"{pbgz_total / t:.1f}x", err])
     lines = ["# Benchmarks", "",
-             f"Produced by `{command}` (needs `pip install -e '.[bench]'`; {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
+             f"Produced by `{command}` (needs `pip install -e '.[bench]'`; runs {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
              f"chart [bench-{name}.png](bench-{name}.png). {env}.", "",
              f"Data: `{name}`, {len(labels)} pairs of successive checkpoints of one SGD training run, "
              f"{nets[0].weight_count:,} weights, {raw_size:,} bytes raw per net. Every patch was applied and "
