@@ -159,11 +159,10 @@ def _byte_bar(args, desc: str):
     return lambda chunks, total: progress_bar(chunks, total, 0, desc)
 
 
-def _refuse_swapped(base: str, patch: str) -> None:
+def _refuse_swapped(base: str) -> None:
+    """A patch given as the base is the usual slip of swapping the two arguments."""
     if base.lower() != NO_BASE and _is_patch(base):
         raise Lc0WeightsError(f"{base}: this is a patch; did you swap BASE and PATCH?")
-    if not _is_patch(patch):
-        raise Lc0WeightsError(f"{patch}: not a patch (no lc0weights patch magic)")
 
 
 def _report(args, record: dict, text: str) -> None:
@@ -214,7 +213,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    _refuse_swapped(args.base, args.patch)
+    _refuse_swapped(args.base)
     check_output(args.output, (args.base, args.patch, args.history), args.force)
     started = time.monotonic()
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
@@ -227,7 +226,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    _refuse_swapped(args.base, args.patch)
+    _refuse_swapped(args.base)
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
     info = read_patch_info(args.patch, base, max_size=args.max_size)
     rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers, max_size=args.max_size,
