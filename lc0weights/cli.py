@@ -8,21 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
-from .errors import NetFormatError
+from .errors import Lc0WeightsError, NetFormatError
 from .net import DEFAULT_MAX_SIZE, Net, atomic_write
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
 from .settings import parse_tolerance
 from . import encodings as enc
 
 NO_BASE = "none"
+log = logging.getLogger("lc0weights")
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -34,6 +37,50 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"a size is a number of bytes like 400M or 2G, not {text!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (worker counts, ports, limits)."""
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def parse_codec(text: str) -> str:
+    """A registered codec id; the error lists the valid ones."""
+    from .codecs import codec_ids
+    if text not in codec_ids():
+        raise argparse.ArgumentTypeError(f"unknown codec {text!r} (valid: {', '.join(codec_ids())})")
+    return text
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {many or word + 's'}"
+
+
+# -- outputs, checked before any work --------------------------------------------------
+
+def check_output(output: str, inputs=(), force: bool = False) -> None:
+    """Refuse an output that would fail or destroy something, before any work is done.
+
+    The folder must exist (the error names the user's path, not a temp file);
+    an input is never overwritten, even with --force; an existing file needs
+    --force, as gzip and zstd ask.
+    """
+    out = Path(output)
+    folder = out.parent
+    if not folder.is_dir():
+        raise Lc0WeightsError(f"{output}: cannot write: folder {str(folder)!r} does not exist")
+    if out.is_dir():
+        raise Lc0WeightsError(f"{output}: is a folder; give a file name")
+    if not out.exists():
+        return
+    for given in inputs:
+        if given and given.lower() != NO_BASE and Path(given).exists() and os.path.samefile(out, given):
+            raise Lc0WeightsError(f"{output}: is also an input ({given}); write the output elsewhere")
+    if not force:
+        raise Lc0WeightsError(f"{output}: already exists (use -f/--force to overwrite)")
 
 
 def _load_net(path: str | None, max_size: int | None = None) -> Net | None:
@@ -56,14 +103,17 @@ def cmd_inspect(args) -> int:
         if args.json:
             print(json.dumps(info.__dict__, indent=1))
         else:
-            print(f"patch     {args.file} ({info.patch_size:,} bytes, {info.mode}"
-                  + (f", tolerance {info.tolerance:g}" if info.tolerance else "") + ")")
+            mode = f"tolerance {info.tolerance:g}" if info.tolerance else info.mode
+            print(f"patch     {args.file} ({info.patch_size:,} bytes, {mode})")
             print(f"base      {info.base_id or 'none (intra)'}\ntarget    {info.target_id}\n"
                   f"result    {info.result_id} ({info.result_size:,} bytes)")
             if info.history_id:
                 print(f"history   {info.history_id}")
+            if info.layers and not any(lp["path"] for lp in info.layers):
+                print("layers    named by the base net: pass --base NET to see their names")
+            print(f"  {'layer':<48} {'kind':<6} {'residual':<16} {'codec':<14} {'bytes':>10}")
             for i, lp in enumerate(info.layers):
-                name = lp["path"] or f"layer {i} (name needs the base)"
+                name = lp["path"] or f"layer {i}"
                 print(f"  {name:<48} {'intra' if lp['intra'] else 'delta':<6} {lp['residual']:<16} "
                       f"{lp['codec']:<14} {lp['stored_size']:>10,}")
         return 0
@@ -86,57 +136,175 @@ def cmd_inspect(args) -> int:
     print(f"net       {args.file}\nid        {net.id}\nformat    {net.format_name}, "
           f"{len(net.raw):,} bytes raw, {file_size:,} on disk, "
           f"{len(rows)} layers, {net.weight_count:,} weights")
+    print(f"  {'layer':<48} {'weights':>10} {'encoding':<9} {'min':>12} {'max':>12}")
     for r in rows:
         span = "" if r["min"] is None else f"{r['min']:>12.6g} {r['max']:>12.6g}"
         print(f"  {r['path']:<48} {r['count']:>10,} {r['encoding']:<9} {span}")
     return 0
 
 
+def _layer_bar(args, desc: str):
+    """A progress wrapper over layers for make_patch, or None when bars are off."""
+    if not args.progress:
+        return None
+    from .distribution.download import counting_bar
+    return lambda layers, total: counting_bar(layers, total, desc)
+
+
+def _byte_bar(args, desc: str):
+    """A progress wrapper over a decoder's chunks, or None when bars are off."""
+    if not args.progress:
+        return None
+    from .distribution.download import progress_bar
+    return lambda chunks, total: progress_bar(chunks, total, 0, desc)
+
+
+def _refuse_swapped(base: str) -> None:
+    """A patch given as the base is the usual slip of swapping the two arguments."""
+    if base.lower() != NO_BASE and _is_patch(base):
+        raise Lc0WeightsError(f"{base}: this is a patch; did you swap BASE and PATCH?")
+
+
+def _report(args, record: dict, text: str) -> None:
+    """A result: JSON on stdout with --json, else one line of text on stderr."""
+    if args.json:
+        print(json.dumps(record, indent=1))
+    elif not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _warn(args, text: str) -> None:
+    if not args.quiet:
+        print(f"lc0weights: warning: {text}", file=sys.stderr)
+
+
+def _change(base: Net, target: Net) -> float:
+    """The largest change of any weight from base to target (infinite across layouts)."""
+    try:
+        return max_error(base, target)
+    except Lc0WeightsError:
+        return float("inf")
+
+
 def cmd_diff(args) -> int:
+    check_output(args.output, (args.base, args.target, args.history), args.force)
+    started = time.monotonic()
     base, target = _load_net(args.base), Net.load(args.target)
     history = _load_net(args.history)
+    log.info("read the nets in %.2f s: target %s, %d layers, %s bytes raw; base %s", time.monotonic() - started,
+             target.id[:16], len(target.layers), f"{len(target.raw):,}", base.id[:16] if base else "none")
     patch = make_patch(base, target, args.tolerance, codec=args.codec, history=history,
-                       workers=args.workers)
+                       workers=args.workers, progress=_layer_bar(args, "encoding"))
+    log.info("encoded and verified the patch in %.2f s", time.monotonic() - started)
+    info = read_patch_info(patch)
+    if args.tolerance and base is not None and base.id != target.id and _change(base, target) <= args.tolerance:
+        _warn(args, f"tolerance {args.tolerance:g} is at least every weight's change: the patch "
+                    "keeps the base's weights")
+    elif args.tolerance and info.result_id == target.id:
+        _warn(args, f"tolerance {args.tolerance:g} is below the weights' precision: the patch is "
+                    "effectively lossless (omit --tolerance for a lossless patch)")
     atomic_write(args.output, patch)
     kind = f"tolerance {args.tolerance:g}" if args.tolerance else "lossless"
-    print(f"wrote {args.output}: {len(patch):,} bytes ({kind}; target {len(target.raw):,} bytes raw)",
-          file=sys.stderr)
+    _report(args, {"output": args.output, "bytes": len(patch), "mode": info.mode,
+                   "tolerance": info.tolerance, "base_id": info.base_id, "target_id": info.target_id,
+                   "result_id": info.result_id, "target_raw_size": len(target.raw)},
+            f"wrote {args.output}: {len(patch):,} bytes ({kind}; target {len(target.raw):,} bytes raw)")
     return 0
 
 
 def cmd_apply(args) -> int:
+    _refuse_swapped(args.base)
+    check_output(args.output, (args.base, args.patch, args.history), args.force)
+    started = time.monotonic()
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
     net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
-                                 max_size=args.max_size)
-    print(f"wrote {args.output}: net {net_id}", file=sys.stderr)
+                                 progress=_byte_bar(args, "decoding"), max_size=args.max_size)
+    log.info("rebuilt, checked and wrote the net in %.2f s", time.monotonic() - started)
+    _report(args, {"output": args.output, "net_id": net_id}, f"wrote {args.output}: net {net_id}")
     return 0
 
 
 def cmd_verify(args) -> int:
+    _refuse_swapped(args.base)
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
     info = read_patch_info(args.patch, base, max_size=args.max_size)
-    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers, max_size=args.max_size),
+    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers, max_size=args.max_size,
+                              progress=_byte_bar(args, "decoding")),
                   "rebuilt net")
     target = Net.load(args.target, args.max_size)
+    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt.id,
+              "target_id": target.id}
     if info.mode == "lossless":
         ok = rebuilt.id == target.id
-        print(f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt.id} "
-              f"{'equals' if ok else 'differs from'} target {target.id}")
-        return 0 if ok else 1
-    error = max_error(rebuilt, target)
-    ok = error <= info.tolerance
-    print(f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
-          f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt.id})")
+        text = (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt.id} "
+                f"{'equals' if ok else 'differs from'} target {target.id}")
+    else:
+        error = max_error(rebuilt, target)
+        ok = error <= info.tolerance
+        record["max_error"] = error
+        text = (f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
+                f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt.id})")
+    record["ok"] = ok
+    if args.json:
+        print(json.dumps(record, indent=1))
+    else:
+        print(text)
     return 0 if ok else 1
 
 
 # -- parser ------------------------------------------------------------------------
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS)
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        shown = f"{default >> 30}G" if action.dest == "max_size" else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give the parser and every subparser beneath it the same help formatting."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                finish_parser(sub)
+    return parser
+
+
+def output_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-v, -q and --no-progress, accepted before the subcommand (``top``) and after it.
+
+    After the subcommand they default to SUPPRESS, so an option given before it
+    is not reset by the subparser's own default.
+    """
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("output") if not top else parser
+    group.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                       help="log what is being done to stderr")
+    group.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                       help="print only results and errors: no progress bars, notes or warnings")
+    group.add_argument("--no-progress", action="store_true", default=default(False),
+                       help="no progress bars, even on a terminal (they are only shown on one)")
+
+
+def add_force(p) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="overwrite an existing output file (never one of the inputs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lc0weights", description="Leela Chess Zero networks as small, verified patches.")
     parser.add_argument("--version", action="version", version=f"lc0weights {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    output_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=SubcommandParser)
 
     def max_size(p):
         p.add_argument("--max-size", type=parse_size, default=DEFAULT_MAX_SIZE, metavar="BYTES",
@@ -147,43 +315,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .pb.gz/.pb net or a patch")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--base", metavar="NET", help="a patch's base: check the patch against it too, "
-                                                 "as apply does")
+                                                 "as apply does, and name its layers")
     max_size(p)
     p.set_defaults(run=cmd_inspect)
 
     def common(p):
         p.add_argument("--history", metavar="NET", help="the base's predecessor, as extra context")
-        p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+        p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="threads (default: all cores)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     p = sub.add_parser("diff", help="make a patch from BASE to TARGET")
     p.add_argument("base", help=f"the net clients hold, or '{NO_BASE}' for a patch against no base")
     p.add_argument("target", help="the new net")
     p.add_argument("-o", "--output", required=True, help="patch file to write")
+    add_force(p)
     p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
-                   help="allow each weight to differ by up to T (2^-17, 2**-17 or a decimal)")
-    p.add_argument("--codec", help="force one codec for every layer (default: smallest per layer)")
+                   help="allow each weight to differ by up to T (2^-17, 2**-17 or a decimal; "
+                        "default: lossless)")
+    p.add_argument("--codec", type=parse_codec,
+                   help="force one codec for every layer (default: smallest per layer)")
     common(p)
     p.set_defaults(run=cmd_diff)
 
     p = sub.add_parser("apply", help="rebuild a net from BASE and PATCH")
     p.add_argument("base", help=f"the base net, or '{NO_BASE}' for an intra patch")
-    p.add_argument("patch")
+    p.add_argument("patch", help="the patch file")
     p.add_argument("-o", "--output", required=True, help="net to write (.pb.gz gzips, else raw)")
+    add_force(p)
     common(p)
     max_size(p)
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("verify", help="check that BASE + PATCH rebuilds TARGET (or within tolerance)")
-    p.add_argument("base")
-    p.add_argument("patch")
-    p.add_argument("target")
+    p.add_argument("base", help=f"the base net, or '{NO_BASE}' for an intra patch")
+    p.add_argument("patch", help="the patch file")
+    p.add_argument("target", help="the net the patch should rebuild")
     common(p)
     max_size(p)
     p.set_defaults(run=cmd_verify)
 
     from .distribution.commands import add_commands
     add_commands(sub)
-    return parser
+    return finish_parser(parser)
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it also accepts -v, -q and --no-progress."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        output_options(self, top=False)
 
 
 def run_command(prog: str, run, args) -> int:
@@ -191,9 +373,16 @@ def run_command(prog: str, run, args) -> int:
 
     Bad input and failed checks raise Lc0WeightsError (a ValueError); file
     system trouble raises OSError. Anything else is a bug and keeps its traceback.
+    A reader that stops early (``| head``) is not an error.
     """
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would complain again flushing stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
     except OSError as e:
@@ -205,10 +394,36 @@ def run_command(prog: str, run, args) -> int:
     return 1
 
 
+def settle_output_options(args, prog: str) -> None:
+    """Set logging and progress from -v/-q/--no-progress, wherever they were given."""
+    if args.verbose and args.quiet:
+        print(f"{prog}: error: -v/--verbose and -q/--quiet do not go together", file=sys.stderr)
+        raise SystemExit(2)
+    args.progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
+    from .distribution import download
+    download.SHOW_PROGRESS = args.progress
+
+
+def compile_notice(args) -> None:
+    """One line on a terminal when numba will compile the codecs (first run after install)."""
+    if not args.progress or os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("NUMBA_DISABLE_JIT"):
+        return
+    cache = Path(__file__).resolve().parent / "__pycache__"
+    try:
+        compiled = any(name.startswith("kernels.") and name.endswith(".nbi") for name in os.listdir(cache))
+    except OSError:
+        compiled = False
+    if not compiled:
+        print("compiling codecs (first run only)...", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    settle_output_options(args, "lc0weights")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
+    if args.command in ("diff", "apply", "verify", "fetch", "check"):
+        compile_notice(args)
     return run_command("lc0weights", args.run, args)
 
 

@@ -6,7 +6,8 @@ import logging
 import sys
 
 from lc0weights import __version__
-from lc0weights.cli import run_command
+from lc0weights.cli import (SubcommandParser, finish_parser, output_options, parse_codec, plural,
+                            positive_int, run_command, settle_output_options)
 from lc0weights.errors import Lc0WeightsError
 from lc0weights.settings import parse_duration, parse_tolerance
 
@@ -16,9 +17,10 @@ from .repository import DEFAULT_EXPIRES, ROOT_EXPIRES
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lc0weights-server",
                                      description="Publish lc0 nets as small verified patches.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("--version", action="version", version=f"lc0weights-server {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    output_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=SubcommandParser)
 
     def signing_options(p):
         p.add_argument("--key", metavar="KEYFILE",
@@ -31,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
         p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
                        help="also publish a lossy chain within T of every weight (e.g. 2^-10)")
-        p.add_argument("--codec", help="force one codec id for every layer (default: smallest)")
+        p.add_argument("--codec", type=parse_codec,
+                       help="force one codec id for every layer (default: smallest)")
         signing_options(p)
 
     k = sub.add_parser("keygen", help="make a new Ed25519 signing key; print its public key",
                        description="Write a new private key to KEYFILE (mode 0600; an existing file is "
                                    "never overwritten) and print the public key clients pass to --trust.")
-    k.add_argument("keyfile", metavar="KEYFILE")
+    k.add_argument("keyfile", metavar="KEYFILE", help="where to write the new private key")
     k.set_defaults(func=_keygen)
 
     c = sub.add_parser("certify", help="sign a new root.json naming the online signing keys",
@@ -69,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="publish each new net dropped into a folder")
     publishing_options(w)
     w.add_argument("--incoming", required=True, metavar="DIR", help="folder the trainer writes to")
-    w.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    w.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between polls")
     w.add_argument("--once", action="store_true", help="one pass (two polls), then exit")
     w.set_defaults(func=_watch)
 
     s = sub.add_parser("serve", help="serve the repository over HTTP")
     s.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    s.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=port_number, default=8000, help="TCP port")
     s.add_argument("--max-connections", type=positive_int, default=64,
                    help="connections served at once (default: 64)")
     s.add_argument("--max-per-client", type=positive_int, default=32,
@@ -90,20 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep", type=positive_int, required=True, metavar="N", help="how many newest nets to keep")
     signing_options(r)
     r.set_defaults(func=_prune)
-    return parser
+    return finish_parser(parser)
 
 
 def port_number(text: str) -> int:
     value = int(text) if text.isdigit() else -1
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a TCP port is a number from 0 to 65535, not {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
     return value
 
 
@@ -160,8 +156,7 @@ def _publish(args) -> int:
                            "patches": [p.to_dict() for p in r.patches]} for r in results], indent=1))
         return 0
     for result in results:
-        count = len(result.patches)
-        state = f"{count} patch{'' if count == 1 else 'es'}" if result.new else "already published"
+        state = plural(len(result.patches), "patch", "patches") if result.new else "already published"
         sizes = ", ".join(f"{p.size:,}" for p in result.patches)
         print(f"{result.net_id}  {result.source}: {state}{f' ({sizes} bytes)' if sizes else ''}")
     return 0
@@ -203,14 +198,16 @@ def _prune(args) -> int:
         raise Lc0WeightsError("--keep must be at least 1")
     key, expires = _signing(args)
     report = prune(Repository.existing(args.repo, key, expires), args.keep)
-    print(f"removed {report.nets_removed} nets, {report.patches_removed} patches; "
-          f"deleted {report.files_deleted} files")
+    print(f"removed {plural(report.nets_removed, 'net')}, {plural(report.patches_removed, 'patch', 'patches')}; "
+          f"deleted {plural(report.files_deleted, 'file')}")
     return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    settle_output_options(args, "lc0weights-server")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(message)s")
     return run_command("lc0weights-server", args.func, args)
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Patch sizes, errors, speed and memory on a run of successive nets, against peers.
 
-    python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out docs]
+    python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out DIR]
+
+Needs the bench extra (pip install -e '.[bench]'; NNCodec optional, see
+pyproject.toml).
 
 For every consecutive pair (base -> target) of RUN_DIR/step-*.pb.gz, in one
 process on one machine:
@@ -24,6 +27,8 @@ process on one machine:
 
 Writes OUT/bench-<run>.md, OUT/bench-<run>.png and the summary in
 OUT/BENCHMARKS.md (keeping a final "## Following a run" section if there).
+Without --out, OUT is a new temporary folder, named at the end: the checkout's
+docs/ change only with an explicit ``--out docs``.
 """
 from __future__ import annotations
 
@@ -630,15 +635,31 @@ def replace_benchmarks(path: Path, body: str) -> None:
     atomic_text(path, body.rstrip() + "\n" + keep)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", nargs="?", type=Path, default=DEFAULT_RUN)
+# measured with the shared maia-distill run (13 nets) on 2 cores shared with other work
+RUN_TIME = "on 2 cores about 3 min (--quick: about 40 s; --synthetic-large adds about 8 min)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Needs the bench extra: pip install -e '.[bench]'. Runs " + RUN_TIME + ".")
+    ap.add_argument("run_dir", nargs="?", type=Path, default=DEFAULT_RUN,
+                    help="folder of step-*.pb.gz nets (default: the shared maia-distill run)")
     ap.add_argument("--pairs", type=int, help="only the first N pairs")
     ap.add_argument("--quick", action="store_true", help="2 pairs, skip slow peers and history, small speed run")
     ap.add_argument("--synthetic-large", action="store_true",
                     help="also generate a large synthetic run (~113 MB raw nets) and measure speed and memory on it")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--out", type=Path,
+                    help="folder for the reports, e.g. docs to update the published figures "
+                         "(default: a new temporary folder)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="lc0weights-bench-"))
     command = "python tools/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     def log(msg):
@@ -743,7 +764,7 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
         err = "-" if any(e is None for e in errs) else ("0" if max(errs) == 0 else f"{max(errs):.3g}")
         rows.append([m, human(t), human(t / len(labels)), f"{pbgz_total / t:.1f}x", err])
     lines = ["# Benchmarks", "",
-             f"Produced by `{command}`; details per pair and method in [bench-{name}.md](bench-{name}.md), "
+             f"Produced by `{command}` (needs `pip install -e '.[bench]'`; runs {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
              f"chart [bench-{name}.png](bench-{name}.png). {env}.", "",
              f"Data: `{name}`, {len(labels)} pairs of successive checkpoints of one SGD training run, "
              f"{nets[0].weight_count:,} weights, {raw_size:,} bytes raw per net. Every patch was applied and "

@@ -4,6 +4,9 @@
     python tools/bench_temporal.py [RUN_DIR ...] [--modes lossless,2^-14,2^-10] [--no-nncodec]
                                    [--out docs/BENCHMARKS.md]
 
+Needs no extra beyond the runtime, but NNCodec unless --no-nncodec (see
+pyproject.toml). Prints its tables; writes a file only when given --out.
+
 For every run (default: the shared maia-swa and maia-distill) and mode, three
 chains over the run's successive nets, each closed loop (a lossy patch is made
 against the net the previous patch of the same chain rebuilt):
@@ -204,12 +207,26 @@ def write_section(path: Path, text: str) -> None:
     bench.atomic_text(path, new)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="*", type=Path, default=DEFAULT_RUNS)
-    ap.add_argument("--modes", default="lossless,2^-14,2^-10")
-    ap.add_argument("--no-nncodec", action="store_true")
+# measured on the two shared runs, three modes, on 2 cores shared with other work
+RUN_TIME = "on 2 cores about 2 min with --no-nncodec (NNCodec's coding time comes on top)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Needs NNCodec unless --no-nncodec (pip install --no-deps nncodec==2.1.3 pybind11); "
+               "no other extra. Runs " + RUN_TIME + ".")
+    ap.add_argument("runs", nargs="*", type=Path, default=DEFAULT_RUNS,
+                    help="folders of step-*.pb.gz nets (default: the shared maia-swa and maia-distill)")
+    ap.add_argument("--modes", default="lossless,2^-14,2^-10",
+                    help="comma-separated: lossless and tolerances (default: %(default)s)")
+    ap.add_argument("--no-nncodec", action="store_true", help="leave out the NNCodec column")
     ap.add_argument("--out", type=Path, help="also write the tables as a section of this Markdown file")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
     if any(m not in MODES for m in modes):
@@ -236,7 +253,8 @@ def main(argv=None) -> int:
             results[mode] = bench_mode(nets, MODES[mode], nncodec, log)
         all_results[run.name] = results
         detail += tables(run.name, labels, results, nncodec)
-    text = [SECTION, "", f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}).", "",
+    text = [SECTION, "", f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}; NNCodec installed as "
+                         f"pyproject.toml says, or pass --no-nncodec; runs {RUN_TIME}).", "",
             "Three closed-loop chains per run and mode: plain patches; history patches as before cm2 "
             "(cm1 with the base's last step as context); history patches with cm2 (signed prediction "
             "from the base's last step). The first pair of a history chain has no predecessor and is "

@@ -22,12 +22,14 @@ def add_commands(subparsers) -> None:
                    help="cache folder (default: $LC0WEIGHTS_CACHE, the config file, else the user cache folder)")
     add_trust_option(p)
     p.add_argument("-o", "--output", metavar="OUT", help="also write the net here (.pb.gz)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing -o file")
     p.add_argument("--client-layout", action="store_true",
                    help="keep the cache as the training client does: gzip files named by net id")
     p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
                    help="accept a published lossy net within T of every weight")
-    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
-    p.add_argument("--retries", type=int, default=4, help="retries per download")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="network timeout in seconds")
+    p.add_argument("--retries", type=int, default=4, metavar="N", help="retries per download")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--have", action="append", metavar="FILE",
                    help="a net file held elsewhere, usable as a patch base (repeatable)")
@@ -45,7 +47,8 @@ def add_commands(subparsers) -> None:
     c.add_argument("url", metavar="REPO_DIR_OR_URL", nargs="?",
                    help="repository URL or directory (default: $LC0WEIGHTS_URL or the config file)")
     add_trust_option(c)
-    c.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
+    c.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="network timeout in seconds")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
 
@@ -75,7 +78,8 @@ def client_settings(args):
 def run_fetch(args) -> int:
     from .fetch import fetch
     client_settings(args)
-    policy = TransferPolicy(timeout=args.timeout, retries=args.retries)
+    policy = TransferPolicy(timeout=args.timeout, retries=args.retries,
+                            progress=getattr(args, "progress", True))
     if args.follow:
         if args.net != "latest" or args.output or args.tolerance is not None or args.json:
             raise ValueError("--follow keeps the cache at the latest exact net: "
@@ -83,6 +87,9 @@ def run_fetch(args) -> int:
         from .follow import run_follow
         policy.progress = False
         return run_follow(args, policy)
+    if args.output:
+        from ..cli import check_output
+        check_output(args.output, args.have or (), args.force)
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
                    client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
                    trust=args.trust, have=args.have or ())
@@ -115,6 +122,7 @@ def run_check(args) -> int:
         if len(report.failures) > len(report.kinds):
             print(f"({len(report.failures)} failures in all: "
                   + ", ".join(f"{n} {kind}" for kind, n in report.kinds.items()) + ")")
-        state = "ok" if report.ok else f"{len(report.failures)} failure(s)"
-        print(f"checked {report.nets} nets and {report.patches} patches: {state}")
+        from ..cli import plural
+        state = "ok" if report.ok else plural(len(report.failures), "failure")
+        print(f"checked {plural(report.nets, 'net')} and {plural(report.patches, 'patch', 'patches')}: {state}")
     return 0 if report.ok else 1

@@ -10,12 +10,13 @@ import hashlib
 from .. import patch as _patch
 from ..errors import VerificationError
 from ..net import Net
-from .download import progress_bar
+from .download import counting_bar, progress_bar
 
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
                codec: str | None = None, history: Net | None = None) -> bytes:
-    return _patch.make_patch(base, target, tolerance=tolerance, codec=codec, history=history)
+    return _patch.make_patch(base, target, tolerance=tolerance, codec=codec, history=history,
+                             progress=lambda layers, total: counting_bar(layers, total, "encoding"))
 
 
 def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",

@@ -447,12 +447,13 @@ def add_mirror_command(subparsers) -> None:
     p.add_argument("--cache", metavar="DIR", help="the mirror's own cache (default: the user cache folder)")
     p.add_argument("--max-nets", type=int, default=DEFAULT_MAX_NETS, metavar="N",
                    help=f"nets kept in the own cache (default {DEFAULT_MAX_NETS})")
-    p.add_argument("--max-bytes", type=int, metavar="BYTES", help="bytes kept in the own cache")
+    p.add_argument("--max-bytes", type=int, metavar="BYTES", help="bytes kept in the own cache (default: no limit beyond --max-nets)")
     p.add_argument("--fallback", metavar="PREFIX",
                    help="for nets the repository does not list, pass through PREFIX<sha> (verified)")
     p.add_argument("--trust", metavar="KEY", default=os.environ.get("LC0WEIGHTS_TRUST"),
                    help="the repository's root key (ed25519:... or @FILE); env LC0WEIGHTS_TRUST")
-    p.add_argument("--max-connections", type=int, default=32, metavar="N")
+    p.add_argument("--max-connections", type=int, default=32, metavar="N",
+                   help="client connections served at once")
     p.add_argument("--timeout", type=float, default=30.0, help="upstream network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="upstream retries per download")
     p.set_defaults(run=run_mirror)

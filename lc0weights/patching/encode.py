@@ -91,7 +91,7 @@ def _config_bytes(codec) -> bytes:
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
-               workers: int | None = None, verify: bool = True) -> bytes:
+               workers: int | None = None, verify: bool = True, progress=None) -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -100,6 +100,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     smallest per layer). ``history`` is the base's predecessor, used as
     context; a client then needs it too. With ``verify`` the patch is applied
     once before it is returned, and a lossy patch is checked weight by weight.
+    ``progress``, if given, wraps the iterator of encoded layers as
+    ``progress(layers, layer_count)`` (in a progress bar, say).
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
@@ -129,7 +131,10 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
     sections, result = [skeleton_data], hashlib.sha256()
     lossless, pos = tolerance is None, 0
-    for layer, (lp, data, codes) in zip((j[2] for j in jobs), bounded_map(_encode_layer, jobs, worker_count(workers), lambda job: job[2].nbytes)):
+    encoded = bounded_map(_encode_layer, jobs, worker_count(workers), lambda job: job[2].nbytes)
+    if progress:
+        encoded = progress(encoded, len(jobs))
+    for layer, (lp, data, codes) in zip((j[2] for j in jobs), encoded):
         header.layers.append(lp)
         sections.append(data)
         if not lossless:
