@@ -104,8 +104,9 @@ def run_fetch(args) -> int:
         else:
             print(f"route: {result.route}; downloaded {result.bytes_downloaded:,} bytes of metadata "
                   f"in {result.seconds:.2f} s")
-        for failure in result.fallbacks:
-            print(f"fell back after: {failure}", file=sys.stderr)
+        if not getattr(args, "quiet", False):
+            for failure in result.fallbacks:
+                print(f"fell back after: {failure}", file=sys.stderr)
     return 0
 
 
