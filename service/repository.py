@@ -33,7 +33,7 @@ from lc0weights.distribution.index import INDEX_NAME, NetEntry, RepositoryIndex,
 from lc0weights.distribution.keys import SigningKey
 from lc0weights.distribution.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
                                               open_envelope, parse_record, parse_root,
-                                              parse_timestamp, record_path, utc_now)
+                                              parse_timestamp, record_path, utc_now, utc_text)
 from lc0weights.net import atomic_file
 
 from .sweep import sweep_temp_files
@@ -48,11 +48,7 @@ _SEQ_LINE = 78                       # "%012d %s\n": 12 digits, a space, 64 hex 
 
 
 def utc_text_now() -> str:
-    return utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# Kept under its old name for callers that stamp publication times.
-utc_now_text = utc_text_now
+    return utc_text(utc_now())
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -275,7 +271,7 @@ class Repository:
             mtime = (self.root / TIMESTAMP_NAME).stat().st_mtime
         except FileNotFoundError:
             return ""
-        return _dt.datetime.fromtimestamp(int(mtime), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_text(_dt.datetime.fromtimestamp(int(mtime), _dt.timezone.utc))
 
     # -- writing the metadata ------------------------------------------------------------
     def write_record(self, record: Record) -> Link:

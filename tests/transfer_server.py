@@ -20,6 +20,8 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from repo_fixtures import running
+
 
 class ScriptedHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -136,10 +138,5 @@ def scripted_server(objects: dict, scripts: dict | None = None, tls=None, **attr
     server.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/"
     server.requests = handler.requests
     server.handler = handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

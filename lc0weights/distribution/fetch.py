@@ -127,7 +127,7 @@ def read_catalog(updater: Updater, held, net: str = "latest", tolerance=None):
     """
     if updater.refresh() is not None:
         return updater.catalog(net, held, tolerance)
-    index = parse_index(updater._counted(updater.source.read_index))
+    index = parse_index(updater.counted(updater.source.read_index))
     return index, index.resolve(net)
 
 

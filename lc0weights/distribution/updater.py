@@ -199,7 +199,7 @@ class Updater:
         self.timestamp = ts
         return ts
 
-    def _counted(self, read, *args, **kwargs):
+    def counted(self, read, *args, **kwargs):
         """Call a source method, adding what it downloaded to :attr:`metadata_bytes`."""
         before = self.source.bytes_downloaded
         try:
@@ -210,7 +210,7 @@ class Updater:
     def _read_document(self, name: str, max_bytes: int, etag: str | None = None):
         """A document's reply, or None when the source has no such file."""
         try:
-            return self._counted(self.source.read_document, name, max_bytes, etag)
+            return self.counted(self.source.read_document, name, max_bytes, etag)
         except NotFoundError:
             return None
 
@@ -275,7 +275,7 @@ class Updater:
         if self._work is None:
             self._work = tempfile.TemporaryDirectory(prefix="lc0weights-meta-")
         dest = Path(self._work.name) / "record"
-        self._counted(self.source.fetch_object, path, dest, size, sha256, desc="metadata")
+        self.counted(self.source.fetch_object, path, dest, size, sha256, desc="metadata")
         data = dest.read_bytes()
         dest.unlink()
         return data
