@@ -405,7 +405,8 @@ def test_demo_twice_installs_once_and_prints_no_warnings():
 # -- item 10: benchmarks say what they need and leave docs/ alone unless asked ----------
 
 @pytest.mark.parametrize("tool, needs", [("bench.py", "pip install -e '.[bench]'"),
-                                         ("bench_temporal.py", "--no-nncodec")])
+                                         ("bench_temporal.py", "--no-nncodec"),
+                                         ("temporal_limit.py", "run_info.json")])
 def test_benchmark_help_says_what_it_needs_how_long_it_runs_and_where_it_writes(tool, needs):
     done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), "--help"], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
