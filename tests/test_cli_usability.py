@@ -296,7 +296,7 @@ def test_counts_are_worded_in_the_singular_for_one(tmp_path):
 
 # -- item 3: progress on a terminal, nothing but results when piped ----------------------
 
-def on_terminal(*args, timeout=300) -> tuple[int, str]:
+def on_terminal(*args, module="lc0weights.cli", timeout=300) -> tuple[int, str]:
     """Run the command with stdin, stdout and stderr on a pseudo-terminal; its exit code and output."""
     import fcntl
     import pty
@@ -308,7 +308,7 @@ def on_terminal(*args, timeout=300) -> tuple[int, str]:
     leader, follower = pty.openpty()
     # a terminal 24 rows by 100 columns: a fresh pty is 0 by 0, where bars have no room
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "lc0weights.cli", *map(str, args)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=env,
                             stdin=follower, stdout=follower, stderr=follower, close_fds=True)
     os.close(follower)
     output, deadline = bytearray(), time.monotonic() + timeout
@@ -349,6 +349,18 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(pair, tmp_path, command)
     piped = cli(*args)
     assert piped.returncode == 0 and piped.stdout == ""
     assert piped.stderr.splitlines() == [piped.stderr.strip()] and piped.stderr.startswith(f"wrote {out}:")
+
+
+def test_publish_shows_its_encoding_bar_on_a_terminal_only(tmp_path):
+    bar = re.compile(r"encoding:\s+\d+%\|")
+    code, shown = on_terminal("publish", "--repo", tmp_path / "shown", *run_paths()[:2], module="service.cli")
+    assert code == 0, shown
+    assert bar.search(shown) and "step-000100.pb.gz: 1 patch (" in shown, shown
+    piped = server("publish", "--repo", tmp_path / "piped", *run_paths()[:2])
+    assert piped.returncode == 0, piped.stderr
+    assert not bar.search(piped.stdout + piped.stderr) and "step-000100.pb.gz: 1 patch (" in piped.stdout
+    code, quiet = on_terminal("-q", "publish", "--repo", tmp_path / "quiet", *run_paths()[:2], module="service.cli")
+    assert code == 0 and not bar.search(quiet), quiet
 
 
 # -- item 2: the scripts install once, quietly -------------------------------------------
