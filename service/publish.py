@@ -3,8 +3,11 @@
 Each new net is stored whole and gets a patch from its predecessor plus skip
 patches from 2, 4, 8 and 16 nets back and from the skip list's powers of two,
 so a client any number of nets behind needs only a few hops. With a
-tolerance, a lossy chain is published too: each lossy patch is made against the lossy net clients actually rebuild (closed
-loop), so errors never add up along the chain. Publishing a net the
+tolerance, a lossy chain is published too: each lossy patch is made against
+the lossy net clients actually rebuild (closed loop), so errors never add up
+along the chain. With history (the default) the predecessor's patch, and the
+lossy chain's link, are also made with the net before their base as history
+and published beside the plain ones when smaller. Publishing a net the
 repository already knows does nothing.
 """
 from __future__ import annotations
@@ -129,9 +132,7 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                     plain = min([len(data), len(gz)] + [p.size for p in patches if p.base_seq == seq - 1])
                     patches += _history_patch(repo, base, net, seq, plain, codec)
         if tolerance is not None and seq > horizon:
-            lossy = _lossy_patch(repo, seq, net, tolerance, codec)
-            if lossy is not None:
-                patches.append(lossy)
+            patches += _lossy_patches(repo, seq, net, tolerance, codec, history)
 
         if seq > horizon and not any(p.base_seq == seq - 1 for p in patches):
             log.warning("%s shares little with the net before it (no patch from it is smaller than the "
@@ -166,31 +167,62 @@ def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, base_seq
     return entry
 
 
-def _lossy_patch(repo: Repository, seq: int, net: Net, tolerance: float, codec) -> PatchEntry | None:
-    """Next link of the lossy chain, made against the lossy net clients hold (closed loop).
+def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec,
+                   history: bool) -> list[PatchEntry]:
+    """Next link of the lossy chain, made against the lossy net clients hold (closed loop),
+    and with ``history`` the same link coded with the previous link's base as history.
 
-    The lossy net the previous link rebuilt is kept in ``.state/lossy``; when
-    it is gone (or the chain never started) the chain starts again from the
-    exact predecessor, which every client following exactly also holds.
+    The lossy nets the chain's last link starts from and rebuilds are kept in
+    ``.state/lossy``; when the head is gone (or the chain never started) the
+    chain starts again from the exact predecessor, which every client
+    following exactly also holds. Both patches of a link must rebuild the same
+    net: history changes how residuals are coded, and a history version that
+    would pick other residuals (a float layer coding smaller exact, say) is
+    left out rather than fork the chain.
     """
     previous = repo.read_record(seq - 1)
-    heads = [p.result for p in previous.patches if p.lossy and p.tolerance == tolerance]
+    links = [p for p in previous.patches if p.lossy and p.tolerance == tolerance and p.history is None]
     lossy_cache = NetCache(repo.state_dir / "lossy")
-    base = lossy_cache.load(heads[-1]) if heads else None
+    base = lossy_cache.load(links[-1].result) if links else None
+    before = None
     if base is None:
-        if heads:
+        if links:
             log.warning("lossy net %s... is not in %s; restarting the lossy chain from the exact net",
-                        heads[-1][:16], lossy_cache.root)
+                        links[-1].result[:16], lossy_cache.root)
         base = Net.load(repo.object_file(previous.net.path))
+    elif history:
+        before = _held_net(repo, lossy_cache, links[-1].base)
     data = make_patch(base, net, tolerance=tolerance, codec=codec)
+    result = _rebuilt(base, data, None)
+    if result.id == net.id:
+        return []                         # the tolerance changed nothing: the exact patches serve
+    lossy_cache.store(result)             # publisher-private: the next link starts from it
+    for held in lossy_cache.held_ids() - {result.id, base.id}:
+        lossy_cache.file_for(held).unlink(missing_ok=True)
+    entries = [_store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)]
+    if before is not None:
+        with_history = make_patch(base, net, tolerance=tolerance, codec=codec, history=before)
+        if len(with_history) < len(data) and _rebuilt(base, with_history, before).id == result.id:
+            entries.append(_store_patch(repo, base, net, with_history, seq - 1, result=result.id,
+                                        tolerance=tolerance, history=before.id))
+    return entries
+
+
+def _rebuilt(base: Net, data: bytes, history: Net | None) -> Net:
+    """The net a lossy patch rebuilds, checked as a client checks it."""
     try:
-        rebuilt = apply_patch(base, data)
+        rebuilt = apply_patch(base, data, history=history)
     except Lc0WeightsError as e:
         raise RepositoryError(f"the lossy patch does not apply to its own base: {e}") from None
-    result = checked_net(rebuilt, hashlib.sha256(rebuilt).hexdigest(), "lossy net")
-    if result.id == net.id:
-        return None                       # the tolerance changed nothing: the exact patches serve
-    lossy_cache.store(result)             # publisher-private: the next link starts from it
-    for held in lossy_cache.held_ids() - {result.id}:
-        lossy_cache.file_for(held).unlink(missing_ok=True)
-    return _store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)
+    return checked_net(rebuilt, hashlib.sha256(rebuilt).hexdigest(), "lossy net")
+
+
+def _held_net(repo: Repository, lossy_cache: NetCache, net_id: str) -> Net | None:
+    """A net the publisher holds: a lossy one of the chain, or a published one; None if neither."""
+    net = lossy_cache.load(net_id) if net_id in lossy_cache.held_ids() else None
+    if net is None and repo.known(net_id):
+        try:
+            net = Net.load(repo.object_file(net_object_path(net_id)))
+        except (OSError, Lc0WeightsError):          # pruned since
+            return None
+    return net

@@ -58,3 +58,39 @@ def test_a_client_holding_one_net_gets_the_plain_patch(swa_repo, tmp_path):
     plain = [p for p in repo.read_index().patches
              if p.base == ids[2] and p.target == ids[3] and p.history is None][0]
     assert result.net_id == ids[3] and result.bytes_downloaded == plain.size + result.metadata_bytes
+
+
+TOLERANCE = 2.0 ** -14
+
+
+@pytest.fixture(scope="module")
+def swa_lossy_repo(tmp_path_factory):
+    repo = Repository.create(tmp_path_factory.mktemp("swa-lossy") / "repo")
+    publish(repo, SWA[:4], tolerance=TOLERANCE, skips=(1,))
+    return repo, [Net.load(p).id for p in SWA[:4]]
+
+
+def test_the_lossy_chain_gets_history_patches_that_rebuild_the_same_nets(swa_lossy_repo):
+    repo, ids = swa_lossy_repo
+    lossy = [p for p in repo.read_index().patches if p.lossy]
+    chain = [p for p in lossy if p.history is None]
+    assert [p.target for p in chain] == ids[1:] and chain[0].base == ids[0]
+    assert [p.base for p in chain[1:]] == [p.result for p in chain[:-1]]
+    with_history = [p for p in lossy if p.history is not None]
+    # each later link also coded with its base's predecessor in the chain: the exact first net, then a lossy one
+    assert [(p.history, p.base, p.result) for p in with_history] == \
+        [(chain[i - 1].base, chain[i].base, chain[i].result) for i in (1, 2)]
+    for p, plain in zip(with_history, chain[1:]):
+        assert p.size < plain.size, (p.size, plain.size)
+    assert check_repository(str(repo.root), POLICY).ok      # applies each one, re-measures the tolerance
+
+
+def test_a_client_following_the_lossy_chain_takes_its_history_patches(swa_lossy_repo, tmp_path):
+    repo, ids = swa_lossy_repo
+    copy_in(tmp_path / "lossy", 0)
+    result = fetch(str(repo.root), cache_dir=tmp_path / "lossy", tolerance=TOLERANCE, policy=POLICY)
+    lossy = [p for p in repo.read_index().patches if p.lossy]
+    first = [p for p in lossy if p.base == ids[0]][0]
+    later = [p for p in lossy if p.history is not None]
+    assert result.target_id == ids[3] and result.net_id == later[-1].result and result.patches == 3
+    assert result.bytes_downloaded == first.size + sum(p.size for p in later) + result.metadata_bytes

@@ -1,13 +1,14 @@
 """Follow a training run as a client would: publish each net, fetch it, count the bytes.
 
-    python tools/follow_run.py [RUN_DIR] [--codec ID] [--every N]
+    python tools/follow_run.py [RUN_DIR] [--codec ID] [--every N] [--tolerance T]
     python tools/follow_run.py [RUN_DIR] --mirror [--codec ID]
 
 Nets are published one at a time (as the watcher would) into a temporary
 repository served on localhost. After each publish a client that follows
 every net fetches the latest; a second client checks in only every N nets.
 Prints a Markdown report: bytes downloaded with patches vs full downloads,
-and the time of each fetch.
+and the time of each fetch. With ``--tolerance T`` the repository also keeps
+a lossy chain and both clients fetch with that tolerance, so they follow it.
 
 With ``--mirror``, a stand-in for lczero-client (tests/lczero_client_standin.py)
 gets each net through ``lc0weights mirror`` instead, in two set-ups: the client
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights.distribution import TransferPolicy, fetch  # noqa: E402
+from lc0weights.settings import parse_tolerance  # noqa: E402
 from service.publish import load_net_file, publish_net  # noqa: E402
 from service.repository import Repository  # noqa: E402
 from service.serve import RepositoryServer  # noqa: E402
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", nargs="?", default=str(DEFAULT_RUN))
     parser.add_argument("--codec", help="force one codec (default: smallest per layer)")
     parser.add_argument("--every", type=int, default=4, help="the occasional client's period")
+    parser.add_argument("--tolerance", type=parse_tolerance,
+                        help="publish a lossy chain too and fetch with this tolerance (e.g. 2^-14)")
     parser.add_argument("--mirror", action="store_true",
                         help="drive a stand-in lczero-client through lc0weights mirror")
     args = parser.parse_args(argv)
@@ -60,18 +64,20 @@ def main(argv=None) -> int:
             for i, path in enumerate(paths):
                 net, gz = load_net_file(path)
                 t0 = time.monotonic()
-                published = publish_net(repo, net, gz, path.name, codec=args.codec)
+                published = publish_net(repo, net, gz, path.name, args.tolerance, codec=args.codec)
                 publish_s = time.monotonic() - t0
-                result = fetch(server.url, cache_dir=tmp / "follower", policy=policy)
-                assert result.net_id == net.id
+                result = fetch(server.url, cache_dir=tmp / "follower", policy=policy, tolerance=args.tolerance)
+                assert result.target_id == net.id
                 rows.append((path.name, len(published.patches), publish_s, result))
                 if i % args.every == 0 or i == len(paths) - 1:
-                    occasional.append(fetch(server.url, cache_dir=tmp / "occasional", policy=policy))
+                    occasional.append(fetch(server.url, cache_dir=tmp / "occasional", policy=policy,
+                                            tolerance=args.tolerance))
         finally:
             server.shutdown()
             server.server_close()
 
-    print(f"Run: `{Path(args.run_dir).name}`, {len(paths)} nets; codec: {args.codec or 'smallest per layer'}.\n")
+    print(f"Run: `{Path(args.run_dir).name}`, {len(paths)} nets; codec: {args.codec or 'smallest per layer'}"
+          + (f"; clients fetch with tolerance {args.tolerance:g}" if args.tolerance else "") + ".\n")
     print("| net | patches published | publish s | route | history patch | downloaded bytes "
           "| of which metadata | full .pb.gz bytes | fetch s |")
     print("|---|---:|---:|---|---|---:|---:|---:|---:|")
