@@ -170,42 +170,62 @@ def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, base_seq
 def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec,
                    history: bool) -> list[PatchEntry]:
     """Next link of the lossy chain, made against the lossy net clients hold (closed loop),
-    and with ``history`` the same link coded with the previous link's base as history.
+    and with ``history`` the same link coded with an earlier net of the chain as history.
 
-    The lossy nets the chain's last link starts from and rebuilds are kept in
-    ``.state/lossy``; when the head is gone (or the chain never started) the
-    chain starts again from the exact predecessor, which every client
-    following exactly also holds. Both patches of a link must rebuild the same
-    net: history changes how residuals are coded, and a history version that
-    would pick other residuals (a float layer coding smaller exact, say) is
-    left out rather than fork the chain.
+    The history is the previous link's base or the one before it, whichever
+    codes smaller: where a step moves the weights by less than the tolerance's
+    quantisation step, two steps of the chain predict better than one. The
+    lossy nets the next link may use are kept in ``.state/lossy``; when the
+    head is gone (or the chain never started) the chain starts again from the
+    exact predecessor, which every client following exactly also holds. Both
+    patches of a link must rebuild the same net: history changes how residuals
+    are coded, and a history version that would pick other residuals (a float
+    layer coding smaller exact, say) is left out rather than fork the chain.
     """
-    previous = repo.read_record(seq - 1)
-    links = [p for p in previous.patches if p.lossy and p.tolerance == tolerance and p.history is None]
+    links = _chain_links(repo, seq - 1, tolerance)
     lossy_cache = NetCache(repo.state_dir / "lossy")
-    base = lossy_cache.load(links[-1].result) if links else None
-    before = None
+    base = lossy_cache.load(links[0].result) if links else None
+    befores = []
     if base is None:
         if links:
             log.warning("lossy net %s... is not in %s; restarting the lossy chain from the exact net",
-                        links[-1].result[:16], lossy_cache.root)
-        base = Net.load(repo.object_file(previous.net.path))
+                        links[0].result[:16], lossy_cache.root)
+        base = Net.load(repo.object_file(repo.read_record(seq - 1).net.path))
+        links = []
     elif history:
-        before = _held_net(repo, lossy_cache, links[-1].base)
+        befores = [n for n in (_held_net(repo, lossy_cache, link.base) for link in links) if n is not None]
     data = make_patch(base, net, tolerance=tolerance, codec=codec)
     result = _rebuilt(base, data, None)
     if result.id == net.id:
         return []                         # the tolerance changed nothing: the exact patches serve
     lossy_cache.store(result)             # publisher-private: the next link starts from it
-    for held in lossy_cache.held_ids() - {result.id, base.id}:
+    for held in lossy_cache.held_ids() - {result.id, base.id} - {link.base for link in links[:1]}:
         lossy_cache.file_for(held).unlink(missing_ok=True)
     entries = [_store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)]
-    if before is not None:
-        with_history = make_patch(base, net, tolerance=tolerance, codec=codec, history=before)
+    coded = [(make_patch(base, net, tolerance=tolerance, codec=codec, history=b), b) for b in befores]
+    for with_history, before in sorted(coded, key=lambda c: len(c[0]))[:1]:
         if len(with_history) < len(data) and _rebuilt(base, with_history, before).id == result.id:
             entries.append(_store_patch(repo, base, net, with_history, seq - 1, result=result.id,
                                         tolerance=tolerance, history=before.id))
     return entries
+
+
+def _chain_links(repo: Repository, seq: int, tolerance: float) -> list[PatchEntry]:
+    """The lossy chain's links into net ``seq`` and into the net before it, newest first,
+    as far as they join up (each one's base the other's result)."""
+    links = []
+    for s in (seq, seq - 1):
+        if s < 0 or (s < seq and not links):
+            break
+        try:
+            record = repo.read_record(s)
+        except (OSError, Lc0WeightsError):              # pruned, or never published
+            break
+        found = [p for p in record.patches if p.lossy and p.tolerance == tolerance and p.history is None]
+        if not found or (links and found[-1].result != links[-1].base):
+            break
+        links.append(found[-1])
+    return links
 
 
 def _rebuilt(base: Net, data: bytes, history: Net | None) -> Net:
