@@ -15,6 +15,7 @@ import pytest
 from lc0weights import Net
 from lc0weights.distribution import TransferPolicy
 from lc0weights.distribution.follow import follow
+from lc0weights.distribution.keys import SigningKey
 from service.publish import publish
 from service.repository import Repository
 from service.serve import RepositoryHandler, RepositoryServer
@@ -104,6 +105,35 @@ def test_an_upstream_outage_is_survived(tmp_path, ids, caplog):
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("cannot follow" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
+
+
+class Counting(RepositoryHandler):
+    """Records (path, status) of every request it answers."""
+
+    answered: list = []
+
+    def log_request(self, code="-", size="-"):
+        self.answered.append((self.path, int(code)))
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_timestamp_is_read_once_per_new_net_and_a_quiet_poll_is_a_304(tmp_path, ids, signed):
+    key = SigningKey.generate() if signed else None
+    repo = Repository.create(tmp_path / "repo", key)
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache = tmp_path / "client-cache"
+    Counting.answered = answered = []
+    trust = {"trust": key.public} if signed else {}
+    with serving(repo.root, Counting) as upstream, following(upstream.url, cache, 0.2, keep=2, **trust):
+        wait_for(lambda: verified(cache, ids[0]), 10)
+        publish(repo, [run_paths()[1]], codec=FAST_CODEC, skips=(1,))
+        wait_for(lambda: verified(cache, ids[1]), 10)
+        quiet_from = len(answered)
+        time.sleep(1.0)                                  # about five polls with nothing new
+        quiet = answered[quiet_from:]
+    timestamps = [status for path, status in answered if path == "/timestamp.json"]
+    assert timestamps.count(200) == 2, answered          # one body per net published, not two
+    assert quiet and all(entry == ("/timestamp.json", 304) for entry in quiet), quiet
 
 
 class Trickle(RepositoryHandler):

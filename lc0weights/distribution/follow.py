@@ -1,10 +1,10 @@
 """``fetch --follow``: keep a cache at the latest published net, as it is published.
 
 Every interval the repository's top document is polled with a conditional
-GET (a few hundred bytes, or a 304, when nothing is new); when it changed,
-``fetch`` brings the cache to the latest net, and only the newest ``keep``
-nets stay (two by default, so the next patch has a base). With the training
-client's layout the cache is lczero-client's own folder, and each net is
+GET (a 304 when nothing is new). When it changed, ``fetch`` brings the cache
+to the latest net, taking the document's new body from the poll rather than
+downloading it again, and only the newest ``keep`` nets stay (two by
+default, so the next patch has a base). With the training client's layout the cache is lczero-client's own folder, and each net is
 there, verified, before the client asks for it.
 
 The loop waits on an Event, not in ``sleep``, so SIGTERM/SIGINT stop it
@@ -14,23 +14,22 @@ temp name and renamed, so no partial file ever carries a final name.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-import dataclasses
 import threading
 import time
 from pathlib import Path
 
-import requests
-
 from ..errors import Lc0WeightsError
 from .cache import NetCache
 from .client_cache import remove_lock_if_free
-from .download import TransferPolicy, open_source
-from .transfer_policy import TransferStopped
-from .errors import DownloadError
+from .download import DocumentReply, HttpSource, TransferPolicy, open_source
+from .errors import DownloadError, NotFoundError
 from .index import INDEX_NAME, MAX_INDEX_BYTES
+from .metadata import MAX_TOP_BYTES
+from .transfer_policy import TransferStopped
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +45,20 @@ FollowStopped = TransferStopped
 class TopDocumentPoller:
     """Says whether the repository's top document changed since the last successful fetch.
 
-    Over HTTP a conditional GET (If-None-Match); for a directory its stat.
-    ``changed()`` raises DownloadError when the repository cannot be reached.
+    Over HTTP a conditional GET (If-None-Match) through the source's own
+    document reader, so its deadline, retries and size limit apply; for a
+    directory its stat. ``changed()`` raises DownloadError when the repository
+    cannot be reached. The body a poll read is handed to the fetch that follows
+    (:meth:`primed`), which then does not download it a second time.
     """
 
-    def __init__(self, location: str, policy: TransferPolicy, session: requests.Session):
-        self.location = location
-        self.policy = policy
-        self.session = session
-        self.http = re.match(r"https?://", location, re.I) is not None
+    def __init__(self, location: str, policy: TransferPolicy):
+        self.source = open_source(location, policy)
+        self.http = isinstance(self.source, HttpSource)
         self.name: str | None = None
         self.seen = None          # validator of the document at the last successful fetch
         self.pending = None       # validator of the document just polled
+        self.reply: DocumentReply | None = None   # the body the last poll read, if it read one
 
     def changed(self) -> bool:
         self.pending = self._poll_http() if self.http else self._poll_dir()
@@ -70,8 +71,12 @@ class TopDocumentPoller:
     def forget(self) -> None:
         self.seen = None
 
+    def primed(self, source):
+        """``source``, answering its first read of the polled document with the poll's body."""
+        return source if self.reply is None else PrimedSource(source, self.name, self.reply)
+
     def _poll_dir(self):
-        root = Path(self.location.removeprefix("file://"))
+        root = self.source.root
         for name in ([self.name] if self.name else TOP_DOCUMENTS):
             try:
                 st = (root / name).stat()
@@ -82,32 +87,59 @@ class TopDocumentPoller:
         raise DownloadError(f"{root}: no repository document to poll")
 
     def _poll_http(self):
-        base = self.location if self.location.endswith("/") else self.location + "/"
+        self.reply = None
         for name in ([self.name] if self.name else TOP_DOCUMENTS):
-            headers = {"Cache-Control": "no-cache"}
-            if self.seen and self.seen[0] == "etag":
-                headers["If-None-Match"] = self.seen[1]
+            limit = MAX_INDEX_BYTES if name == INDEX_NAME else MAX_TOP_BYTES
             try:
-                with self.session.get(base + name, headers=headers, stream=True,
-                                      timeout=self.policy.timeout) as r:
-                    if r.status_code == 304:
-                        self.name = name
-                        return self.seen
-                    if r.status_code == 404 and self.name is None:
-                        continue
-                    if r.status_code != 200:
-                        raise DownloadError(f"{base + name}: HTTP {r.status_code}")
-                    self.name = name
-                    etag = r.headers.get("ETag")
-                    size = 0
-                    for chunk in r.iter_content(1 << 16):   # drained, bounded, keeps the connection
-                        size += len(chunk)
-                        if size > MAX_INDEX_BYTES:
-                            raise DownloadError(f"{base + name}: larger than {MAX_INDEX_BYTES} bytes")
-                    return ("etag", etag) if etag else None
-            except requests.RequestException as e:
-                raise DownloadError(f"{base + name}: {type(e).__name__}") from None
-        raise DownloadError(f"{base}: no repository document to poll (HTTP 404)")
+                reply = self.source.read_document(name, limit, self.seen)
+            except NotFoundError:
+                if self.name is None:
+                    continue                 # no signed metadata: try the legacy index
+                raise
+            self.name = name
+            if reply.not_modified:
+                return self.seen
+            self.reply = reply
+            return reply.etag                # None (no ETag): every poll counts as a change
+        raise DownloadError(f"{self.source}: no repository document to poll (HTTP 404)")
+
+
+class PrimedSource:
+    """A source whose first read of one document returns a reply already read.
+
+    Everything else goes to the wrapped source; the primed bytes count in
+    :attr:`bytes_downloaded`, as if read again. The reply is no more trusted
+    than a download: the reader checks it as it checks any document.
+    """
+
+    def __init__(self, source, name: str, reply: DocumentReply):
+        self._source, self._name, self._reply = source, name, reply
+        self._primed_bytes = 0
+
+    def __getattr__(self, attr):
+        return getattr(self._source, attr)
+
+    def __str__(self):
+        return str(self._source)
+
+    @property
+    def bytes_downloaded(self) -> int:
+        return self._source.bytes_downloaded + self._primed_bytes
+
+    def _take(self, name: str, max_bytes: int) -> DocumentReply | None:
+        reply = self._reply if name == self._name else None
+        if reply is None or len(reply.data) > max_bytes:
+            return None
+        self._reply = None
+        self._primed_bytes += reply.transferred
+        return reply
+
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+        return self._take(name, max_bytes) or self._source.read_document(name, max_bytes, etag)
+
+    def read_index(self) -> bytes:
+        reply = self._take(INDEX_NAME, MAX_INDEX_BYTES)
+        return reply.data if reply is not None else self._source.read_index()
 
 
 def prune(cache: NetCache, keep: int, current: str) -> list[str]:
@@ -141,8 +173,7 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
     """
     from .fetch import fetch
     policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
-    session = requests.Session()
-    poller = TopDocumentPoller(location, policy, session)
+    poller = TopDocumentPoller(location, policy)
     cache = NetCache(cache_dir, client_layout)
     extra = {} if trust is None else {"trust": trust}
     current, obtained, failures = None, 0, 0
@@ -151,7 +182,7 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
         pause = interval
         try:
             if poller.changed() or current is None:
-                source = open_source(location, policy)
+                source = poller.primed(open_source(location, policy))
                 result = _run_until_stopped(stop, lambda: fetch(
                     location, net="latest", cache_dir=cache.root, client_layout=client_layout,
                     policy=policy, source=source, have=have, **extra))
