@@ -5,9 +5,9 @@ patches from 2, 4, 8 and 16 nets back and from the skip list's powers of two,
 so a client any number of nets behind needs only a few hops. With a
 tolerance, a lossy chain is published too: each lossy patch is made against
 the lossy net clients actually rebuild (closed loop), so errors never add up
-along the chain. With history (the default) the predecessor's patch, and the
-lossy chain's link, are also made with the net before their base as history
-and published beside the plain ones when smaller. Publishing a net the
+along the chain. With history (the default) the predecessor's patch is also
+made with the net before it as history, and the lossy chain's link with an
+earlier net of the chain; each is published beside the plain one when smaller. Publishing a net the
 repository already knows does nothing.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .repository import Repository, utc_text_now
 log = logging.getLogger(__name__)
 SKIPS = (1, 2, 4, 8, 16)
 MAX_POWER_SKIP = 1024      # further back, a patch costs about what the net does
+HISTORY_GAPS = (1, 2, 4)   # lossy links back whose base a lossy link's history may be
 
 
 @dataclass
@@ -172,9 +173,9 @@ def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec
     """Next link of the lossy chain, made against the lossy net clients hold (closed loop),
     and with ``history`` the same link coded with an earlier net of the chain as history.
 
-    The history is the previous link's base or the one before it, whichever
-    codes smaller: where a step moves the weights by less than the tolerance's
-    quantisation step, two steps of the chain predict better than one. The
+    The history is the base of the link 1, 2 or 4 links back, whichever codes
+    smaller: where a step moves the weights by less than the tolerance's
+    quantisation step, several steps of the chain predict better than one. The
     lossy nets the next link may use are kept in ``.state/lossy``; when the
     head is gone (or the chain never started) the chain starts again from the
     exact predecessor, which every client following exactly also holds. Both
@@ -193,13 +194,16 @@ def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec
         base = Net.load(repo.object_file(repo.read_record(seq - 1).net.path))
         links = []
     elif history:
-        befores = [n for n in (_held_net(repo, lossy_cache, link.base) for link in links) if n is not None]
+        befores = [n for n in (_held_net(repo, lossy_cache, links[gap - 1].base)
+                               for gap in HISTORY_GAPS if gap <= len(links)) if n is not None]
     data = make_patch(base, net, tolerance=tolerance, codec=codec)
     result = _rebuilt(base, data, None)
     if result.id == net.id:
         return []                         # the tolerance changed nothing: the exact patches serve
     lossy_cache.store(result)             # publisher-private: the next link starts from it
-    for held in lossy_cache.held_ids() - {result.id, base.id} - {link.base for link in links[:1]}:
+    # Every net a later link may take as history: the chain's last max(HISTORY_GAPS) bases.
+    keep = {result.id, base.id} | {link.base for link in links[:max(HISTORY_GAPS) - 1]}
+    for held in lossy_cache.held_ids() - keep:
         lossy_cache.file_for(held).unlink(missing_ok=True)
     entries = [_store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)]
     coded = [(make_patch(base, net, tolerance=tolerance, codec=codec, history=b), b) for b in befores]
@@ -211,11 +215,12 @@ def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec
 
 
 def _chain_links(repo: Repository, seq: int, tolerance: float) -> list[PatchEntry]:
-    """The lossy chain's links into net ``seq`` and into the net before it, newest first,
-    as far as they join up (each one's base the other's result)."""
+    """The lossy chain's links into net ``seq`` and the nets before it, newest first, as
+    many as a history may reach back and as far as they join up (each one's base the
+    next one's result)."""
     links = []
-    for s in (seq, seq - 1):
-        if s < 0 or (s < seq and not links):
+    for s in range(seq, seq - max(HISTORY_GAPS), -1):
+        if s < 0:
             break
         try:
             record = repo.read_record(s)

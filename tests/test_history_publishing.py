@@ -98,7 +98,8 @@ def test_a_client_following_the_lossy_chain_takes_its_history_patches(swa_lossy_
 
 
 def test_after_the_learning_rate_drop_a_lossy_link_predicts_from_two_links_back(tmp_path):
-    # From step 900 on the steps are small against 2^-14: two links of the chain predict better than one.
+    # From step 900 on the steps are small against 2^-14: two links of the chain predict better than one
+    # (four links back would be the exact first net, which the chain here does not reach).
     repo = Repository.create(tmp_path / "repo")
     publish(repo, SWA[9:13], tolerance=TOLERANCE, skips=(1,))
     lossy = [p for p in repo.read_index().patches if p.lossy]
@@ -106,5 +107,22 @@ def test_after_the_learning_rate_drop_a_lossy_link_predicts_from_two_links_back(
     last = [p for p in lossy if p.history is not None and p.base == chain[-1].base]
     assert len(chain) == 3 and len(last) == 1
     assert last[0].history == chain[-3].base and last[0].size < chain[-1].size
-    assert len(list((repo.state_dir / "lossy").glob("*.pb.gz"))) <= 3     # what the next link may use
+    kept = {p.name.split(".")[0] for p in (repo.state_dir / "lossy").glob("*.pb.gz")}
+    assert kept == {p.result for p in chain} | {p.base for p in chain[1:]}    # all a later link may use
     assert check_repository(str(repo.root), POLICY).ok
+
+
+def test_at_a_coarse_tolerance_a_lossy_link_predicts_from_four_links_back(tmp_path):
+    # At 2^-10 a step moves a weight by about half a quantisation step: four links of the chain
+    # predict better than one or two. The net four links back is lossy, kept by the publisher since.
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, SWA[:7], tolerance=2.0 ** -10, skips=(1,))
+    lossy = [p for p in repo.read_index().patches if p.lossy]
+    chain = [p for p in lossy if p.history is None]
+    last = [p for p in lossy if p.history is not None and p.base == chain[-1].base]
+    assert len(chain) == 6 and len(last) == 1
+    assert last[0].history == chain[1].base and last[0].history != Net.load(SWA[1]).id  # lossy, not net 1
+    assert check_repository(str(repo.root), POLICY).ok
+    copy_in(tmp_path / "cache", 0)
+    result = fetch(str(repo.root), cache_dir=tmp_path / "cache", tolerance=2.0 ** -10, policy=POLICY)
+    assert result.net_id == chain[-1].result and result.history_patches >= 1
