@@ -22,9 +22,9 @@ from .errors import Lc0WeightsError, NetFormatError
 from .net import DEFAULT_MAX_SIZE, Net, atomic_write
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
 from .settings import parse_tolerance
+from .console import NO_BASE, check_output
 from . import encodings as enc
 
-NO_BASE = "none"
 log = logging.getLogger("lc0weights")
 
 
@@ -53,34 +53,6 @@ def parse_codec(text: str) -> str:
     if text not in codec_ids():
         raise argparse.ArgumentTypeError(f"unknown codec {text!r} (valid: {', '.join(codec_ids())})")
     return text
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {many or word + 's'}"
-
-
-# -- outputs, checked before any work --------------------------------------------------
-
-def check_output(output: str, inputs=(), force: bool = False) -> None:
-    """Refuse an output that would fail or destroy something, before any work is done.
-
-    The folder must exist (the error names the user's path, not a temp file);
-    an input is never overwritten, even with --force; an existing file needs
-    --force, as gzip and zstd ask.
-    """
-    out = Path(output)
-    folder = out.parent
-    if not folder.is_dir():
-        raise Lc0WeightsError(f"{output}: cannot write: folder {str(folder)!r} does not exist")
-    if out.is_dir():
-        raise Lc0WeightsError(f"{output}: is a folder; give a file name")
-    if not out.exists():
-        return
-    for given in inputs:
-        if given and given.lower() != NO_BASE and Path(given).exists() and os.path.samefile(out, given):
-            raise Lc0WeightsError(f"{output}: is also an input ({given}); write the output elsewhere")
-    if not force:
-        raise Lc0WeightsError(f"{output}: already exists (use -f/--force to overwrite)")
 
 
 def _load_net(path: str | None, max_size: int | None = None) -> Net | None:
@@ -147,7 +119,7 @@ def _layer_bar(args, desc: str):
     """A progress wrapper over layers for make_patch, or None when bars are off."""
     if not args.progress:
         return None
-    from .distribution.download import counting_bar
+    from .console import counting_bar
     return lambda layers, total: counting_bar(layers, total, desc)
 
 
@@ -155,7 +127,7 @@ def _byte_bar(args, desc: str):
     """A progress wrapper over a decoder's chunks, or None when bars are off."""
     if not args.progress:
         return None
-    from .distribution.download import progress_bar
+    from .console import progress_bar
     return lambda chunks, total: progress_bar(chunks, total, 0, desc)
 
 
@@ -355,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     max_size(p)
     p.set_defaults(run=cmd_verify)
 
-    from .distribution.commands import add_commands
+    from .client.commands import add_commands
     add_commands(sub)
     return finish_parser(parser)
 
@@ -400,8 +372,8 @@ def settle_output_options(args, prog: str) -> None:
         print(f"{prog}: error: -v/--verbose and -q/--quiet do not go together", file=sys.stderr)
         raise SystemExit(2)
     args.progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
-    from .distribution import download
-    download.SHOW_PROGRESS = args.progress
+    from . import console
+    console.SHOW_PROGRESS = args.progress
 
 
 def compile_notice(args) -> None:

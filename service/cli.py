@@ -6,8 +6,9 @@ import logging
 import sys
 
 from lc0weights import __version__
-from lc0weights.cli import (SubcommandParser, finish_parser, output_options, parse_codec, plural,
+from lc0weights.cli import (SubcommandParser, finish_parser, output_options, parse_codec,
                             positive_int, run_command, settle_output_options)
+from lc0weights.console import plural
 from lc0weights.errors import Lc0WeightsError
 from lc0weights.settings import parse_duration, parse_tolerance
 
@@ -107,13 +108,13 @@ def _signing(args):
     """The signing key and expiry the command was given, loaded before any work is done."""
     import datetime as dt
 
-    from lc0weights.distribution.keys import SigningKey
+    from lc0weights.repository.keys import SigningKey
     key = SigningKey.load(args.key) if args.key else None
     return key, dt.timedelta(seconds=args.expires)
 
 
 def _keygen(args) -> int:
-    from lc0weights.distribution.keys import SigningKey
+    from lc0weights.repository.keys import SigningKey
     key = SigningKey.generate()
     key.save(args.keyfile)
     print(key.public.text)
@@ -123,7 +124,7 @@ def _keygen(args) -> int:
 def _certify(args) -> int:
     import datetime as dt
 
-    from lc0weights.distribution.keys import SigningKey, read_trust
+    from lc0weights.repository.keys import SigningKey, read_trust
 
     from .repository import Repository
     root_key = SigningKey.load(args.root_key)

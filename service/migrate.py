@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from lc0weights.distribution.metadata import Record, link_distances
+from lc0weights.repository.metadata import Record, link_distances
 
 from .repository import Repository, atomic_write
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from lc0weights.distribution.index import net_object_path
-from lc0weights.distribution.metadata import record_path
+from lc0weights.repository.index import net_object_path
+from lc0weights.repository.metadata import record_path
 
 from .migrate import migrate_if_needed
 from .repository import Repository

@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lc0weights.distribution.cache import NetCache
-from lc0weights.distribution.engine import apply_patch, checked_net, make_patch
-from lc0weights.distribution.errors import RepositoryError
-from lc0weights.distribution.index import NetEntry, PatchEntry, net_object_path, patch_object_path
-from lc0weights.distribution.metadata import Record, link_distances
+from lc0weights.client.cache import NetCache
+from lc0weights.client.engine import apply_patch, checked_net, make_patch
+from lc0weights.repository.errors import RepositoryError
+from lc0weights.repository.index import NetEntry, PatchEntry, net_object_path, patch_object_path
+from lc0weights.repository.metadata import Record, link_distances
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields

@@ -28,10 +28,10 @@ import secrets
 import time
 from pathlib import Path
 
-from lc0weights.distribution.errors import RepositoryError, UntrustedError
-from lc0weights.distribution.index import INDEX_NAME, NetEntry, RepositoryIndex, parse_index
-from lc0weights.distribution.keys import SigningKey
-from lc0weights.distribution.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
+from lc0weights.repository.errors import RepositoryError, UntrustedError
+from lc0weights.repository.index import INDEX_NAME, NetEntry, RepositoryIndex, parse_index
+from lc0weights.repository.keys import SigningKey
+from lc0weights.repository.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
                                               open_envelope, parse_record, parse_root,
                                               parse_timestamp, record_path, utc_now, utc_text)
 from lc0weights.net import atomic_file

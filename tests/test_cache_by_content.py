@@ -9,10 +9,10 @@ import pytest
 
 from lc0weights import Net
 from lc0weights.cli import main
-from lc0weights.distribution import NetCache, TransferPolicy, fetch
-from lc0weights.distribution import cache as cache_module
-from lc0weights.distribution.cache import MEMO_NAME
-from lc0weights.distribution.client_cache import client_cache_dir
+from lc0weights.client import NetCache, TransferPolicy, fetch
+from lc0weights.client import cache as cache_module
+from lc0weights.client.cache import MEMO_NAME
+from lc0weights.client.client_cache import client_cache_dir
 
 from conftest import run_paths
 from repo_fixtures import leftovers, publish_run

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from lc0weights import Lc0WeightsError
-from lc0weights.distribution.index import (NetEntry, PatchEntry, RepositoryIndex, SCHEMA,
+from lc0weights.repository.index import (NetEntry, PatchEntry, RepositoryIndex, SCHEMA,
                                            net_object_path, parse_index, patch_object_path)
-from lc0weights.distribution.errors import RepositoryIndexError
+from lc0weights.repository.errors import RepositoryIndexError
 
 A, B, C, P1, P2 = ("a" * 64, "b" * 64, "c" * 64, "1" * 64, "2" * 64)
 

@@ -1,9 +1,9 @@
 import pytest
 
-from lc0weights.distribution.errors import NoRouteError
-from lc0weights.distribution.index import (NetEntry, PatchEntry, RepositoryIndex, net_object_path,
+from lc0weights.repository.errors import NoRouteError
+from lc0weights.repository.index import (NetEntry, PatchEntry, RepositoryIndex, net_object_path,
                                            patch_object_path)
-from lc0weights.distribution.route import cheapest_route
+from lc0weights.client.route import cheapest_route
 
 N = [f"{i:x}" * 64 for i in range(1, 8)]   # seven net ids
 FULL = 1000

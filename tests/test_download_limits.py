@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from lc0weights.distribution.download import (ByteBudget, HttpSource, LocalSource, PolicyError,
+from lc0weights.client.download import (ByteBudget, HttpSource, LocalSource, PolicyError,
                                               TransferPolicy, check_free_space, sweep_stale, work_folder)
-from lc0weights.distribution.errors import DownloadError, IntegrityError
-from lc0weights.distribution.staging import StagedFile
+from lc0weights.repository.errors import DownloadError, IntegrityError
+from lc0weights.client.staging import StagedFile
 
 from conftest import run_paths
 from transfer_server import scripted_server
@@ -237,7 +237,7 @@ def test_partial_on_another_file_system_is_copied_into_place(net_bytes, tmp_path
 CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from lc0weights.distribution.download import HttpSource, TransferPolicy
+    from lc0weights.client.download import HttpSource, TransferPolicy
     url, path, dest, size, digest, partial = sys.argv[1:]
     source = HttpSource(url, TransferPolicy(progress=False))
     source.fetch_object(path, Path(dest), int(size), digest, partial_dir=partial)
@@ -377,7 +377,7 @@ def test_a_symlink_in_place_of_a_partial_is_refused(net_bytes, tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from lc0weights.distribution.staging import StagedFile
+    from lc0weights.client.staging import StagedFile
     staged = StagedFile.open(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
     staged.append(b"live")
     staged.file.flush()

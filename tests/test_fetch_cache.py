@@ -2,7 +2,7 @@
 import pytest
 
 from lc0weights import Net
-from lc0weights.distribution import NetCache, TransferPolicy, default_cache_dir, fetch
+from lc0weights.client import NetCache, TransferPolicy, default_cache_dir, fetch
 
 from conftest import run_paths
 from repo_fixtures import copy_into_cache, leftovers, publish_run
@@ -79,8 +79,8 @@ def test_fetch_an_unknown_net_is_one_clear_error(repo, tmp_path, capsys):
 def test_what_killed_fetches_left_is_swept_by_age(tmp_path):
     import os
     import time
-    from lc0weights.distribution.fetch import PARTIAL_DIR, sweep_cache
-    from lc0weights.distribution.staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE
+    from lc0weights.client.fetch import PARTIAL_DIR, sweep_cache
+    from lc0weights.client.staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE
     old, fresh = tmp_path / ".fetch-old", tmp_path / ".fetch-live"
     (tmp_path / PARTIAL_DIR).mkdir()
     old_part, new_part = tmp_path / PARTIAL_DIR / ("a" * 64 + ".part"), tmp_path / PARTIAL_DIR / ("b" * 64 + ".part")

@@ -11,7 +11,7 @@ import pytest
 
 from lc0weights import Net
 from lc0weights.cli import main as lc0weights_main
-from lc0weights.distribution import TransferPolicy, check_repository, fetch
+from lc0weights.client import TransferPolicy, check_repository, fetch
 from service.repository import Repository
 from service.watch import Watcher
 

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from lc0weights import Net
-from lc0weights.distribution import HttpSource, TransferPolicy, fetch
-from lc0weights.distribution.errors import (DownloadError, IntegrityError, NoRouteError,
+from lc0weights.client import HttpSource, TransferPolicy, fetch
+from lc0weights.repository.errors import (DownloadError, IntegrityError, NoRouteError,
                                             RepositoryIndexError)
 
 from conftest import run_paths

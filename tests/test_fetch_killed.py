@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lc0weights import Net
-from lc0weights.distribution import TransferPolicy, check_repository, fetch
+from lc0weights.client import TransferPolicy, check_repository, fetch
 
 from conftest import run_paths
 from repo_fixtures import FaultyHandler, cache_files, leftovers, publish_run, serving

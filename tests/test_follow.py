@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net
-from lc0weights.distribution import TransferPolicy
-from lc0weights.distribution.follow import follow
-from lc0weights.distribution.keys import SigningKey
+from lc0weights.client import TransferPolicy
+from lc0weights.client.follow import follow
+from lc0weights.repository.keys import SigningKey
 from service.publish import publish
 from service.repository import Repository
 from service.serve import RepositoryHandler, RepositoryServer
@@ -81,7 +81,7 @@ def test_a_published_net_is_in_the_client_cache_within_two_intervals(tmp_path, i
 
 
 def test_an_upstream_outage_is_survived(tmp_path, ids, caplog):
-    caplog.set_level(logging.INFO, logger="lc0weights.distribution.follow")
+    caplog.set_level(logging.INFO, logger="lc0weights.client.follow")
     repo = Repository.create(tmp_path / "repo")
     publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
     cache = tmp_path / "client-cache"

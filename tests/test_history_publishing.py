@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from lc0weights import Net
-from lc0weights.distribution import TransferPolicy, check_repository, fetch
+from lc0weights.client import TransferPolicy, check_repository, fetch
 from service.publish import publish
 from service.repository import Repository
 

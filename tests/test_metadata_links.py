@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lc0weights.distribution.metadata import Link, Record, link_distances, link_hops
-from lc0weights.distribution.updater import Updater
+from lc0weights.repository.metadata import Link, Record, link_distances, link_hops
+from lc0weights.repository.updater import Updater
 
 
 def bfs_hops(low: int, high: int) -> int:

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from lc0weights import Net
-from lc0weights.distribution import TransferPolicy
-from lc0weights.distribution.mirror import Mirror, MirrorServer, _parse_range
+from lc0weights.client import TransferPolicy
+from lc0weights.serving.mirror import Mirror, MirrorServer, _parse_range
 from service.publish import publish
 from service.repository import Repository
 
@@ -62,7 +62,7 @@ def mirror_lines(caplog) -> list[tuple]:
 
 
 def test_the_client_follows_the_run_through_the_mirror_with_patches_and_a_restart(tmp_path, ids, caplog):
-    caplog.set_level("INFO", logger="lc0weights.distribution.mirror")
+    caplog.set_level("INFO", logger="lc0weights.serving.mirror")
     paths = run_paths()[:6]
     repo = Repository.create(tmp_path / "repo")
     own, client_dir = tmp_path / "mirror", tmp_path / "client"
@@ -91,7 +91,7 @@ def test_the_client_follows_the_run_through_the_mirror_with_patches_and_a_restar
 
 
 def test_a_fresh_mirror_rebuilds_from_the_net_in_the_client_cache(repo, ids, tmp_path, caplog):
-    caplog.set_level("INFO", logger="lc0weights.distribution.mirror")
+    caplog.set_level("INFO", logger="lc0weights.serving.mirror")
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     shutil.copyfile(run_paths()[1], client_dir / ids[1])        # what the client got last time
@@ -183,7 +183,7 @@ def test_fallback_passes_through_only_verified_nets(repo, ids, tmp_path):
 
 
 def test_a_corrupt_net_in_the_client_cache_is_never_a_base_nor_served(repo, ids, tmp_path, caplog):
-    caplog.set_level("INFO", logger="lc0weights.distribution.mirror")
+    caplog.set_level("INFO", logger="lc0weights.serving.mirror")
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     good = run_paths()[1].read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net, max_error
-from lc0weights.distribution import check_repository, fetch
+from lc0weights.client import check_repository, fetch
 from service.prune import prune
 from service.publish import publish, training_steps
 from service.repository import Repository

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net
-from lc0weights.distribution import TransferPolicy, check_repository, fetch
-from lc0weights.distribution.errors import UntrustedError
-from lc0weights.distribution.keys import PublicKey, SigningKey, read_trust
+from lc0weights.client import TransferPolicy, check_repository, fetch
+from lc0weights.repository.errors import UntrustedError
+from lc0weights.repository.keys import PublicKey, SigningKey, read_trust
 from service.publish import publish
-from lc0weights.distribution.metadata import link_distances
+from lc0weights.repository.metadata import link_distances
 from service.repository import Repository
 from service.watch import Watcher
 

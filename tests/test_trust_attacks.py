@@ -19,9 +19,9 @@ import pytest
 
 from lc0weights import Net
 from lc0weights.cli import main as lc0weights_main
-from lc0weights.distribution import TransferPolicy, check_repository, fetch
-from lc0weights.distribution.keys import SigningKey
-from lc0weights.distribution.metadata import open_envelope, seal
+from lc0weights.client import TransferPolicy, check_repository, fetch
+from lc0weights.repository.keys import SigningKey
+from lc0weights.repository.metadata import open_envelope, seal
 from lc0weights.patch import make_patch
 from service.publish import publish
 from service.repository import Repository
@@ -235,7 +235,7 @@ def test_an_object_longer_than_its_signed_length_is_cut_and_refused(signed, key,
 
 
 def test_reads_stop_at_the_signed_length(signed, key, tmp_path):
-    from lc0weights.distribution import HttpSource
+    from lc0weights.client import HttpSource
     repo, _, ids = signed
     copy = mirror_copy(signed, tmp_path)
     net_file = copy / "nets" / f"{ids[3]}.pb.gz"

@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights.errors import Lc0WeightsError  # noqa: E402
-from lc0weights.distribution import TransferPolicy, fetch, parse_index  # noqa: E402
-from lc0weights.distribution import updater  # noqa: E402
-from lc0weights.distribution.keys import SigningKey  # noqa: E402
+from lc0weights.client import TransferPolicy, fetch, parse_index  # noqa: E402
+from lc0weights.repository import updater  # noqa: E402
+from lc0weights.repository.keys import SigningKey  # noqa: E402
 from lc0weights.net import Net, atomic_write, gzip_bytes  # noqa: E402
 from lc0weights.proto import lc0net_pb2 as pb  # noqa: E402
 from service.publish import publish_net  # noqa: E402

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights import Net  # noqa: E402
-from lc0weights.distribution import TransferPolicy, check_repository, fetch  # noqa: E402
-from lc0weights.distribution.keys import SigningKey  # noqa: E402
+from lc0weights.client import TransferPolicy, check_repository, fetch  # noqa: E402
+from lc0weights.repository.keys import SigningKey  # noqa: E402
 from service.publish import publish  # noqa: E402
 from service.repository import Repository  # noqa: E402
 from service.serve import RepositoryServer  # noqa: E402

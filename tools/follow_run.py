@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lc0weights.distribution import TransferPolicy, fetch  # noqa: E402
+from lc0weights.client import TransferPolicy, fetch  # noqa: E402
 from lc0weights.settings import parse_tolerance  # noqa: E402
 from service.publish import load_net_file, publish_net  # noqa: E402
 from service.repository import Repository  # noqa: E402
@@ -123,9 +123,9 @@ def mirror_mode(args) -> int:
     import shutil
 
     from lczero_client_standin import StandInClient
-    from lc0weights.distribution.mirror import Mirror, MirrorServer
+    from lc0weights.serving.mirror import Mirror, MirrorServer
 
-    mirror_log = logging.getLogger("lc0weights.distribution.mirror")
+    mirror_log = logging.getLogger("lc0weights.serving.mirror")
     records = _MirrorRecords()
     mirror_log.addHandler(records)
     mirror_log.setLevel(logging.INFO)

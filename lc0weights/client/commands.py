@@ -52,7 +52,7 @@ def add_commands(subparsers) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
 
-    from .mirror import add_mirror_command
+    from ..serving.mirror import add_mirror_command
     add_mirror_command(subparsers)
 
 
@@ -88,7 +88,7 @@ def run_fetch(args) -> int:
         policy.progress = False
         return run_follow(args, policy)
     if args.output:
-        from ..cli import check_output
+        from ..console import check_output
         check_output(args.output, args.have or (), args.force)
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
                    client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
@@ -123,7 +123,7 @@ def run_check(args) -> int:
         if len(report.failures) > len(report.kinds):
             print(f"({len(report.failures)} failures in all: "
                   + ", ".join(f"{n} {kind}" for kind, n in report.kinds.items()) + ")")
-        from ..cli import plural
+        from ..console import plural
         state = "ok" if report.ok else plural(len(report.failures), "failure")
         print(f"checked {plural(report.nets, 'net')} and {plural(report.patches, 'patch', 'patches')}: {state}")
     return 0 if report.ok else 1

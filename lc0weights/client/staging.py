@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DownloadError
+from ..repository.errors import DownloadError
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 PARTIAL_SUFFIX = ".part"

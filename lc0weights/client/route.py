@@ -12,8 +12,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from .errors import NoRouteError
-from .index import NetEntry, PatchEntry, RepositoryIndex
+from ..repository.errors import NoRouteError
+from ..repository.index import NetEntry, PatchEntry, RepositoryIndex
 
 NOTHING = ""  # the start node for full downloads
 

@@ -26,9 +26,9 @@ from ..errors import Lc0WeightsError
 from .cache import NetCache
 from .client_cache import remove_lock_if_free
 from .download import DocumentReply, HttpSource, TransferPolicy, open_source
-from .errors import DownloadError, NotFoundError
-from .index import INDEX_NAME, MAX_INDEX_BYTES
-from .metadata import MAX_TOP_BYTES
+from ..repository.errors import DownloadError, NotFoundError
+from ..repository.index import INDEX_NAME, MAX_INDEX_BYTES
+from ..repository.metadata import MAX_TOP_BYTES
 from .transfer_policy import TransferStopped
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Distribution: the repository index, transfers, routes, the fetch client and check.
+"""The client: transfers, routes, the fetch client, check, and lczero-client's cache.
 
 ``fetch(url)`` brings a cache up to the latest published net; ``check_repository``
 verifies a whole published repository. The CLI adds both with ``add_commands``.
@@ -6,9 +6,9 @@ verifies a whole published repository. The CLI adds both with ``add_commands``.
 from .cache import NetCache, default_cache_dir
 from .check import CheckReport, check_repository
 from .download import HttpSource, LocalSource, TransferPolicy, open_source
-from .errors import DownloadError, IntegrityError, NoRouteError, RepositoryError, RepositoryIndexError
+from ..repository.errors import DownloadError, IntegrityError, NoRouteError, RepositoryError, RepositoryIndexError
 from .fetch import FetchResult, fetch
-from .index import NetEntry, PatchEntry, RepositoryIndex, parse_index
+from ..repository.index import NetEntry, PatchEntry, RepositoryIndex, parse_index
 from .route import Route, cheapest_route
 
 __all__ = [

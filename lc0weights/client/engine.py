@@ -10,7 +10,7 @@ import hashlib
 from .. import patch as _patch
 from ..errors import VerificationError
 from ..net import Net
-from .download import counting_bar, progress_bar
+from ..console import counting_bar, progress_bar
 
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None,

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +44,10 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
+from ..console import progress_bar
 from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
-from .errors import DownloadError, IntegrityError, NotFoundError
-from .index import INDEX_NAME, MAX_INDEX_BYTES
+from ..repository.errors import DownloadError, IntegrityError, NotFoundError
+from ..repository.index import INDEX_NAME, MAX_INDEX_BYTES
 from .network_failures import Failure, classify
 from .staging import (PARTIAL_MIN_AGE, TEMP_MIN_AGE, StagedFile, check_free_space, sweep_stale,
                       work_folder)
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TransferPolicy", "PolicyError", "ByteBudget", "DocumentReply", "HttpSource", "LocalSource",
            "open_source", "check_free_space", "sweep_stale", "work_folder", "TEMP_MIN_AGE", "PARTIAL_MIN_AGE",
-           "progress_bar", "counting_bar", "sha256_file"]
+           "sha256_file"]
 
 CHUNK = 1 << 16
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -94,34 +94,6 @@ class Download:
 
 class _Retry(Exception):
     """A transient failure inside one attempt; the caller pauses and resumes."""
-
-
-SHOW_PROGRESS = True   # the command line's --no-progress and -q turn every bar off
-
-
-def progress_bar(chunks, total: int, initial: int, desc: str, enabled: bool = True):
-    """Wrap a chunk iterator in a tqdm bar; plain iteration when not on a terminal."""
-    if not (enabled and SHOW_PROGRESS) or not sys.stderr.isatty():
-        yield from chunks
-        return
-    from tqdm import tqdm
-    with tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc,
-              leave=False, file=sys.stderr) as bar:
-        for chunk in chunks:
-            bar.update(len(chunk))
-            yield chunk
-
-
-def counting_bar(items, total: int, desc: str, unit: str = "layer"):
-    """Wrap an iterator in a tqdm bar counting its items; plain iteration when not on a terminal."""
-    if not SHOW_PROGRESS or not sys.stderr.isatty():
-        yield from items
-        return
-    from tqdm import tqdm
-    with tqdm(total=total, unit=unit, desc=desc, leave=False, file=sys.stderr) as bar:
-        for item in items:
-            bar.update(1)
-            yield item
 
 
 def sha256_file(path: Path) -> str:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import Lc0WeightsError
-from .errors import DownloadError
+from ..repository.errors import DownloadError
 
 MiB = 1 << 20
 _LONGEST_WAIT = 7 * 24 * 3600.0      # beyond this a setting is a typo (and overflows socket timeouts)

@@ -22,8 +22,8 @@ from ..net import Net
 from .download import TransferPolicy, open_source
 from .engine import apply_patch, checked_net
 from .fetch import _full_net
-from .index import parse_index
-from .updater import Updater
+from ..repository.index import parse_index
+from ..repository.updater import Updater
 
 log = logging.getLogger(__name__)
 

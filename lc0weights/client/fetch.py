@@ -18,11 +18,11 @@ from ..net import Net, gunzip_limited, write_net_file
 from .cache import NetCache
 from .download import TransferPolicy, open_source
 from .engine import apply_patch, checked_net
-from .errors import IntegrityError, NoRouteError
-from .index import NetEntry, parse_index
+from ..repository.errors import IntegrityError, NoRouteError
+from ..repository.index import NetEntry, parse_index
 from .route import cheapest_route
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
-from .updater import Updater
+from ..repository.updater import Updater
 
 log = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 6

@@ -29,10 +29,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import Lc0WeightsError
-from .cache import default_cache_dir
-from .client_cache import client_cache_dir, gzip_stream_id, net_files
-from .download import TransferPolicy
-from .errors import DownloadError, IntegrityError, NoRouteError, RepositoryIndexError
+from ..client.cache import default_cache_dir
+from ..client.client_cache import client_cache_dir, gzip_stream_id, net_files
+from ..client.download import TransferPolicy
+from ..repository.errors import DownloadError, IntegrityError, NoRouteError, RepositoryIndexError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Mirror:
 
     # -- getting a net -------------------------------------------------------------------
     def _obtain(self, sha: str, flight: _Flight) -> None:
-        from .fetch import fetch
+        from ..client.fetch import fetch
         have = list(net_files(self.client_cache).values()) if self.client_cache else []
         extra = {} if self.trust is None else {"trust": self.trust}
         try:

@@ -1,0 +1,1 @@
+"""Serving over HTTP on the client's side: the mirror lczero-client fetches through."""
