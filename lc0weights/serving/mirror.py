@@ -209,7 +209,12 @@ def mirror_settings(args):
         raise Lc0WeightsError("no repository given: pass UPSTREAM, or set LC0WEIGHTS_URL or 'url' in "
                               f"{config_path()}")
     trust = setting("trust", args.trust)
-    args.trust = None if trust is None else read_trust(trust)
+    try:
+        args.trust = None if trust is None else read_trust(trust)
+    except Lc0WeightsError as e:
+        shown = trust if len(trust) <= 40 else trust[:37] + "..."
+        raise Lc0WeightsError(f"the trusted key {shown!r} (--trust, LC0WEIGHTS_TRUST or 'trust' in "
+                              f"{config_path()}): {e}") from None
     return args
 
 

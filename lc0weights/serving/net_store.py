@@ -114,6 +114,7 @@ class Mirror:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._pins: Counter = Counter()     # sha -> requests about to open it
+        self._eviction_deferred = False     # a pinned net was spared by the last eviction
         self._verified: dict[str, tuple] = {}   # sha -> (dev, ino, size, mtime_ns) checked already
 
     def file_for(self, sha: str) -> Path:
@@ -136,6 +137,9 @@ class Mirror:
                 self._pins[sha] -= 1
                 if self._pins[sha] <= 0:
                     del self._pins[sha]
+                deferred, self._eviction_deferred = self._eviction_deferred, False
+            if deferred:                    # a net in use was spared: bring the cache back within bounds
+                self._evict(keep=None)
 
     def _serve_pinned(self, sha: str, wait: float | None, gone) -> Served:
         held = self._open_verified(sha)
@@ -218,7 +222,7 @@ class Mirror:
         f.seek(0)
         return f, st
 
-    def _evict(self, keep: str) -> None:
+    def _evict(self, keep: str | None) -> None:
         """Drop the least recently stored nets beyond the count and byte bounds, never a pinned one."""
         nets = []
         for entry in os.scandir(self.cache_dir):
@@ -233,7 +237,11 @@ class Mirror:
                 total += size
                 over_count = i >= self.max_nets
                 over_bytes = self.max_bytes is not None and total > self.max_bytes and i > 0
-                if (over_count or over_bytes) and sha not in self._pins and sha not in self._flights:
+                if not (over_count or over_bytes):
+                    continue
+                if sha in self._pins or sha in self._flights:
+                    self._eviction_deferred = True
+                else:
                     try:
                         path.unlink()
                         log.info("dropped %s from the mirror cache", path.name[:16])
