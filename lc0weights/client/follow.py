@@ -142,8 +142,11 @@ class PrimedSource:
         self._primed_bytes += reply.transferred
         return reply
 
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
-        return self._take(name, max_bytes) or self._source.read_document(name, max_bytes, etag)
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None,
+                      seconds: float | None = None) -> DocumentReply:
+        return (self._take(name, max_bytes)
+                or self._source.read_document(name, max_bytes, etag, **({} if seconds is None else
+                                                                        {"seconds": seconds})))
 
     def read_index(self) -> bytes:
         reply = self._take(INDEX_NAME, MAX_INDEX_BYTES)
