@@ -5,8 +5,10 @@ sha256 of its raw protobuf in the cache folder; a cached file is checked by
 gunzipping and hashing and deleted if wrong; otherwise ``GET <prefix><sha>``
 is written to ``<sha>_tmp*`` and renamed once it checks out, retrying a
 failed download (3 times, 10 s apart by default); an exclusive flock on
-``<sha>.lck`` makes a second client wait (up to 60 s); after getting a net it
-deletes every other cached net older than the keep time (16 h).
+``<sha>.lck`` makes a second client wait (up to 60 s); after getting a net,
+whether from its cache or downloaded, it deletes every entry of its cache
+folder older than the keep time (16 h) except that net: files and folders
+alike, whatever their name (what it did not write included).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import gzip
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 import zlib
@@ -49,12 +52,11 @@ class StandInClient:
         """The path of a verified gzip net ``sha`` in the cache, downloading it when needed."""
         with self._locked(sha):
             path = self.cache / sha
-            if path.exists():
-                if self.check(path, sha):
-                    return path
+            if path.exists() and not self.check(path, sha):
                 path.unlink()                    # the client deletes a wrong cached net
-            self._download(sha, path)
-        self._clean_up(keep=sha)
+            if not path.exists():
+                self._download(sha, path)
+        self.clean_up(keep=sha)
         return path
 
     @staticmethod
@@ -94,10 +96,15 @@ class StandInClient:
                     os.unlink(tmp)
         raise ClientError(f"cannot download {sha[:16]}: {last}")
 
-    def _clean_up(self, keep: str) -> None:
+    def clean_up(self, keep: str) -> None:
+        """Delete every entry older than the keep time but the current net, as lczero-client does."""
         cutoff = time.time() - self.keep_seconds
         for entry in os.scandir(self.cache):
-            if NET_NAME.match(entry.name) and entry.name != keep and entry.stat().st_mtime < cutoff:
+            if entry.name == keep or entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
                 os.unlink(entry.path)
 
     class _Lock:

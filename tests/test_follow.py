@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def wait_for(predicate, seconds: float) -> float:
 def following(url, cache, interval, **kw):
     stop = threading.Event()
     box = {}
+    kw.setdefault("state_dir", Path(cache).parent / "follow-state")
     thread = threading.Thread(target=lambda: box.setdefault("n", follow(
         url, stop, cache_dir=cache, client_layout=True, interval=interval, policy=POLICY, **kw)))
     thread.start()
@@ -72,9 +74,7 @@ def test_a_published_net_is_in_the_client_cache_within_two_intervals(tmp_path, i
             publish(repo, [run_paths()[i]], codec=FAST_CODEC, skips=(1,))
             assert wait_for(lambda: verified(cache, ids[i]), 2 * interval) <= 2 * interval
     assert box["n"] == 3
-    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(ids[1:])
-    # Only the resumable partial stays (named by its sha256, for the next run); nothing under a final name.
-    assert [p for p in leftovers(cache) if p != ".held-ids.json" and not p.startswith(".partial/")] == []
+    assert sorted(p.name for p in cache.iterdir()) == sorted(ids[1:])     # nets only, nothing of ours
     # The client finds the net in place: it never asks its (here unreachable) mirror.
     client = StandInClient(cache, "http://127.0.0.1:9/", retries=1)
     assert client.get_network(ids[2]) == cache / ids[2] and client.downloads == []
@@ -157,10 +157,12 @@ class Trickle(RepositoryHandler):
 
 
 def _follow_process(url: str, cache: Path) -> subprocess.Popen:
+    """``fetch --follow --client-layout`` into ``cache``; its own state goes to ``cache``/../xdg."""
     return subprocess.Popen(
         [sys.executable, "-m", "lc0weights.cli", "fetch", url, "--follow", "--interval", "0.5",
          "--client-layout", "--cache", str(cache), "--retries", "0"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache.parent / "xdg")})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -189,7 +191,8 @@ def test_sigterm_during_a_transfer_stops_within_seconds_leaving_no_partial_file(
     with serving(repo.root, Trickle) as upstream:
         proc = _follow_process(upstream.url, cache)
         try:
-            wait_for(lambda: any(cache.rglob("*.part")), 30)     # the net is on its way
+            state = tmp_path / "xdg" / "lc0weights" / "follow"
+            wait_for(lambda: any(state.rglob("*.part")), 30)     # the net is on its way
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             assert proc.wait(timeout=10) == 0
@@ -198,7 +201,35 @@ def test_sigterm_during_a_transfer_stops_within_seconds_leaving_no_partial_file(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert not (cache / ids[0]).exists()
+    assert not (cache / ids[0]).exists() and leftovers(cache) == []
     # Only the resumable partial stays (named by its sha256, for the next run); nothing under a final name.
-    assert [p for p in leftovers(cache) if p != ".held-ids.json" and not p.startswith(".partial/")] == []
+    assert [p for p in leftovers(state) if p != ".held-ids.json" and not p.startswith(".partial/")] == []
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_the_clients_clean_up_leaves_follow_its_state_and_its_bases(tmp_path, ids):
+    """lczero-client deletes every entry of its folder older than its keep time but the current net."""
+    key = SigningKey.generate()
+    repo = Repository.create(tmp_path / "repo", key)
+    publish(repo, run_paths()[:1], codec=FAST_CODEC, skips=(1,))
+    cache, state = tmp_path / "client-cache", tmp_path / "follow-state"
+    results = []
+    client = StandInClient(cache, "http://127.0.0.1:9/", retries=1, keep_seconds=0)   # 16 h gone by
+    with serving(repo.root) as upstream, \
+            following(upstream.url, cache, 0.2, keep=2, trust=key.public, state_dir=state,
+                      on_net=results.append):
+        for i in range(3):
+            if i:
+                publish(repo, [run_paths()[i]], codec=FAST_CODEC, skips=(1,))
+            wait_for(lambda: verified(cache, ids[i]), 15)
+            time.sleep(0.05)
+            client.get_network(ids[i])          # finds it in place, then cleans up everything else
+            assert sorted(p.name for p in cache.iterdir()) == [ids[i]], list(cache.iterdir())
+    assert client.downloads == []
+    assert [r.net_id for r in results] == ids
+    full = [p.stat().st_size for p in run_paths()[:3]]
+    for i in (1, 2):                            # each new net still came as a patch from the last
+        assert results[i].route == f"{ids[i - 1][:8]}->{ids[i][:8]}", results[i].route
+        assert results[i].bytes_downloaded < 0.75 * full[i]
+    assert (state / ".lc0weights-trust").is_dir()
+    assert sorted(p.name for p in state.glob("*.pb.gz")) == sorted(f"{i}.pb.gz" for i in ids[1:])

@@ -16,7 +16,7 @@ import requests
 
 from lc0weights import Net
 from lc0weights.client import TransferPolicy
-from lc0weights.serving.mirror import Mirror, MirrorServer, _parse_range
+from lc0weights.serving.mirror import Mirror, MirrorServer, _parse_range, mirror_limits
 from service.publish import publish
 from service.repository import Repository
 
@@ -216,7 +216,7 @@ def test_head_range_and_the_cache_bound(repo, ids, tmp_path):
         over = requests.get(server.url + ids[2], headers={"Range": f"bytes={len(whole)}-"}, timeout=30)
         assert over.status_code == 416
         odd = requests.get(server.url + ids[2], headers={"Range": "bytes=" + "9" * 5000 + "-"}, timeout=30)
-        assert odd.status_code == 200 and odd.content == whole
+        assert odd.status_code == 416          # a start beyond any file, as serve answers it
     assert sorted(p.name for p in own.glob("*.pb.gz")) == sorted(f"{i}.pb.gz" for i in ids[1:3])
 
 
@@ -279,7 +279,7 @@ def test_the_stand_in_client_waits_for_the_lock(tmp_path, ids):
 def test_connections_over_the_cap_get_503(repo, ids, tmp_path):
     import socket
     mirror = Mirror(str(repo.root), cache_dir=tmp_path / "own", policy=POLICY)
-    server = MirrorServer(mirror, "127.0.0.1", 0, max_connections=1)
+    server = MirrorServer(mirror, "127.0.0.1", 0, limits=mirror_limits(1, queue_timeout=0.3))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with socket.create_connection(server.server_address[:2]):   # holds the one slot

@@ -16,10 +16,14 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from ..repository.errors import IntegrityError
 
 NET_NAME = re.compile(r"[0-9a-f]{64}\Z")
 LOCK_WAIT_SECONDS = 60.0       # what the client itself waits for another holder
@@ -153,3 +157,33 @@ def remove_lock_if_free(folder, net_id: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def place_net(folder, net_id: str, source) -> Path:
+    """Put the gzip net at ``source`` into the client's folder as ``<id>``, only once it is that net.
+
+    The copy is made under the net's lock to a temp name, checked by gunzip +
+    sha256 of the bytes written (what the client will read), then renamed: the
+    client never sees a partial or wrong file under the net's name. A file
+    already there that checks out is kept.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / net_id
+    with net_lock(folder, net_id):
+        if not dest.is_symlink() and dest.is_file() and gzip_net_id(dest) == net_id:
+            return dest
+        fd, tmp = tempfile.mkstemp(prefix=f".{net_id}.", suffix=".tmp", dir=folder)
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            if gzip_net_id(tmp) != net_id:
+                raise IntegrityError(f"{source}: not a gzip of net {net_id[:16]}...; not placed in {folder}")
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return dest

@@ -227,12 +227,14 @@ class HttpSource:
             yield chunk
 
     # -- top documents ----------------------------------------------------------
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None,
+                      seconds: float | None = None) -> DocumentReply:
         """Read a small top document, or learn it did not change since ``etag`` (a 304).
 
         Refuses a body over ``max_bytes`` (reading stops there). Retries like
         objects; the deadline is that of ``max_bytes``, brought forward to that
-        of the declared length when the server declares one.
+        of the declared length when the server declares one, and to ``seconds``
+        when given.
         """
         url = self.url(name)
         what = "the index" if name == INDEX_NAME else name
@@ -240,7 +242,8 @@ class HttpSource:
         headers = {"Cache-Control": "no-cache"}
         if etag:
             headers["If-None-Match"] = etag
-        deadline = Deadline(self.policy.deadline_for(max_bytes))
+        allowed = self.policy.deadline_for(max_bytes)
+        deadline = Deadline(allowed if seconds is None else min(allowed, seconds))   # seconds: hint reads
         read = [0]
 
         def attempt() -> DocumentReply:
@@ -426,8 +429,9 @@ class LocalSource:
             raise DownloadError(f"{path}: not a regular file; refused")
         return os.fdopen(fd, "rb")
 
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
-        """The document's bytes (a local file is never "not modified"); ``etag`` is ignored."""
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None,
+                      seconds: float | None = None) -> DocumentReply:
+        """The document's bytes (a local file is never "not modified"); ``etag`` and ``seconds`` are ignored."""
         f = self._file(name)
         what = "the index" if name == INDEX_NAME else name
         _checked_size(max_bytes, what)

@@ -4,8 +4,16 @@ Every interval the repository's top document is polled with a conditional
 GET (a 304 when nothing is new). When it changed, ``fetch`` brings the cache
 to the latest net, taking the document's new body from the poll rather than
 downloading it again, and only the newest ``keep`` nets stay (two by
-default, so the next patch has a base). With the training client's layout the cache is lczero-client's own folder, and each net is
-there, verified, before the client asks for it.
+default, so the next patch, and a history patch, has its bases).
+
+With the training client's layout the nets go to lczero-client's own
+folder, each there, verified, before the client asks for it. That folder is
+the client's: after getting a net it deletes every entry older than its keep
+time (16 h) but the current net, whoever wrote it. So follow keeps nothing
+of its own there: its trust state, partial downloads and patch bases live in
+lc0weights' own cache (``<user cache>/lc0weights/follow``), and only
+finished, verified nets are copied into the client's folder (whose nets
+also serve as bases, verified before use).
 
 The loop waits on an Event, not in ``sleep``, so SIGTERM/SIGINT stop it
 within moments, even in the middle of a transfer; an upstream outage is
@@ -23,8 +31,8 @@ import time
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
-from .cache import NetCache
-from .client_cache import remove_lock_if_free
+from .cache import NetCache, default_cache_dir
+from .client_cache import net_files, place_net, remove_lock_if_free
 from .download import DocumentReply, HttpSource, TransferPolicy, open_source
 from ..repository.errors import DownloadError, NotFoundError
 from ..repository.index import INDEX_NAME, MAX_INDEX_BYTES
@@ -134,8 +142,11 @@ class PrimedSource:
         self._primed_bytes += reply.transferred
         return reply
 
-    def read_document(self, name: str, max_bytes: int, etag: str | None = None) -> DocumentReply:
-        return self._take(name, max_bytes) or self._source.read_document(name, max_bytes, etag)
+    def read_document(self, name: str, max_bytes: int, etag: str | None = None,
+                      seconds: float | None = None) -> DocumentReply:
+        return (self._take(name, max_bytes)
+                or self._source.read_document(name, max_bytes, etag, **({} if seconds is None else
+                                                                        {"seconds": seconds})))
 
     def read_index(self) -> bytes:
         reply = self._take(INDEX_NAME, MAX_INDEX_BYTES)
@@ -164,30 +175,43 @@ def prune(cache: NetCache, keep: int, current: str) -> list[str]:
     return removed
 
 
+def follow_state_dir() -> Path:
+    """Where follow keeps its own state and patch bases when it feeds lczero-client's folder."""
+    return default_cache_dir() / "follow"
+
+
 def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: bool = False,
            interval: float = 60.0, keep: int = 2, policy: TransferPolicy | None = None,
-           trust: str | None = None, have=(), on_net=None) -> int:
+           trust: str | None = None, have=(), on_net=None, state_dir=None) -> int:
     """Poll and fetch until ``stop`` is set; return the number of new nets obtained.
 
-    ``on_net(result)`` is called after each new net is in the cache.
+    With ``client_layout``, ``cache_dir`` is lczero-client's folder (default:
+    its usual place) and receives only verified nets; fetching happens in
+    ``state_dir`` (default :func:`follow_state_dir`). ``on_net(result)`` is
+    called after each new net is in place.
     """
     from .fetch import fetch
     policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
     poller = TopDocumentPoller(location, policy)
-    cache = NetCache(cache_dir, client_layout)
+    client = NetCache(cache_dir, client_layout=True) if client_layout else None
+    cache = NetCache(state_dir or follow_state_dir()) if client_layout else NetCache(cache_dir)
     extra = {} if trust is None else {"trust": trust}
     current, obtained, failures = None, 0, 0
-    log.info("following %s every %g s into %s (keeping %d nets)", location, interval, cache.root, keep)
+    log.info("following %s every %g s into %s (keeping %d nets)", location, interval,
+             (client or cache).root, keep)
     while not stop.is_set():
         pause = interval
         try:
             if poller.changed() or current is None:
                 source = poller.primed(open_source(location, policy))
+                bases = list(have) + (list(net_files(client.root).values()) if client else [])
                 result = _run_until_stopped(stop, lambda: fetch(
-                    location, net="latest", cache_dir=cache.root, client_layout=client_layout,
-                    policy=policy, source=source, have=have, **extra))
+                    location, net="latest", cache_dir=cache.root, policy=policy, source=source,
+                    have=bases, **extra))
                 if result is None:
                     break
+                if client is not None:
+                    result.path = str(place_net(client.root, result.net_id, result.path))
                 poller.accept()
                 if result.net_id != current:
                     current = result.net_id
@@ -196,6 +220,8 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
                                 current, result.route, result.bytes_downloaded, result.full_size,
                                 result.path)
                     removed = prune(cache, keep, current)
+                    if client is not None:
+                        removed += prune(client, keep, current)
                     if removed:
                         log.info("removed %d older net(s): %s", len(removed),
                                  ", ".join(r[:16] for r in removed))

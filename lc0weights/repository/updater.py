@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ..net import atomic_write
@@ -31,6 +32,8 @@ PREFIX_WINDOW = 64         # a short id prefix may name one of this many most re
 LOSSY_WINDOW = 64          # how far back a client looks for the start of a lossy chain
 MAX_STARTS = 2             # held nets a route may start from: the newest two (a history patch needs both)
 MAX_LOOKUPS = 8            # held nets of unknown number looked up per fetch
+HINT_MAX_BYTES = 64 << 10  # an unverified record read for a hint (records are ~1-2 KB)
+HINT_SECONDS = 10.0        # all hint reads for held nets of unknown number, per fetch
 PLAN_LIMIT = 1 << 16      # further behind, descend by longest links without a plan (cost)
 _warned = False
 
@@ -147,6 +150,7 @@ class Updater:
         self._records: dict[int, Record] = {}
         self.links: dict[int, Link] = {}          # the verified link each record was read by
         self._hints: dict[str, bytes] = {}
+        self._hint_deadline: float | None = None  # when the held nets' hint reads must stop
         self._work = None
         self.metadata_bytes = 0                   # read from the source for metadata, over all steps
 
@@ -207,10 +211,10 @@ class Updater:
         finally:
             self.metadata_bytes += self.source.bytes_downloaded - before
 
-    def _read_document(self, name: str, max_bytes: int, etag: str | None = None):
-        """A document's reply, or None when the source has no such file."""
+    def _read_document(self, name: str, max_bytes: int, etag: str | None = None, **limit):
+        """A document's reply, or None when the source has no such file (``limit``: seconds=...)."""
         try:
-            return self.counted(self.source.read_document, name, max_bytes, etag)
+            return self.counted(self.source.read_document, name, max_bytes, etag, **limit)
         except NotFoundError:
             return None
 
@@ -280,13 +284,28 @@ class Updater:
         dest.unlink()
         return data
 
-    def _hinted_seq(self, net_id: str) -> int | None:
-        """Where a held net sits, from memory or from its record read unverified (checked later)."""
+    def _hinted_seq(self, net_id: str, held: bool = False) -> int | None:
+        """Where a net sits, from memory or from its record read unverified (checked later).
+
+        Such a read is at most HINT_MAX_BYTES; for ``held`` nets (candidate
+        bases, a few per fetch) all reads together get HINT_SECONDS, so a
+        server trickling the records of nets it does not have cannot stall
+        the fetch: past the budget, held nets are simply not routed from.
+        """
         known = self.state.known(net_id)
         if known is not None:
             return known.seq
+        limit = {}
+        if held:
+            now = time.monotonic()
+            if self._hint_deadline is None:
+                self._hint_deadline = now + HINT_SECONDS
+            if now >= self._hint_deadline:
+                log.info("no hint for held net %s...: the %g s for hints are spent", net_id[:16], HINT_SECONDS)
+                return None
+            limit = {"seconds": self._hint_deadline - now}
         try:
-            reply = self._read_document(record_path(net_id), MAX_RECORD_BYTES)
+            reply = self._read_document(record_path(net_id), min(HINT_MAX_BYTES, MAX_RECORD_BYTES), **limit)
         except DownloadError as e:           # only a hint: a route without it still works
             log.info("no hint for held net %s...: %s", net_id[:16], e)
             return None
@@ -371,7 +390,7 @@ class Updater:
                 if looked_up >= MAX_LOOKUPS:
                     continue
                 looked_up += 1
-            seq = self._hinted_seq(net_id)
+            seq = self._hinted_seq(net_id, held=True)
             if seq is not None and self.timestamp.horizon <= seq < below:
                 found.append((net_id, seq))
         return sorted(found, key=lambda start: -start[1])[:MAX_STARTS]

@@ -5,9 +5,14 @@ what it gets by gunzipping and hashing. The mirror answers ``GET /<sha>`` and
 ``GET /get_network?sha=<sha>`` with that gzip net, obtained by ``fetch``
 through the cheapest route from anything it or the client already holds (so a
 new net usually costs a patch, not a full download), and verified before a
-byte is sent. Requests for one sha that arrive together share one fetch. A
-net the repository does not list is a 404, or with a fallback prefix it is
-passed through from there once it verifies.
+byte is sent (:mod:`.net_store`). A net the repository does not list is a
+404, or with a fallback prefix it is passed through from there once it verifies.
+
+It stands behind the same bounded front as ``serve`` (:mod:`.front`): slots
+overall and per client, one deadline for the request head, bounded heads,
+quiet handling of resets. A request waiting for a fetch waits at most
+``wait_timeout`` seconds (then a 503 with Retry-After: the fetch goes on) and
+gives its slot back as soon as its client disconnects.
 
 The client's cache folder is only read (its bare-sha gzip files are candidate
 bases, verified by content before use); the mirror's own cache is bounded by
@@ -18,246 +23,38 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import Lc0WeightsError
-from ..client.cache import default_cache_dir
-from ..client.client_cache import client_cache_dir, gzip_stream_id, net_files
+from ..client.client_cache import client_cache_dir
 from ..client.download import TransferPolicy
-from ..repository.errors import DownloadError, IntegrityError, NoRouteError, RepositoryIndexError
+from ..repository.keys import read_trust
+from ..settings import config_path, setting
+from .front import BoundedHandler, BoundedServer, ServerLimits, is_loopback, parse_range, run_until_signalled
+from .net_store import (DEFAULT_MAX_NETS, ClientGone, Mirror, NotListed, Served, StillFetching, TooBusy)
 
+__all__ = ["Mirror", "MirrorServer", "NotListed", "Served", "add_mirror_command", "run_mirror"]
 log = logging.getLogger(__name__)
 
 _SHA = re.compile(r"[0-9a-fA-F]{64}\Z")
-_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})\Z")
-CHUNK = 1 << 16
 DEFAULT_LISTEN = "127.0.0.1:8080"
-DEFAULT_MAX_NETS = 4
-FALLBACK_MAX_BYTES = 2 << 30        # a gzip net from the fallback; lc0 nets are 150-400 MB
-FALLBACK_MAX_RAW_BYTES = 4 << 30
-FALLBACK_DEADLINE = 1800.0          # seconds for one whole fallback transfer
+DEFAULT_WAIT = 300.0                # seconds a request waits for a fetch before a 503
+RETRY_AFTER = 10
+_parse_range = parse_range
 
 
-class NotListed(Lc0WeightsError):
-    """The repository does not list the net (and no fallback has it): a 404."""
+def mirror_limits(max_connections: int = 32, **changes) -> ServerLimits:
+    """The front's limits for the mirror: lczero-client runs a few connections from one address."""
+    n = max(1, max_connections)
+    return replace(ServerLimits(max_connections=n, max_per_client=n, max_waiting=n, queue_timeout=5.0),
+                   **changes)
 
 
-@dataclass
-class Served:
-    """How a request was answered: the verified file, and what it cost upstream."""
-
-    file: object            # open binary file, positioned at 0
-    size: int
-    etag: str
-    route: str              # "held", "shared", "fallback", or fetch's route
-    upstream_bytes: int
-    saved_bytes: int
-
-
-class _Flight:
-    """One fetch in progress; requests for the same sha wait on it instead of fetching again."""
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.error: Exception | None = None
-        self.route = ""
-        self.upstream_bytes = 0
-        self.full_size = 0
-
-
-def _not_listed(e: Exception) -> bool:
-    # fetch names a net it cannot find in the repository's metadata this way.
-    return isinstance(e, (RepositoryIndexError, NoRouteError)) and "not in the repository" in str(e)
-
-
-class Mirror:
-    """Gets verified gzip nets for the HTTP front, sharing concurrent work per sha."""
-
-    def __init__(self, upstream: str, cache_dir=None, client_cache=None, trust: str | None = None,
-                 fallback: str | None = None, max_nets: int = DEFAULT_MAX_NETS,
-                 max_bytes: int | None = None, policy: TransferPolicy | None = None):
-        self.upstream = upstream
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "mirror"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.client_cache = Path(client_cache) if client_cache else None
-        self.trust = trust
-        self.fallback = fallback
-        self.max_nets = max(1, max_nets)
-        self.max_bytes = max_bytes
-        self.policy = policy or TransferPolicy(progress=False)
-        self.upstream_fetches = 0           # fetches started (for logs and tests)
-        self._lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
-        self._verified: dict[str, tuple] = {}   # sha -> (dev, ino, size, mtime_ns) checked already
-
-    def file_for(self, sha: str) -> Path:
-        return self.cache_dir / f"{sha}.pb.gz"
-
-    # -- the one entry point --------------------------------------------------------
-    def serve(self, sha: str) -> Served:
-        """A verified open gzip file of net ``sha``; raises NotListed or a transfer error."""
-        held = self._open_verified(sha)
-        if held is not None:
-            return self._served(held, sha, "held", 0, None)
-        with self._lock:
-            flight = self._flights.get(sha)
-            owner = flight is None
-            if owner:
-                flight = self._flights[sha] = _Flight()
-                self.upstream_fetches += 1
-        if owner:
-            try:
-                self._obtain(sha, flight)
-            except Exception as e:
-                flight.error = e
-            finally:
-                with self._lock:
-                    del self._flights[sha]
-                flight.done.set()
-        else:
-            flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        opened = self._open_verified(sha)
-        if opened is None:
-            raise IntegrityError(f"{sha[:16]}...: the fetched net does not verify")
-        if owner:
-            return self._served(opened, sha, flight.route, flight.upstream_bytes, flight.full_size)
-        return self._served(opened, sha, "shared", 0, None)
-
-    def _served(self, opened, sha, route, upstream, full_size) -> Served:
-        f, st = opened
-        saved = (full_size if full_size else st.st_size) - upstream
-        return Served(f, st.st_size, f'"{sha[:16]}-{st.st_size:x}-{st.st_mtime_ns:x}"',
-                      route, upstream, max(0, saved) if route != "fallback" else 0)
-
-    # -- the own cache -----------------------------------------------------------------
-    def _open_verified(self, sha: str):
-        """(file, stat) of the held net once its content is known to be ``sha``, else None.
-
-        Checked on the open descriptor, so what is checked is what is sent even if
-        the name is replaced meanwhile; a file is hashed once per change.
-        """
-        path = self.file_for(sha)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        f = os.fdopen(fd, "rb")
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._verified.get(sha) != key:
-            if gzip_stream_id(f) != sha:
-                f.close()
-                log.warning("%s: does not hash to its name; removing it", path)
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-                return None
-            self._verified[sha] = key
-        f.seek(0)
-        return f, st
-
-    def _evict(self, keep: str) -> None:
-        """Drop the least recently stored nets beyond the count and byte bounds."""
-        nets = []
-        for entry in os.scandir(self.cache_dir):
-            m = re.fullmatch(r"([0-9a-f]{64})\.pb\.gz", entry.name)
-            if m and entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                nets.append((m.group(1) == keep, st.st_mtime_ns, st.st_size, Path(entry.path)))
-        nets.sort(reverse=True)                  # the kept net first, then newest first
-        total = 0
-        for i, (_, _, size, path) in enumerate(nets):
-            total += size
-            over_count = i >= self.max_nets
-            over_bytes = self.max_bytes is not None and total > self.max_bytes and i > 0
-            if over_count or over_bytes:
-                try:
-                    path.unlink()
-                    log.info("dropped %s from the mirror cache", path.name[:16])
-                except OSError:
-                    pass
-
-    # -- getting a net -------------------------------------------------------------------
-    def _obtain(self, sha: str, flight: _Flight) -> None:
-        from ..client.fetch import fetch
-        have = list(net_files(self.client_cache).values()) if self.client_cache else []
-        extra = {} if self.trust is None else {"trust": self.trust}
-        try:
-            result = fetch(self.upstream, net=sha, cache_dir=self.cache_dir, policy=self.policy,
-                           have=have, **extra)
-        except Lc0WeightsError as e:
-            if not _not_listed(e):
-                raise
-            if self.fallback is None:
-                raise NotListed(f"{sha[:16]}... is not in the repository") from None
-            flight.route = "fallback"
-            flight.upstream_bytes = self._from_fallback(sha)
-        else:
-            if result.net_id != sha:
-                raise IntegrityError(f"fetch returned {result.net_id[:16]}... for {sha[:16]}...")
-            flight.route = result.route
-            flight.upstream_bytes = result.bytes_downloaded
-            flight.full_size = result.full_size
-        self._evict(keep=sha)
-
-    def _from_fallback(self, sha: str) -> int:
-        """Pass a net through from the fallback prefix, verified (gunzip + sha256) before it is kept."""
-        import requests
-        url = f"{self.fallback}{sha}"
-        dest = self.file_for(sha)
-        tmp = self.cache_dir / f".fallback-{sha}.{os.getpid()}.{threading.get_ident()}.tmp"
-        received = 0
-        deadline = time.monotonic() + FALLBACK_DEADLINE
-        try:
-            with requests.get(url, stream=True, timeout=self.policy.timeout) as r:
-                if r.status_code == 404:
-                    raise NotListed(f"{sha[:16]}... is neither in the repository nor at the fallback")
-                if r.status_code != 200:
-                    raise DownloadError(f"{url}: HTTP {r.status_code}")
-                declared = r.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > FALLBACK_MAX_BYTES:
-                    raise DownloadError(f"{url}: {declared} bytes, more than {FALLBACK_MAX_BYTES}")
-                with open(tmp, "wb") as out:
-                    for chunk in r.iter_content(CHUNK):
-                        received += len(chunk)
-                        if received > FALLBACK_MAX_BYTES or time.monotonic() > deadline:
-                            raise DownloadError(f"{url}: too large or too slow, abandoned")
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-            with open(tmp, "rb") as f:
-                actual = gzip_stream_id(f, FALLBACK_MAX_RAW_BYTES)
-            if actual != sha:
-                raise IntegrityError(f"{url}: the bytes served are not net {sha[:16]}... "
-                                     f"(gunzip + sha256 gave {actual and actual[:16]})")
-            os.replace(tmp, dest)
-        except requests.RequestException as e:
-            raise DownloadError(f"{url}: {type(e).__name__}") from None
-        finally:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        return received
-
-
-# -- HTTP ---------------------------------------------------------------------------------
-
-class MirrorHandler(BaseHTTPRequestHandler):
+class MirrorHandler(BoundedHandler):
     server_version = "lc0weights-mirror"
-    protocol_version = "HTTP/1.1"
-    timeout = 30                        # a silent client does not hold a slot forever
     mirror: Mirror
 
     def do_GET(self):
@@ -266,13 +63,8 @@ class MirrorHandler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._answer(send_body=False)
 
-    def log_message(self, fmt, *args):
-        log.debug("%s %s", self.address_string(), fmt % args)
-
     def _answer(self, send_body: bool):
         started = time.monotonic()
-        if self.headers.get("Content-Length", "0") not in ("", "0") or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True        # a body is never read: do not parse it as a request
         try:
             sha = _requested_sha(self.path)
         except ValueError:                      # e.g. a query with too many fields
@@ -283,16 +75,22 @@ class MirrorHandler(BaseHTTPRequestHandler):
             return self._status(HTTPStatus.BAD_REQUEST, send_body, "-", "a net is named by 64 hex digits")
         sha = sha.lower()
         try:
-            served = self.mirror.serve(sha)
+            served = self.mirror.serve(sha, self.server.wait_timeout, self.client_gone)
+        except ClientGone:
+            self.close_connection = True
+            log.info("%s %s client gone while the net was fetched", self.command, sha[:16])
+            return
         except NotListed as e:
             return self._status(HTTPStatus.NOT_FOUND, send_body, sha, str(e))
+        except (StillFetching, TooBusy) as e:
+            return self._status(HTTPStatus.SERVICE_UNAVAILABLE, send_body, sha, str(e), RETRY_AFTER)
         except (Lc0WeightsError, OSError) as e:
             log.warning("%s: %s", sha[:16], e)
             return self._status(HTTPStatus.BAD_GATEWAY, send_body, sha, "could not obtain a verified net")
         try:
             with served.file as f:
                 sent = self._send_file(f, served, send_body)
-        except OSError as e:                    # the client went away mid-transfer
+        except OSError as e:                    # the client went away or reads too slowly
             self.close_connection = True
             log.info("%s %s client gone after the headers (%s)", self.command, sha[:16],
                      type(e).__name__)
@@ -306,10 +104,10 @@ class MirrorHandler(BaseHTTPRequestHandler):
         wanted = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         if wanted and (if_range is None or if_range.strip() == served.etag):
-            parsed = _parse_range(wanted, served.size)
+            parsed = parse_range(wanted, served.size)
             if parsed == "unsatisfiable":
                 self._code = 416
-                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.begin(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                 self.send_header("Content-Range", f"bytes */{served.size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -317,7 +115,7 @@ class MirrorHandler(BaseHTTPRequestHandler):
             if parsed is not None:
                 (start, end), status = parsed, HTTPStatus.PARTIAL_CONTENT
         self._code = status.value
-        self.send_response(status)
+        self.begin(status)
         self.send_header("Content-Type", "application/gzip")
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("ETag", served.etag)
@@ -328,25 +126,11 @@ class MirrorHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return 0
-        f.seek(start)
-        left, sent = end - start + 1, 0
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                break
-            self.wfile.write(chunk)
-            left -= len(chunk)
-            sent += len(chunk)
-        return sent
+        return self.send_range(f.fileno(), start, end - start + 1)
 
-    def _status(self, status: HTTPStatus, send_body: bool, sha: str, why: str = ""):
-        body = f"{status.value} {status.phrase}{': ' + why if why else ''}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+    def _status(self, status: HTTPStatus, send_body: bool, sha: str, why: str = "",
+                retry_after: int | None = None):
+        self.error(status, send_body, why=why, retry_after=retry_after)
         log.info("%s %s %d %s", self.command, sha[:16], status.value, why or status.phrase)
 
 
@@ -362,65 +146,15 @@ def _requested_sha(target: str) -> str | None:
     return None
 
 
-def _parse_range(header: str, size: int):
-    """(start, end) for one satisfiable range, "unsatisfiable", or None to send everything."""
-    m = _RANGE.match(header.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        return None                      # several ranges, another unit, malformed: whole file
-    if not m.group(1):
-        n = int(m.group(2))
-        return "unsatisfiable" if n == 0 else (max(0, size - n), size - 1)
-    start = int(m.group(1))
-    end = int(m.group(2)) if m.group(2) else size - 1
-    if start >= size or end < start:
-        return "unsatisfiable"
-    return start, min(end, size - 1)
-
-
-class MirrorServer(ThreadingHTTPServer):
-    """Threaded, with a cap on connections: one over the cap gets a 503 and is closed."""
-
-    daemon_threads = True
-    request_queue_size = 64
+class MirrorServer(BoundedServer):
+    """The mirror behind the bounded front; a connection over the caps waits briefly, then gets a 503."""
 
     def __init__(self, mirror: Mirror, host: str = "127.0.0.1", port: int = 0,
-                 max_connections: int = 32):
-        self._slots = threading.BoundedSemaphore(max_connections)
+                 max_connections: int = 32, limits: ServerLimits | None = None,
+                 wait_timeout: float | None = DEFAULT_WAIT):
+        self.wait_timeout = wait_timeout
         handler = type("Handler", (MirrorHandler,), {"mirror": mirror})
-        if ":" in host:
-            import socket
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Retry-After: 5\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+        super().__init__((host, port), handler, limits or mirror_limits(max_connections))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -439,7 +173,9 @@ def add_mirror_command(subparsers) -> None:
         description="A local HTTP mirror for lczero-client: GET /<sha> (or /get_network?sha=) answers "
                     "with the gzip net, rebuilt from patches against a net already held when cheaper, "
                     "verified before it is sent.")
-    p.add_argument("upstream", metavar="UPSTREAM", help="repository URL (http://...) or directory")
+    p.add_argument("upstream", metavar="UPSTREAM", nargs="?",
+                   help="repository URL (http://...) or directory (default: $LC0WEIGHTS_URL or 'url' "
+                        "in the config file)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address to serve on (default {DEFAULT_LISTEN}: this machine only)")
     p.add_argument("--client-cache", metavar="DIR",
@@ -450,43 +186,53 @@ def add_mirror_command(subparsers) -> None:
     p.add_argument("--max-bytes", type=int, metavar="BYTES", help="bytes kept in the own cache (default: no limit beyond --max-nets)")
     p.add_argument("--fallback", metavar="PREFIX",
                    help="for nets the repository does not list, pass through PREFIX<sha> (verified)")
-    p.add_argument("--trust", metavar="KEY", default=os.environ.get("LC0WEIGHTS_TRUST"),
-                   help="the repository's root key (ed25519:... or @FILE); env LC0WEIGHTS_TRUST")
+    p.add_argument("--trust", metavar="KEY",
+                   help="the repository's root key (ed25519:... or @FILE); default: $LC0WEIGHTS_TRUST "
+                        "or 'trust' in the config file")
     p.add_argument("--max-connections", type=int, default=32, metavar="N",
                    help="client connections served at once")
+    p.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"longest a request waits for a fetch before a 503 (default {DEFAULT_WAIT:g}); "
+                        "the fetch goes on")
     p.add_argument("--timeout", type=float, default=30.0, help="upstream network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="upstream retries per download")
     p.set_defaults(run=run_mirror)
 
 
+def mirror_settings(args):
+    """Upstream and trust from the command line, else the environment, else the config file.
+
+    The key is read now, so a malformed one is one line at startup rather than a 502 per request.
+    """
+    args.upstream = setting("url", args.upstream)
+    if not args.upstream:
+        raise Lc0WeightsError("no repository given: pass UPSTREAM, or set LC0WEIGHTS_URL or 'url' in "
+                              f"{config_path()}")
+    trust = setting("trust", args.trust)
+    try:
+        args.trust = None if trust is None else read_trust(trust)
+    except Lc0WeightsError as e:
+        shown = trust if len(trust) <= 40 else trust[:37] + "..."
+        raise Lc0WeightsError(f"the trusted key {shown!r} (--trust, LC0WEIGHTS_TRUST or 'trust' in "
+                              f"{config_path()}): {e}") from None
+    return args
+
+
 def run_mirror(args) -> int:
     host, port = parse_listen(args.listen)
+    mirror_settings(args)
+    if not args.wait > 0:
+        raise ValueError(f"--wait must be a positive number of seconds, not {args.wait}")
     client_cache = args.client_cache or client_cache_dir()
     mirror = Mirror(args.upstream, cache_dir=args.cache or os.environ.get("LC0WEIGHTS_CACHE"),
                     client_cache=client_cache, trust=args.trust, fallback=args.fallback,
                     max_nets=args.max_nets, max_bytes=args.max_bytes,
                     policy=TransferPolicy(timeout=args.timeout, retries=max(0, args.retries),
                                           progress=False))
-    server = MirrorServer(mirror, host, port, max(1, args.max_connections))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(name)s: %(message)s")
-    log.setLevel(logging.INFO)
+    server = MirrorServer(mirror, host, port, max(1, args.max_connections), wait_timeout=args.wait)
+    logging.getLogger("lc0weights.serving").setLevel(logging.INFO)
     scope = ("loopback only: other machines cannot reach it" if is_loopback(host)
              else "REACHABLE FROM OTHER MACHINES")
-    print(f"lc0weights mirror: {args.upstream} at {server.url} ({scope}); "
-          f"run lczero-client with --network-mirror {server.url}", file=sys.stderr, flush=True)
-    print(f"lc0weights mirror: own cache {mirror.cache_dir}, client cache {client_cache} (read only)",
-          file=sys.stderr, flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        server.shutdown()
-        server.server_close()
-    print("lc0weights mirror: stopped", file=sys.stderr)
-    return 0
+    return run_until_signalled(server, "lc0weights mirror", [
+        f"{args.upstream} at {server.url} ({scope}); run lczero-client with --network-mirror {server.url}",
+        f"own cache {mirror.cache_dir}, client cache {client_cache} (read only)"])
