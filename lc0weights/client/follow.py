@@ -166,7 +166,7 @@ def prune(cache: NetCache, keep: int, current: str) -> list[str]:
 
 def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: bool = False,
            interval: float = 60.0, keep: int = 2, policy: TransferPolicy | None = None,
-           trust: str | None = None, have=(), on_net=None) -> int:
+           trust: str | None = None, have=(), on_net=None, prefer: str = "bytes") -> int:
     """Poll and fetch until ``stop`` is set; return the number of new nets obtained.
 
     ``on_net(result)`` is called after each new net is in the cache.
@@ -175,7 +175,7 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
     policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
     poller = TopDocumentPoller(location, policy)
     cache = NetCache(cache_dir, client_layout)
-    extra = {} if trust is None else {"trust": trust}
+    extra = {"prefer": prefer} if trust is None else {"trust": trust, "prefer": prefer}
     current, obtained, failures = None, 0, 0
     log.info("following %s every %g s into %s (keeping %d nets)", location, interval, cache.root, keep)
     while not stop.is_set():
@@ -261,6 +261,6 @@ def run_follow(args, policy: TransferPolicy) -> int:
     started = time.monotonic()
     count = follow(args.url, stop, cache_dir=args.cache, client_layout=args.client_layout,
                    interval=max(0.1, args.interval), keep=max(1, args.keep), policy=policy,
-                   trust=args.trust, have=args.have or ())
+                   trust=args.trust, have=args.have or (), prefer=args.prefer)
     log.warning("stopped after %.0f s; %d new net(s) fetched", time.monotonic() - started, count)
     return 0

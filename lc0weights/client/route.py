@@ -85,10 +85,9 @@ class TimeCosts:
     the same size.
     """
 
-    def __init__(self, index: RepositoryIndex, rates: Rates, held=()):
+    def __init__(self, index: RepositoryIndex, rates: Rates):
         self.index = index
         self.rates = rates
-        self.held = set(held)
         self._typical = max((n.raw_size for n in index.nets), default=0)
 
     def raw_size(self, net_id: str | None) -> int:
@@ -123,12 +122,12 @@ class TimeCosts:
         return seconds + self.finish(bool(route.steps) and isinstance(route.steps[-1], PatchEntry), route.goal)
 
 
-def route_costs(prefer: str, index: RepositoryIndex, rates: Rates | None, held=()):
+def route_costs(prefer: str, index: RepositoryIndex, rates: Rates | None):
     """The weights for ``prefer`` ("time" or "bytes"); time needs ``rates``."""
     if prefer == "bytes":
         return ByteCosts()
     if prefer == "time" and rates is not None:
-        return TimeCosts(index, rates, held)
+        return TimeCosts(index, rates)
     raise ValueError(f"prefer must be one of {', '.join(PREFER)} (time needs rates), not {prefer!r}")
 
 

@@ -83,8 +83,10 @@ class Mirror:
 
     def __init__(self, upstream: str, cache_dir=None, client_cache=None, trust: str | None = None,
                  fallback: str | None = None, max_nets: int = DEFAULT_MAX_NETS,
-                 max_bytes: int | None = None, policy: TransferPolicy | None = None):
+                 max_bytes: int | None = None, policy: TransferPolicy | None = None,
+                 prefer: str = "bytes"):
         self.upstream = upstream
+        self.prefer = prefer                # upstream routes: bytes, since the upstream link is shared
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "mirror"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.client_cache = Path(client_cache) if client_cache else None
@@ -195,7 +197,7 @@ class Mirror:
         extra = {} if self.trust is None else {"trust": self.trust}
         try:
             result = fetch(self.upstream, net=sha, cache_dir=self.cache_dir, policy=self.policy,
-                           have=have, **extra)
+                           have=have, prefer=self.prefer, **extra)
         except Lc0WeightsError as e:
             if not _not_listed(e):
                 raise
@@ -456,6 +458,9 @@ def add_mirror_command(subparsers) -> None:
                    help="client connections served at once")
     p.add_argument("--timeout", type=float, default=30.0, help="upstream network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="upstream retries per download")
+    p.add_argument("--prefer", choices=("bytes", "time"), default="bytes",
+                   help="upstream routes by fewest bytes (default: the upstream link is shared) or by "
+                        "least estimated time")
     p.set_defaults(run=run_mirror)
 
 
@@ -466,7 +471,7 @@ def run_mirror(args) -> int:
                     client_cache=client_cache, trust=args.trust, fallback=args.fallback,
                     max_nets=args.max_nets, max_bytes=args.max_bytes,
                     policy=TransferPolicy(timeout=args.timeout, retries=max(0, args.retries),
-                                          progress=False))
+                                          progress=False), prefer=args.prefer)
     server = MirrorServer(mirror, host, port, max(1, args.max_connections))
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(name)s: %(message)s")
