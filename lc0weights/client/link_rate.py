@@ -102,9 +102,12 @@ class Rates:
 
 
 def link_name(source) -> str:
-    """The estimate a source's transfers count towards: ``link <scheme://host:port>``, or ``link local``."""
-    base = getattr(source, "base_url", None)
-    if not isinstance(base, str):
+    """The estimate a source's transfers count towards: ``link <scheme://host:port>``, or ``link local``.
+
+    ``source`` is an opened source or a repository location (URL or folder).
+    """
+    base = source if isinstance(source, str) else getattr(source, "base_url", None)
+    if not isinstance(base, str) or not re.match(r"https?://", base, re.I):
         return "link local"
     parts = urlsplit(base)
     scheme = parts.scheme.lower()
