@@ -56,7 +56,7 @@ MIN_RATE = 1e3                      # bytes/s; anything slower or faster is a br
 MAX_RATE = 1e11                     # edited file, not a measurement
 MAX_AMOUNT = 1e15                   # bytes in one decayed sum (a sample is at most a net, < 16 GiB)
 MIN_SECONDS = 1e-4                  # a sample timed shorter than this says nothing about a rate
-MAX_NAME = 200
+MAX_NAME = 195                      # "link " and an origin of at most 190 characters
 
 # Defaults before any measurement, in bytes per second.
 DEFAULT_LINK = 2e6        # 16 Mbit/s: a slow volunteer link; see the module docstring for why slow
@@ -111,8 +111,12 @@ def link_name(source) -> str:
         return "link local"
     parts = urlsplit(base)
     scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
-    return f"link {scheme}://{(parts.hostname or '').lower()}:{port}"[:MAX_NAME]
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    except ValueError:                   # a port out of range: the transfer itself will say so
+        port = 0
+    host = re.sub(r"[^\x21-\x7e]", "?", (parts.hostname or "").lower())     # _NAME's characters
+    return f"link {scheme}://{host}:{port}"[:MAX_NAME]
 
 
 class RateBook:
