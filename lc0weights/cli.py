@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     max_size(p)
     p.set_defaults(run=cmd_verify)
 
-    from .client.commands import add_commands
+    from .client_cli import add_commands
     add_commands(sub)
     return finish_parser(parser)
 

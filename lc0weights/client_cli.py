@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import Lc0WeightsError
-from ..settings import PREFER_CHOICES, config_path, parse_tolerance, prefer_setting, setting
-from .download import TransferPolicy
+from .errors import Lc0WeightsError
+from .settings import PREFER_CHOICES, config_path, parse_tolerance, prefer_setting, setting
+from .client.download import TransferPolicy
 
 
 def add_commands(subparsers) -> None:
@@ -56,7 +56,7 @@ def add_commands(subparsers) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
 
-    from ..serving.mirror import add_mirror_command
+    from .serving.mirror import add_mirror_command
     add_mirror_command(subparsers)
 
 
@@ -80,7 +80,7 @@ def client_settings(args):
 
 
 def run_fetch(args) -> int:
-    from .fetch import fetch
+    from .client.fetch import fetch
     client_settings(args)
     args.prefer = prefer_setting(args.prefer)
     policy = TransferPolicy(timeout=args.timeout, retries=args.retries,
@@ -89,11 +89,11 @@ def run_fetch(args) -> int:
         if args.net != "latest" or args.output or args.tolerance is not None or args.json:
             raise ValueError("--follow keeps the cache at the latest exact net: "
                              "--net, -o, --tolerance and --json do not apply")
-        from .follow import run_follow
+        from .client.follow import run_follow
         policy.progress = False
         return run_follow(args, policy)
     if args.output:
-        from ..console import check_output
+        from .console import check_output
         check_output(args.output, args.have or (), args.force)
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
                    client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
@@ -122,7 +122,7 @@ def run_fetch(args) -> int:
 
 
 def run_check(args) -> int:
-    from .check import check_repository
+    from .client.check import check_repository
     client_settings(args)
     report = check_repository(args.url, TransferPolicy(timeout=args.timeout, progress=False), trust=args.trust)
     if args.json:
@@ -134,7 +134,7 @@ def run_check(args) -> int:
         if len(report.failures) > len(report.kinds):
             print(f"({len(report.failures)} failures in all: "
                   + ", ".join(f"{n} {kind}" for kind, n in report.kinds.items()) + ")")
-        from ..console import plural
+        from .console import plural
         state = "ok" if report.ok else plural(len(report.failures), "failure")
         print(f"checked {plural(report.nets, 'net')} and {plural(report.patches, 'patch', 'patches')}: {state}")
     return 0 if report.ok else 1
