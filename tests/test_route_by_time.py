@@ -241,15 +241,20 @@ def held_cache(tmp_path, nets):
 
 def test_a_fetch_measures_the_link_and_the_rebuild(repo, nets, held_cache):
     with serving(repo.root) as srv:
-        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
         link = link_name(srv.url)
-    assert result.net_id == nets[2].id and result.patches == 1
-    rates = RateBook.load(held_cache).rates(link)
+        result = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+        rates = RateBook.load(held_cache).rates(link)
+        (held_cache / f"{nets[2].id}.pb.gz").unlink()
+        again = fetch(srv.url, cache_dir=held_cache, policy=FAST)
+    assert result.net_id == again.net_id == nets[2].id and result.patches == again.patches == 1
     assert rates.link.samples == 1 and rates.rebuild.samples == 1 and rates.gzip.samples == 1
     assert not rates.gunzip.measured                      # no full net was unpacked
     assert result.prefer == "bytes" and result.estimate["bytes"] == result.bytes_downloaded - result.metadata_bytes
-    assert result.estimate["rates"]["link"]["measured"] and result.estimate["seconds"] > 0
-    assert result.estimate["rates"] == rates.to_dict()
+    # Each reports the rates its route was chosen with: the defaults, then what the first one measured.
+    assert result.estimate["rates"] == RateBook().rates(link).to_dict()
+    assert again.estimate["rates"] == rates.to_dict() and again.estimate["rates"]["link"]["measured"]
+    assert again.estimate["seconds"] > 0
+    assert RateBook.load(held_cache).rates(link).rebuild.samples == 2
 
 
 def _book(link_rate, url) -> RateBook:
@@ -302,3 +307,36 @@ def test_prefer_from_the_environment_and_a_bad_value(repo, nets, held_cache, cap
         assert lc0weights_main(["fetch", srv.url, "--cache", str(held_cache), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["prefer"] == "bytes" and report["patches"] == 1
+
+
+def test_prefer_from_the_config_file_and_a_bad_value_there(repo, nets, held_cache, capsys, monkeypatch):
+    monkeypatch.delenv("LC0WEIGHTS_PREFER", raising=False)
+    config = held_cache.parent / "config"
+    monkeypatch.setenv("LC0WEIGHTS_CONFIG", str(config))
+    with serving(repo.root) as srv:
+        book = RateBook(held_cache / RATES_NAME)
+        book.record(link_name(srv.url), 1e9, 1.0)
+        book.save()
+        config.write_text("[lc0weights]\nprefer = quickest\n")
+        assert lc0weights_main(["fetch", srv.url, "--cache", str(held_cache)]) != 0
+        assert f"'prefer' in {config}: prefer must be time or bytes" in capsys.readouterr().err
+        config.write_text("[lc0weights]\nprefer = bytes\n")
+        assert lc0weights_main(["fetch", srv.url, "--cache", str(held_cache), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["patches"] == 1
+
+
+def test_the_mirror_prefers_bytes_upstream_unless_told(repo, nets, tmp_path):
+    from lc0weights.serving.mirror import Mirror
+    routes = {}
+    for prefer in (None, "time"):
+        own = tmp_path / f"mirror-{prefer}"
+        copy_into_cache(run_paths()[1], own, nets[1].id)
+        book = RateBook(own / RATES_NAME)
+        book.record(link_name(str(repo.root)), 1e9, 1.0)          # a very fast upstream link
+        book.save()
+        mirror = Mirror(str(repo.root), cache_dir=own, policy=FAST, **({"prefer": prefer} if prefer else {}))
+        served = mirror.serve(nets[2].id)
+        served.file.close()
+        routes[prefer] = served.route
+    assert routes[None] == f"{nets[1].id[:8]}->{nets[2].id[:8]}"
+    assert routes["time"] == f"full {nets[2].id[:8]}"

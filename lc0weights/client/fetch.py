@@ -152,13 +152,18 @@ class _Plan:
         if prefer not in PREFER:
             raise ValueError(f"prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
         self.prefer, self.book, self.link = prefer, book, link
+        self.rates = None               # the rates the last route was chosen with
 
     def costs(self, index):
-        return route_costs(self.prefer, index, self.book.rates(self.link))
+        self.rates = self.book.rates(self.link)
+        return route_costs(self.prefer, index, self.rates)
 
     def estimate(self, index, route) -> dict:
-        """What fetch --json reports: the route's bytes and estimated seconds, and the rates behind them."""
-        rates = self.book.rates(self.link)
+        """What fetch --json reports: the route's bytes and estimated seconds, and the rates behind them.
+
+        The rates are those the route was chosen with, not the ones its own transfers updated.
+        """
+        rates = self.rates or self.book.rates(self.link)
         return {"bytes": route.cost, "seconds": round(TimeCosts(index, rates).route_seconds(route), 3),
                 "link": self.link[len("link "):], "rates": rates.to_dict()}
 

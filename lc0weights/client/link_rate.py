@@ -8,7 +8,9 @@ cache folder:
   (scheme, host and port; ``local`` for a directory), timed from request to
   verified file, retries included: what a route really waits for;
 - ``rebuild``: raw net bytes per second for one patch applied and verified;
-- ``gzip``: raw net bytes per second to gzip a rebuilt net into the cache;
+- ``gzip``: raw net bytes per second to gzip a rebuilt net and write it into
+  the cache (the write of a full download's published gzip is not counted
+  against the full route: a small bias towards patches);
 - ``gunzip``: raw net bytes per second to gunzip and verify a gzip net.
 
 Each is a pair of decayed sums (amount, seconds): every sample first halves
