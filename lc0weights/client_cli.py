@@ -5,7 +5,7 @@ import json
 import sys
 
 from .errors import Lc0WeightsError
-from .settings import config_path, parse_tolerance, setting
+from .settings import PREFER_CHOICES, config_path, parse_tolerance, prefer_setting, setting
 from .client.download import TransferPolicy
 
 
@@ -27,6 +27,10 @@ def add_commands(subparsers) -> None:
                    help="keep the cache as the training client does: gzip files named by net id")
     p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
                    help="accept a published lossy net within T of every weight")
+    p.add_argument("--prefer", choices=PREFER_CHOICES,
+                   help="route by least estimated time (download at the measured link rate plus "
+                        "rebuilding) or by fewest bytes (default: $LC0WEIGHTS_PREFER, 'prefer' in the "
+                        "config file, else time)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, metavar="N", help="retries per download")
@@ -78,6 +82,7 @@ def client_settings(args):
 def run_fetch(args) -> int:
     from .client.fetch import fetch
     client_settings(args)
+    args.prefer = prefer_setting(args.prefer)
     policy = TransferPolicy(timeout=args.timeout, retries=args.retries,
                             progress=getattr(args, "progress", True))
     if args.follow:
@@ -92,7 +97,7 @@ def run_fetch(args) -> int:
         check_output(args.output, args.have or (), args.force)
     result = fetch(args.url, net=args.net, cache_dir=args.cache, out=args.output,
                    client_layout=args.client_layout, tolerance=args.tolerance, policy=policy,
-                   trust=args.trust, have=args.have or ())
+                   trust=args.trust, have=args.have or (), prefer=args.prefer)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
@@ -104,6 +109,12 @@ def run_fetch(args) -> int:
         else:
             print(f"route: {result.route}; downloaded {result.bytes_downloaded:,} bytes of metadata "
                   f"in {result.seconds:.2f} s")
+        estimate = result.estimate
+        if estimate.get("bytes"):
+            link = estimate["rates"]["link"]
+            print(f"chosen by {result.prefer}: estimated {estimate['seconds']:.1f} s at "
+                  f"{link['bytes_per_s'] / 1e6:.1f} MB/s ({'measured' if link['measured'] else 'default'}) "
+                  f"from {estimate['link']}")
         if not getattr(args, "quiet", False):
             for failure in result.fallbacks:
                 print(f"fell back after: {failure}", file=sys.stderr)

@@ -7,9 +7,11 @@ The config file is INI, ``$LC0WEIGHTS_CONFIG`` or
     trust = ed25519:...        # or @/path/to/key.pub
     cache = /var/cache/lc0weights
     url = https://nets.example.org/repo/
+    prefer = time              # fetch routes by least time, or: bytes
 
 Environment variables: ``LC0WEIGHTS_TRUST``, ``LC0WEIGHTS_CACHE``,
-``LC0WEIGHTS_URL``. A value given on the command line always wins.
+``LC0WEIGHTS_URL``, ``LC0WEIGHTS_PREFER``. A value given on the command line
+always wins.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from pathlib import Path
 from .errors import Lc0WeightsError
 
 SECTION = "lc0weights"
-NAMES = ("trust", "cache", "url")
+NAMES = ("trust", "cache", "url", "prefer")
+PREFER_CHOICES = ("time", "bytes")
+DEFAULT_PREFER = "time"      # docs/REPOSITORY.md "Client route" says why
 
 
 def config_path() -> Path:
@@ -61,6 +65,22 @@ def setting(name: str, given=None):
     if value:
         return value
     return _config().get(name) or None
+
+
+def prefer_setting(given: str | None = None) -> str:
+    """How ``fetch`` weighs routes: ``given``, else the environment or config file, else time."""
+    if given is not None:
+        return given
+    value = os.environ.get("LC0WEIGHTS_PREFER")
+    where = "LC0WEIGHTS_PREFER"
+    if not value:
+        value, where = _config().get("prefer"), f"'prefer' in {config_path()}"
+    if not value:
+        return DEFAULT_PREFER
+    value = value.strip().lower()
+    if value not in PREFER_CHOICES:
+        raise Lc0WeightsError(f"{where}: prefer must be {' or '.join(PREFER_CHOICES)}, not {value!r}")
+    return value
 
 
 def parse_tolerance(text: str) -> float:

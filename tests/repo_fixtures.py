@@ -145,14 +145,15 @@ def copy_into_cache(net_path: Path, cache: Path, net_id: str) -> Path:
 
 TRUST_STATE = ".lc0weights-trust"      # what a client remembers of a repository: not a leftover
 PARTIALS = ".partial"                   # the folder of resumable downloads (a partial in it is one)
-CACHE_STATE = {TRUST_STATE, PARTIALS, ".held-ids.json"}
+RATES = ".lc0weights-rates.json"        # the client's measured link and rebuild rates: not a leftover
+CACHE_STATE = {TRUST_STATE, PARTIALS, ".held-ids.json", RATES}
 
 
 def leftovers(folder: Path) -> list[str]:
     """Temp or partial files anywhere under ``folder`` (there must be none)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if TRUST_STATE not in p.parts and not (p.name == PARTIALS and p.is_dir())
-                  and (p.name.startswith(".") or p.name.endswith((".tmp", ".part"))))
+                  and p.name != RATES and (p.name.startswith(".") or p.name.endswith((".tmp", ".part"))))
 
 
 def cache_files(folder: Path) -> list[str]:

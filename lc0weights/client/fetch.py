@@ -1,7 +1,8 @@
 """The client: bring the cache up to a published net with as few bytes as possible.
 
 Read the index, list the nets the cache holds, take the cheapest route (patches
-from a held net, or a full download), check every object's sha256 before
+from a held net, or a full download; cheapest in bytes, or with ``prefer="time"``
+in estimated seconds, see :mod:`.route` and :mod:`.link_rate`), check every object's sha256 before
 using it and every rebuilt net's id after, and write the result atomically.
 A route that fails part-way (corrupt patch, vanished object, server error) is
 dropped and the next cheapest route is tried, down to the full net.
@@ -20,7 +21,8 @@ from .download import TransferPolicy, open_source
 from .engine import apply_patch, checked_net
 from ..repository.errors import IntegrityError, NoRouteError
 from ..repository.index import NetEntry, parse_index
-from .route import cheapest_route
+from .link_rate import RateBook, link_name, timing
+from .route import PREFER, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 from ..repository.updater import Updater
 
@@ -44,6 +46,8 @@ class FetchResult:
     full_size: int                   # size of the full .pb.gz of the target (0: held, not looked up)
     seconds: float
     fallbacks: list[str] = field(default_factory=list)  # routes that failed, with why
+    prefer: str = "bytes"            # what the route minimised: "bytes" or "time"
+    estimate: dict = field(default_factory=dict)        # the route's bytes and seconds, and the rates used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,17 +55,23 @@ class FetchResult:
 
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
-          policy: TransferPolicy | None = None, source=None, trust=None, have=()) -> FetchResult:
+          policy: TransferPolicy | None = None, source=None, trust=None, have=(),
+          prefer: str = "bytes", rates: RateBook | None = None) -> FetchResult:
     """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
 
     ``trust`` pins the repository's root key (``ed25519:...``, ``@FILE`` or a
     PublicKey): every document and object is then checked against signed
     metadata. Without it nothing is authenticated, and a warning says so.
     ``have`` names more files that may hold nets to use as patch bases.
+    ``prefer`` is "bytes" (fewest bytes, the default here) or "time" (least
+    estimated time at the rates in ``rates``, by default the book kept in the
+    cache folder). Transfers and rebuilds are timed into that book either way.
     """
     started = time.monotonic()
     source = source or open_source(location, policy)
     cache = NetCache(cache_dir, client_layout, have)
+    book = rates if rates is not None else RateBook.load(cache.root)
+    plan = _Plan(prefer, book, link_name(source))
     updater = Updater(source, trust, trust_state_dir(cache))
     try:
         held = cache.held_ids()
@@ -69,26 +79,29 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         _declare_largest(source, index)
         cache.root.mkdir(parents=True, exist_ok=True)
         try:
-            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
+            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache, plan)
         except NoRouteError:
             if index.nets or updater.timestamp is None:
                 raise
             # The copy held under the wanted net's name is not that net: read the records after all.
             index, target = updater.catalog(net, held - {target}, tolerance)
             _declare_largest(source, index)
-            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache)
+            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache, plan)
         metadata_bytes = updater.metadata_bytes
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
         # Replaces whatever sat under the name (never writing through it); a full download
         # stores the repository's own gzip bytes.
-        path = cache.store(result, gz=getattr(result, "published_gz", None))
+        with timing(book if route.patch_count else None, "gzip") as stored:
+            path = cache.store(result, gz=getattr(result, "published_gz", None))
+            stored.amount = len(result.raw)
         if out is not None:
             write_net_file(out, result.raw)
         updater.save()                  # what was accepted is remembered only once it has been used
     finally:
         updater.close()
+        book.save()
     target_entry = index.net(target)          # None when the net was held: no record was read
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
@@ -96,7 +109,8 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         history_patches=sum(getattr(step, "history", None) is not None for step in route.steps),
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
-        seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks)
+        seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks,
+        prefer=prefer, estimate=plan.estimate(index, route))
 
 
 def _declare_largest(source, index) -> None:
@@ -131,7 +145,30 @@ def read_catalog(updater: Updater, held, net: str = "latest", tolerance=None):
     return index, index.resolve(net)
 
 
-def obtain(index, goals, source, cache: NetCache):
+class _Plan:
+    """How routes are weighed (``prefer``) and where their work is timed (``book``, ``link``)."""
+
+    def __init__(self, prefer: str, book: RateBook, link: str):
+        if prefer not in PREFER:
+            raise ValueError(f"prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
+        self.prefer, self.book, self.link = prefer, book, link
+        self.rates = None               # the rates the last route was chosen with
+
+    def costs(self, index):
+        self.rates = self.book.rates(self.link)
+        return route_costs(self.prefer, index, self.rates)
+
+    def estimate(self, index, route) -> dict:
+        """What fetch --json reports: the route's bytes and estimated seconds, and the rates behind them.
+
+        The rates are those the route was chosen with, not the ones its own transfers updated.
+        """
+        rates = self.rates or self.book.rates(self.link)
+        return {"bytes": route.cost, "seconds": round(TimeCosts(index, rates).route_seconds(route), 3),
+                "link": self.link[len("link "):], "rates": rates.to_dict()}
+
+
+def obtain(index, goals, source, cache: NetCache, plan: _Plan | None = None):
     """Reach any of ``goals`` from what ``cache`` holds; return (net or None, route, failures).
 
     Each failed route is recorded and its failing object excluded, so the next
@@ -143,7 +180,7 @@ def obtain(index, goals, source, cache: NetCache):
     route = None
     for _ in range(MAX_ROUTE_ATTEMPTS):
         try:
-            route = cheapest_route(index, goals, held, exclude)
+            route = cheapest_route(index, goals, held, exclude, plan and plan.costs(index))
         except NoRouteError:
             if not fallbacks:
                 raise
@@ -155,7 +192,7 @@ def obtain(index, goals, source, cache: NetCache):
             held.discard(route.start)
             continue
         try:
-            return _follow(route, source, cache, index), route, fallbacks
+            return _follow(route, source, cache, index, plan), route, fallbacks
         except _BadBase as e:
             held.discard(e.net_id)
             fallbacks.append(f"{route.describe()}: {e}")
@@ -190,12 +227,13 @@ def sweep_cache(root: Path) -> None:
         sweep_stale(root / PARTIAL_DIR, TEMP_MIN_AGE, PARTIAL_MIN_AGE)
 
 
-def _follow(route, source, cache: NetCache, index) -> Net:
+def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) -> Net:
     """Download and apply each step of ``route``; return the verified final net.
 
     The net before the current one is kept too: a history patch needs it.
     """
     current, previous = None, None
+    book = plan and plan.book
     if route.start is not None:
         current = cache.load(route.start)
         if current is None:
@@ -206,14 +244,17 @@ def _follow(route, source, cache: NetCache, index) -> Net:
         for i, step in enumerate(route.steps):
             where = Path(tmp) / f"step-{i}"
             try:
-                source.fetch_object(step.path, where, step.size, step.sha256,
-                                    desc=f"{'net' if isinstance(step, NetEntry) else 'patch'} "
-                                         f"{i + 1}/{len(route.steps)}",
-                                    partial_dir=cache.root / PARTIAL_DIR)
+                with timing(book, plan and plan.link) as transfer:       # rates: link bytes/s
+                    transfer.amount = source.fetch_object(
+                        step.path, where, step.size, step.sha256,
+                        desc=f"{'net' if isinstance(step, NetEntry) else 'patch'} {i + 1}/{len(route.steps)}",
+                        partial_dir=cache.root / PARTIAL_DIR)
                 data = where.read_bytes()
                 where.unlink()
                 if isinstance(step, NetEntry):
-                    current, previous = _full_net(data, step), None
+                    with timing(book, "gunzip") as unpacked:              # rates: gunzip + verify
+                        current, previous = _full_net(data, step), None
+                        unpacked.amount = len(current.raw)
                     continue
                 history = None
                 if step.history is not None:
@@ -224,9 +265,11 @@ def _follow(route, source, cache: NetCache, index) -> Net:
                 # The rebuilt net is the size of its target (a lossy one too): refuse
                 # a patch that declares more before anything is allocated for it.
                 entry = index.net(step.target)
-                rebuilt = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
-                                                  entry.raw_size if entry else None, history=history),
-                                      step.result, f"patch {step.path}")
+                with timing(book, "rebuild") as rebuild:                  # rates: rebuild + verify
+                    rebuilt = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
+                                                      entry.raw_size if entry else None, history=history),
+                                          step.result, f"patch {step.path}")
+                    rebuild.amount = len(rebuilt.raw)
                 current, previous = rebuilt, current
             except Lc0WeightsError as e:
                 if isinstance(e, _BadBase):

@@ -182,7 +182,8 @@ def follow_state_dir() -> Path:
 
 def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: bool = False,
            interval: float = 60.0, keep: int = 2, policy: TransferPolicy | None = None,
-           trust: str | None = None, have=(), on_net=None, state_dir=None) -> int:
+           trust: str | None = None, have=(), on_net=None, state_dir=None,
+           prefer: str = "bytes") -> int:
     """Poll and fetch until ``stop`` is set; return the number of new nets obtained.
 
     With ``client_layout``, ``cache_dir`` is lczero-client's folder (default:
@@ -195,7 +196,7 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
     poller = TopDocumentPoller(location, policy)
     client = NetCache(cache_dir, client_layout=True) if client_layout else None
     cache = NetCache(state_dir or follow_state_dir()) if client_layout else NetCache(cache_dir)
-    extra = {} if trust is None else {"trust": trust}
+    extra = {"prefer": prefer} if trust is None else {"trust": trust, "prefer": prefer}
     current, obtained, failures = None, 0, 0
     log.info("following %s every %g s into %s (keeping %d nets)", location, interval,
              (client or cache).root, keep)
@@ -287,6 +288,6 @@ def run_follow(args, policy: TransferPolicy) -> int:
     started = time.monotonic()
     count = follow(args.url, stop, cache_dir=args.cache, client_layout=args.client_layout,
                    interval=max(0.1, args.interval), keep=max(1, args.keep), policy=policy,
-                   trust=args.trust, have=args.have or ())
+                   trust=args.trust, have=args.have or (), prefer=args.prefer)
     log.warning("stopped after %.0f s; %d new net(s) fetched", time.monotonic() - started, count)
     return 0

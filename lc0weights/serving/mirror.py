@@ -196,6 +196,9 @@ def add_mirror_command(subparsers) -> None:
                         "the fetch goes on")
     p.add_argument("--timeout", type=float, default=30.0, help="upstream network timeout in seconds")
     p.add_argument("--retries", type=int, default=4, help="upstream retries per download")
+    p.add_argument("--prefer", choices=("bytes", "time"), default="bytes",
+                   help="upstream routes by fewest bytes (default: the upstream link is shared) or by "
+                        "least estimated time")
     p.set_defaults(run=run_mirror)
 
 
@@ -228,7 +231,7 @@ def run_mirror(args) -> int:
                     client_cache=client_cache, trust=args.trust, fallback=args.fallback,
                     max_nets=args.max_nets, max_bytes=args.max_bytes,
                     policy=TransferPolicy(timeout=args.timeout, retries=max(0, args.retries),
-                                          progress=False))
+                                          progress=False), prefer=args.prefer)
     server = MirrorServer(mirror, host, port, max(1, args.max_connections), wait_timeout=args.wait)
     logging.getLogger("lc0weights.serving").setLevel(logging.INFO)
     scope = ("loopback only: other machines cannot reach it" if is_loopback(host)

@@ -98,8 +98,10 @@ class Mirror:
     def __init__(self, upstream: str, cache_dir=None, client_cache=None, trust=None,
                  fallback: str | None = None, max_nets: int = DEFAULT_MAX_NETS,
                  max_bytes: int | None = None, policy: TransferPolicy | None = None,
-                 max_fetches: int = DEFAULT_MAX_FETCHES, fallback_deadline: float = FALLBACK_DEADLINE):
+                 max_fetches: int = DEFAULT_MAX_FETCHES, fallback_deadline: float = FALLBACK_DEADLINE,
+                 prefer: str = "bytes"):
         self.upstream = upstream
+        self.prefer = prefer                # upstream routes: bytes, since the upstream link is shared
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "mirror"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.client_cache = Path(client_cache) if client_cache else None
@@ -255,7 +257,7 @@ class Mirror:
         extra = {} if self.trust is None else {"trust": self.trust}
         try:
             result = fetch(self.upstream, net=sha, cache_dir=self.cache_dir, policy=self.policy,
-                           have=have, **extra)
+                           have=have, prefer=self.prefer, **extra)
         except Lc0WeightsError as e:
             if not _not_listed(e):
                 raise
