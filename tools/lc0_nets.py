@@ -292,7 +292,10 @@ class LayerRun:
         self.style = STYLES[spec.kind]
         rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
         n, reach = spec.count, self.style.reach
+        # Draws that net 0 depends on come first, so a net does not depend on the run's length.
         tilt = rng.uniform(-0.15, 0.15)
+        self.extreme_at = rng.choice(n, 2, replace=False) if n >= 2 else np.array([0, 0])
+        layer_pace = math.exp(0.3 * rng.standard_normal())
         lo, hi = -reach * (1 + tilt), reach * (1 - tilt)
         self.z_lo, self.z_hi = [lo], [hi]
         for _ in range(1, count):       # the extremes wander a little: every code of the layer shifts
@@ -302,8 +305,6 @@ class LayerRun:
             self.z_hi.append(hi)
         self.constant = spec.constant is not None or n < 2
         self.bounds = [self._bounds(k) for k in range(count)]
-        self.extreme_at = rng.choice(n, 2, replace=False) if n >= 2 else np.array([0, 0])
-        layer_pace = math.exp(0.3 * rng.standard_normal())
         self.sigma = step_codes * layer_pace * (self.z_hi[0] - self.z_lo[0]) / CODES
 
     def values(self, z: np.ndarray) -> np.ndarray:
