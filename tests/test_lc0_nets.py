@@ -12,7 +12,7 @@ from lc0weights import Net, apply_patch, make_patch
 from lc0weights.proto import lc0net_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import lc0_nets  # noqa: E402
+import lc0_nets
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_successive_nets_patch_like_a_real_swa_step(pairs, name):
 
 
 def test_same_seed_same_bytes_whatever_the_run_length(pairs, tmp_path):
-    out, facts = pairs["t82"]
+    _, facts = pairs["t82"]
     again = lc0_nets.write_run(tmp_path, "t82", count=1, scale=0.002, seed=3)
     assert again[0]["id"] == facts[0]["id"]
     other = lc0_nets.write_run(tmp_path / "other", "t82", count=1, scale=0.002, seed=4)

@@ -41,7 +41,7 @@ class Measured:
     def command(self) -> str:
         return shell_line(self.argv)
 
-    def check(self) -> "Measured":
+    def check(self) -> Measured:
         """Raise with the child's last words when it failed."""
         if self.returncode:
             raise RuntimeError(f"command failed ({self.returncode}): {self.command}\n{self.stderr[-3000:]}")
@@ -62,7 +62,7 @@ def run(argv, *, cpus: str | None = None, stdout_path: Path | None = None, timeo
     argv = [str(a) for a in argv]
     if cpus is not None:
         argv = ["taskset", "-c", cpus] + argv
-    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE  # noqa: SIM115 (closed below)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=cwd, env=env or child_env())
     try:
@@ -118,7 +118,7 @@ def write_section(path: Path, section: str) -> None:
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     heading = section.splitlines()[0]
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
     else:

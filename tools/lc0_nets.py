@@ -50,10 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lc0weights import encodings as enc  # noqa: E402
-from lc0weights.proto import lc0net_pb2 as pb  # noqa: E402
-from lc0weights.synthetic import KINDS as RESNET_KINDS  # noqa: E402
-from lc0weights.synthetic import LayerSpec, architecture  # noqa: E402
+from lc0weights import encodings as enc
+from lc0weights.proto import lc0net_pb2 as pb
+from lc0weights.synthetic import KINDS as RESNET_KINDS
+from lc0weights.synthetic import LayerSpec, architecture
 
 CHUNK = 1 << 20
 CODES = 65535.0
@@ -97,7 +97,7 @@ for _name, _k in RESNET_KINDS.items():
 
 
 def _r8(x: float) -> int:
-    return max(8, int(round(x / 8.0)) * 8)
+    return max(8, round(x / 8.0) * 8)
 
 
 def _encoder(prefix: tuple, d: int, dff: int, heads: int, sg_hidden: int, sg_gen: int, sg_ch: int):
