@@ -142,33 +142,41 @@ class Bench:
     # -- measurements -----------------------------------------------------------------------
 
     def measure_startup(self) -> None:
-        """A command's fixed cost (interpreter, imports, loading the compiled kernels): apply on a tiny pair.
+        """A command's fixed costs: imports alone (a full fetch needs no more), and imports plus loading
+        the compiled kernels (``apply`` of a tiny pair: what every patch command pays).
 
-        Subtracted from the rows' times and peak RSS, so a small-scale run still says something about
-        the per-weight costs; at lc0's scale it is a few percent.
+        Subtracted from the rows' CPU times and peak RSS, and the start-up's CPU from wall times (its
+        own wall is as noisy as the machine's load), so a small-scale run still says something about
+        the per-weight costs; at lc0's scale they are a few percent.
         """
+        self.imports = self.run([PY, "-c", "import lc0weights.cli, service.cli"], "imports")
         tiny = self.work / "tiny"
         self.run([PY, TOOLS / "lc0_nets.py", tiny, "--net", "bt4", "--count", 2, "--scale", 0.0005], "tiny")
         nets = [tiny / "bt4-000.pb.gz", tiny / "bt4-001.pb.gz"]
         self.run(CLIENT + ["-q", "diff", *nets, "-o", tiny / "p.lc0p", "-f"], "tiny diff")
         self.startup = self.run(CLIENT + ["-q", "apply", nets[0], tiny / "p.lc0p", "-o", tiny / "out.pb.gz"],
                                 "start-up")
-        self.baseline_rss = self.startup.max_rss
+
+    def base(self, m: harness.Measured) -> harness.Measured:
+        """The start-up ``m`` paid: imports only for a full fetch, else imports and kernels."""
+        full_fetch = "fetch" in m.argv and "--have" not in m.argv
+        return self.imports if full_fetch else self.startup
 
     def cpu(self, m: harness.Measured) -> float:
         """CPU seconds after the start-up cost."""
-        return max(m.cpu - self.startup.cpu, 1e-3)
+        return max(m.cpu - self.base(m).cpu, 1e-3)
 
     def wall(self, m: harness.Measured) -> float:
-        """Wall seconds after the start-up cost."""
-        return max(m.wall - self.startup.wall, 1e-3)
+        """Wall seconds after the start-up's CPU."""
+        return max(m.wall - self.base(m).cpu, 1e-3)
 
     def rss_row(self, name: str, m: harness.Measured, info: dict, target: str) -> None:
-        above = (m.max_rss - self.baseline_rss) / info["raw"]
+        base = self.base(m).max_rss
+        above = (m.max_rss - base) / info["raw"]
         limit = TARGETS[target]
         self.row(f"peak RSS: {name}", m,
                  f"{m.max_rss / 1e6:,.0f} MB = {m.max_rss / info['raw']:.2f}x raw "
-                 f"({above:.2f}x above start-up's {self.baseline_rss / 1e6:.0f} MB)",
+                 f"({above:.2f}x above start-up's {base / 1e6:.0f} MB)",
                  f"<= {limit}x raw above start-up", above <= limit)
 
     def fetch(self, url: str, trust: str, label: str, have: Path | None = None, prefer: str | None = None):
@@ -201,6 +209,8 @@ class Bench:
                          f"{patch.wall:.2f} s, {self.wall(patch):.2f} s after start-up "
                          f"({r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es), {patch.cpu:.1f} s CPU)",
                          f"< full fetch ({full.wall:.2f} s)", patch.wall < full.wall)
+                if mbit == self.args.rates[0]:
+                    self.rss_row("fetch, patch route", patch, info, "rss_client")
                 if prefer_exists:
                     chosen, r = self.fetch(proxy.url, trust, f"time-{mbit}", have=held, prefer="time")
                     self.row(f"fetch net N+1 holding net N, {mbit:g} Mbit/s, --prefer time", chosen,
@@ -216,7 +226,7 @@ class Bench:
                  f"{full.cpu:.2f} s CPU, {self.cpu(full):.2f} s after start-up ({full.wall:.2f} s wall) vs "
                  f"{gunzip.cpu:.2f} s for `gzip -dc` = {self.cpu(full) / max(gunzip.cpu, 1e-3):.2f}x",
                  f"<= {limit}x gzip -dc", self.cpu(full) <= limit * gunzip.cpu)
-        self.rss_row("fetch", full, info, "rss_client")
+        self.rss_row("fetch, full download", full, info, "rss_client")
 
     def diff_rows(self, info: dict) -> Path:
         base, target = info["paths"][-2], info["paths"][-1]
@@ -317,10 +327,12 @@ def render(bench: Bench, infos: dict, command: str, minutes: float, machine: str
               "CPU times are the steadier figures). Nets from `tools/lc0_nets.py` (SWA-like successive nets, "
               f"scale {a.scale:g} of lc0's sizes):"), ""]
     lines += [f"- {net_line(name, info)}" for name, info in infos.items()]
-    st = bench.startup
-    lines += ["", (f"Every row is one child process (wall, CPU and peak RSS from wait4); a command's start-up "
-              f"(interpreter, imports, compiled kernels: `apply` of a tiny pair, {st.wall:.2f} s wall, "
-              f"{st.cpu:.2f} s CPU, {st.max_rss / 1e6:.0f} MB) is subtracted where a row says so. `$W` is the work "
+    st, im = bench.startup, bench.imports
+    lines += ["", (f"Every row is one child process (wall, CPU and peak RSS from wait4). Where a row says "
+              f"\"after start-up\", a command's fixed cost is taken off: imports ({im.cpu:.2f} s CPU, "
+              f"{im.max_rss / 1e6:.0f} MB) for a full fetch, imports and compiled kernels (`apply` of a tiny "
+              f"pair: {st.cpu:.2f} s CPU, {st.max_rss / 1e6:.0f} MB) for the rest; its CPU time is taken off "
+              f"wall times too. `$W` is the work "
               f"folder, the repository is signed and served by `lc0weights-server serve` on loopback behind "
               f"a token-bucket proxy ({', '.join(f'{r:g}' for r in a.rates)} Mbit/s). The client in the "
               f"patch rows holds net N ({infos[a.net]['paths'][-2].name}) and fetches net N+1. Targets: the "

@@ -9,7 +9,10 @@ scale benchmark makes its own, at run time, into a folder given by the caller
   (vanilla with its own encoder, optimistic_st, soft, opponent) and value
   heads (winner, q, st), moves left: ~484 layers, ~186M weights, the largest
   (smolgen dense2) ~2.1M, ~372 MB raw.
-* ``t82``: SE-ResNet, 768 filters, the layer list of lc0weights.synthetic.
+* ``t82``: SE-ResNet, 768 filters, the layer list of lc0weights.synthetic;
+  8 blocks (~99M weights, ~162 MB .pb.gz: the 160-170 MB of a T82 file; 15
+  blocks of 768 filters would be ~300 MB. lc0's own T82 files are named
+  768x15x24h, which reads as an attention body of 15 encoders).
 * ``biglayer``: a small attention net plus one 60M-weight dense layer.
 
 Every layer is LINEAR16 over its own float32 min/max, written with lc0's real
