@@ -1,0 +1,228 @@
+"""Shared benchmark plumbing: child processes measured one by one, Markdown tables and sections.
+
+Benchmarks drive the command lines as a user would, so each measurement is
+one child process: ``run`` starts it, waits for it with ``os.wait4`` and so
+gets that child's own CPU time and peak RSS (not a sum over every child the
+benchmark ever ran, as RUSAGE_CHILDREN would).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Measured:
+    """One finished child process: what it printed and what it cost."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    wall: float           # seconds
+    user: float           # CPU seconds
+    sys: float
+    max_rss: int          # bytes, the child's peak resident set
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    @property
+    def command(self) -> str:
+        return shell_line(self.argv)
+
+    def check(self) -> Measured:
+        """Raise with the child's last words when it failed."""
+        if self.returncode:
+            raise RuntimeError(f"command failed ({self.returncode}): {self.command}\n{self.stderr[-3000:]}")
+        return self
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The environment children run in: this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+def run(argv, *, cpus: str | None = None, stdout_path: Path | None = None, timeout: float | None = None,
+        cwd: Path | None = None, env: dict | None = None) -> Measured:
+    """Run ``argv`` to completion; ``cpus`` pins it (``taskset -c``); measure wall, CPU and peak RSS."""
+    argv = [str(a) for a in argv]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus] + argv
+    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE  # noqa: SIM115 (closed below)
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=cwd, env=env or child_env())
+    try:
+        # The pipes are drained by communicate's threads; the child is reaped below by wait4 only.
+        stdout, stderr = _communicate(proc, timeout)
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        if stdout_path:
+            out.close()
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(argv, proc.returncode, stdout or "", stderr, wall, usage.ru_utime, usage.ru_stime,
+                    usage.ru_maxrss * 1024)
+
+
+def _communicate(proc: subprocess.Popen, timeout: float | None):
+    """Read stdout/stderr to the end without reaping the child (so wait4 gets its rusage)."""
+    import threading
+    results = {}
+
+    def drain(name, stream):
+        results[name] = stream.read().decode(errors="replace") if stream else ""
+    threads = [threading.Thread(target=drain, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in threads:
+        t.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for t in threads:
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            raise TimeoutError(f"timed out after {timeout} s: {shell_line(proc.args)}")
+    return results["out"], results["err"]
+
+
+def shell_line(argv) -> str:
+    """A command as one would type it: this Python shown as ``python``, paths kept short."""
+    words = ["python" if a == sys.executable else a for a in map(str, argv)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Put ``section`` (starting with its ``## heading``) into a Markdown file, replacing one of that heading."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    heading = section.splitlines()[0]
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def seconds(s: float) -> str:
+    return f"{s:.2f} s" if s < 100 else f"{s:.0f} s"
+
+
+def machine_line() -> str:
+    """Python, cores and load at the time of measuring, for the section's header."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"Python {platform.python_version()}, {os.cpu_count()} cores ({platform.machine()}), "
+            f"load average {load:.1f} when it started")
+
+
+class TokenBucket:
+    """A link's capacity: ``take(n)`` blocks until n bytes fit in ``rate`` bytes per second.
+
+    Shared by every connection of a proxy, so they split the link as they would a real one.
+    """
+
+    def __init__(self, rate: float, burst: int = 64 * 1024):
+        import threading
+        self.rate, self.burst = float(rate), burst
+        self.tokens, self.stamp = float(burst), time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - n
+            self.stamp = now
+            debt = -self.tokens
+        if debt > 0:     # the bytes are reserved; wait until the link would have carried them
+            time.sleep(debt / self.rate)
+
+
+class ThrottledProxy:
+    """A TCP proxy on loopback whose downstream (server to client) runs at ``rate`` bytes per second.
+
+    It forwards bytes as they are (HTTP keep-alive, ranges and all); one thread per direction and
+    connection. Use as a context manager; ``url`` is where clients connect.
+    """
+
+    def __init__(self, upstream_port: int, rate: float, chunk: int = 256 * 1024):
+        import socket
+        import threading
+        self.upstream_port, self.chunk = upstream_port, chunk
+        self.bucket = TokenBucket(rate, burst=max(chunk, 64 * 1024))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.closed.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                if self.closed.is_set():
+                    return
+                continue
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.bucket), daemon=True).start()
+
+    def _pump(self, src, dst, bucket) -> None:
+        import socket
+        try:
+            while True:
+                data = src.recv(self.chunk)
+                if not data:
+                    break
+                if bucket:
+                    bucket.take(len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                try:
+                    sock.shutdown(how)
+                except OSError:
+                    pass
