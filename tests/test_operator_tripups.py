@@ -1,0 +1,187 @@
+"""The operator's and newcomer's trip-ups, each built as it happened in the field.
+
+The watcher with an older net, an uncertified key and a gzip bomb; special
+files and hard-linked partials; two nets in one gzip file; repositories made
+only when asked; key rotation in one step; ``check`` after ``prune``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import run_paths
+from lc0weights.client.check import check_repository
+from lc0weights.client.download import TransferPolicy
+from lc0weights.client.fetch import fetch
+from lc0weights.client.staging import StagedFile
+from lc0weights.files import NotARegularFileError, read_small_file
+from lc0weights.net import Net
+from lc0weights.repository.errors import DownloadError, RepositoryError
+from lc0weights.repository.keys import SigningKey
+from repo_fixtures import FAST_CODEC, serving
+from service.prune import prune
+from service.publish import publish
+from service.repository import Repository, SigningError
+from service.watch import Watcher
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = TransferPolicy(timeout=5.0, retries=1, backoff=0.01, progress=False)
+
+
+def run(*args, module="lc0weights.cli", env=None, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def server(*args, **kw):
+    return run(*args, module="service.cli", **kw)
+
+
+def one_error_line(done, *words):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def drop(incoming: Path, path: Path) -> Path:
+    dest = incoming / path.name
+    shutil.copyfile(path, dest)
+    return dest
+
+
+def two_polls(watcher: Watcher):
+    return watcher.poll() + watcher.poll()
+
+
+# -- item 9: the watcher ------------------------------------------------------------------
+
+def test_watch_skips_an_older_net_once_and_publishes_the_rest(tmp_path, caplog):
+    paths = run_paths()
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, paths[2:3], codec=FAST_CODEC, skips=(1,))
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    drop(incoming, paths[1])                 # older than the latest published net
+    drop(incoming, paths[3])
+    watcher = Watcher(incoming, repo, interval=0, codec=FAST_CODEC, skips=(1,))
+    with caplog.at_level(logging.WARNING, logger="service.watch"):
+        published = two_polls(watcher) + two_polls(watcher)
+    assert [p.source for p in published] == [paths[3].name]
+    assert [n.id for n in repo.read_index().nets] == [Net.load(p).id for p in (paths[2], paths[3])]
+    skipped = [r for r in caplog.records if paths[1].name in r.getMessage()]
+    assert len(skipped) == 1 and "training step" in skipped[0].getMessage()
+
+
+def test_watch_says_once_that_its_key_is_not_certified_and_publishes_after_certify(tmp_path, caplog):
+    paths = run_paths()
+    online, other = SigningKey.generate(), SigningKey.generate()
+    repo = Repository.create(tmp_path / "repo", online)
+    publish(repo, paths[:1], codec=FAST_CODEC, skips=(1,))
+    # The root (the first key, which is its own root) now certifies another online key only.
+    with repo.lock():
+        Repository.create(repo.root).certify(online, [other.public], signer=other)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    drop(incoming, paths[1])
+    watcher = Watcher(incoming, Repository.create(repo.root, online), interval=0, codec=FAST_CODEC, skips=(1,))
+    patches_before = sorted(os.listdir(repo.root / "patches"))
+    with caplog.at_level(logging.INFO, logger="service.watch"):
+        for _ in range(5):
+            watcher.keep_signed()
+            assert watcher.poll() == []
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "not an online key" in errors[0].getMessage()
+    assert sorted(os.listdir(repo.root / "patches")) == patches_before     # nothing encoded, nothing stored
+    with repo.lock():
+        Repository.create(repo.root).certify(online, [online.public, other.public], signer=other)
+    assert [p.source for p in watcher.poll()] == [paths[1].name]
+
+
+def test_watch_refuses_a_gzip_bomb_while_streaming_it(tmp_path, caplog):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    limit = 8 << 20
+    with gzip.open(incoming / "bomb.pb.gz", "wb", compresslevel=9) as f:
+        block = bytes(1 << 20)
+        for _ in range(64):                  # 64 MiB of zeros, 8 times the limit
+            f.write(block)
+    watcher = Watcher(incoming, Repository.create(tmp_path / "repo"), interval=0, max_size=limit)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="service.watch"):
+            assert two_polls(watcher) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit // 2, peak           # refused by the stream's size, never inflated to the limit
+    assert any("bomb.pb.gz" in r.getMessage() and "inflates past" in r.getMessage() for r in caplog.records)
+
+
+# -- item 12: two nets in one gzip file ---------------------------------------------------
+
+def test_publish_refuses_two_gzip_members_holding_two_nets(tmp_path):
+    paths = run_paths()
+    both = tmp_path / "both.pb.gz"
+    both.write_bytes(paths[0].read_bytes() + paths[1].read_bytes())
+    repo = tmp_path / "repo"
+    one_error_line(server("publish", "--init", "--repo", repo, both), "both.pb.gz", "two nets")
+    assert not (repo / "timestamp.json").exists()
+    # The same net split into two members is one net, and publishes.
+    raw = Net.load(paths[0]).raw
+    split = tmp_path / "split.pb.gz"
+    split.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    done = server("publish", "--init", "--repo", repo, split)
+    assert done.returncode == 0, done.stderr
+
+
+# -- item 13: special files and hard-linked partials --------------------------------------
+
+def test_special_files_are_refused_where_a_file_is_expected(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(NotARegularFileError, match="not a key file"):
+            read_small_file(path, 1 << 10, "key")
+    big = tmp_path / "big"
+    big.write_bytes(bytes(2048))
+    with pytest.raises(NotARegularFileError, match="too large"):
+        read_small_file(big, 1024, "key")
+    one_error_line(run("fetch", tmp_path, "--trust", f"@{fifo}"), str(fifo), "FIFO")
+    one_error_line(run("fetch", tmp_path, "--trust", "@/dev/zero"), "/dev/zero", "device")
+    one_error_line(run("fetch", env={"LC0WEIGHTS_CONFIG": "/dev/zero"}), "/dev/zero", "config")
+    one_error_line(server("resign", "--repo", tmp_path, "--key", "/dev/zero"), "/dev/zero", "key file")
+    one_error_line(run("inspect", fifo), str(fifo), "FIFO")
+
+
+def test_a_hard_linked_partial_is_refused_and_the_outside_file_untouched(tmp_path):
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"keep me")
+    partials = tmp_path / "cache" / ".partial"
+    partials.mkdir(parents=True)
+    sha = hashlib.sha256(b"the object").hexdigest()
+    os.link(outside, partials / f"{sha}.part")
+    with pytest.raises(DownloadError, match="hard links"):
+        StagedFile.open(tmp_path / "cache" / "obj", sha, partials, limit=1 << 20)
+    assert outside.read_bytes() == b"keep me"
+
+
+def test_a_private_key_given_to_trust_and_a_public_key_given_to_key(tmp_path):
+    key = SigningKey.generate()
+    key.save(tmp_path / "private.key")
+    (tmp_path / "public.pub").write_text(key.public.text + "\n")
+    one_error_line(run("fetch", tmp_path, "--trust", f"@{tmp_path / 'private.key'}"),
+                   "private.key", "private key", "public key")
+    one_error_line(server("resign", "--repo", tmp_path, "--key", tmp_path / "public.pub"),
+                   "public.pub", "public key", "private key")
