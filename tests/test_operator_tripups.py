@@ -26,12 +26,12 @@ from lc0weights.client.fetch import fetch
 from lc0weights.client.staging import StagedFile
 from lc0weights.files import NotARegularFileError, read_small_file
 from lc0weights.net import Net
-from lc0weights.repository.errors import DownloadError, RepositoryError
+from lc0weights.repository.errors import DownloadError
 from lc0weights.repository.keys import SigningKey
 from repo_fixtures import FAST_CODEC, serving
 from service.prune import prune
 from service.publish import publish
-from service.repository import Repository, SigningError
+from service.repository import Repository
 from service.watch import Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,3 +185,64 @@ def test_a_private_key_given_to_trust_and_a_public_key_given_to_key(tmp_path):
                    "private.key", "private key", "public key")
     one_error_line(server("resign", "--repo", tmp_path, "--key", tmp_path / "public.pub"),
                    "public.pub", "public key", "private key")
+
+
+# -- item 11: repositories made only when asked; rotation in one step; serving before a net --
+
+def test_a_repository_is_made_only_with_init_or_in_an_empty_folder(tmp_path):
+    net = run_paths()[0]
+    typo = tmp_path / "reop"
+    one_error_line(server("publish", "--repo", typo, net), str(typo), "--init")
+    assert not typo.exists()
+    cluttered = tmp_path / "cluttered"
+    cluttered.mkdir()
+    (cluttered / "notes.txt").write_text("not a repository")
+    one_error_line(server("publish", "--repo", cluttered, net), "not a repository", "--init")
+    assert sorted(os.listdir(cluttered)) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert server("publish", "--repo", empty, net).returncode == 0          # made for it: taken
+    assert server("publish", "--init", "--repo", typo, net).returncode == 0
+    assert len(Repository(typo).read_index().nets) == 1
+
+
+def test_certify_rotates_the_online_key_in_one_step(tmp_path):
+    paths = run_paths()
+    root_key, online_1, online_2 = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    for name, key in (("root", root_key), ("one", online_1), ("two", online_2)):
+        key.save(tmp_path / f"{name}.key")
+    repo = tmp_path / "repo"
+    done = server("certify", "--init", "--repo", repo, "--root-key", tmp_path / "root.key",
+                  "--online-key", online_1.public.text, "--key", tmp_path / "one.key")
+    assert done.returncode == 0, done.stderr
+    with serving(repo) as srv:               # certified, no net yet: served, and clients are told so
+        with pytest.raises(Exception, match="no nets yet"):
+            fetch(srv.url, cache_dir=tmp_path / "early", trust=root_key.public, policy=POLICY)
+    assert server("publish", "--repo", repo, "--key", tmp_path / "one.key", "--codec", FAST_CODEC,
+                  *paths[:2]).returncode == 0
+    before = (repo / "root.json").read_bytes()
+    certify = ("certify", "--repo", repo, "--root-key", tmp_path / "root.key", "--online-key", online_2.public.text)
+    one_error_line(server(*certify), "timestamp.json", "--key")
+    one_error_line(server(*certify, "--key", tmp_path / "one.key"), "not among the --online-key")
+    assert (repo / "root.json").read_bytes() == before                    # refused: nothing written
+    done = server(*certify, "--key", tmp_path / "two.key")
+    assert done.returncode == 0 and "re-signed" in done.stdout, done.stderr
+    with serving(repo) as srv:               # a client with an empty cache, right after certify
+        result = fetch(srv.url, cache_dir=tmp_path / "fresh", trust=root_key.public, policy=POLICY)
+    assert result.net_id == Net.load(paths[1]).id
+    done = server("serve", "--repo", tmp_path / "nosuch")
+    one_error_line(done, "no such repository folder")
+
+
+# -- item 10: check after a routine prune --------------------------------------------------
+
+def test_check_after_prune_skips_what_only_pruned_nets_rebuild(tmp_path):
+    key = SigningKey.generate()
+    repo = Repository.create(tmp_path / "repo", key)
+    publish(repo, run_paths()[:5], tolerance=2.0 ** -10, codec=FAST_CODEC, skips=(1,))
+    patches = repo.read_index().patches
+    assert any(p.history for p in patches) and any(p.lossy for p in patches)
+    prune(repo, keep=3)
+    report = check_repository(str(repo.root), POLICY, trust=key.public)
+    assert report.ok, report.failures
+    assert report.skipped > 0 and report.patches > 0
