@@ -232,6 +232,8 @@ def _serve(args) -> int:
         serve(args.repo, args.host, args.port,
               ServerLimits(max_connections=args.max_connections, max_per_client=args.max_per_client,
                            request_timeout=args.request_timeout))
+    except KeyboardInterrupt:           # a signal before serve() took over its own handling
+        pass
     except OSError as e:
         if e.filename is None and e.strerror:     # binding: name the address that could not be had
             raise Lc0WeightsError(f"{args.host}:{args.port}: cannot listen ({e.strerror}); another server "

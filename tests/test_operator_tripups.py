@@ -246,3 +246,101 @@ def test_check_after_prune_skips_what_only_pruned_nets_rebuild(tmp_path):
     report = check_repository(str(repo.root), POLICY, trust=key.public)
     assert report.ok, report.failures
     assert report.skipped > 0 and report.patches > 0
+
+
+# -- item 17: one line naming the file and the likely mistake -----------------------------
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    from lc0weights import make_patch
+    folder = tmp_path_factory.mktemp("patches")
+    nets = [Net.load(p) for p in run_paths()[:3]]
+    (folder / "plain.patch").write_bytes(make_patch(nets[0], nets[1], codec=FAST_CODEC))
+    (folder / "history.patch").write_bytes(make_patch(nets[1], nets[2], codec=FAST_CODEC, history=nets[0]))
+    return folder
+
+
+def test_messages_name_the_file_and_the_likely_mistake(patches, tmp_path):
+    p = run_paths()
+    plain, history = patches / "plain.patch", patches / "history.patch"
+    out = tmp_path / "out.pb.gz"
+    one_error_line(run("apply", p[0], p[1], "-o", out), p[1].name, "is a net, not a patch")
+    one_error_line(run("verify", p[0], p[1], plain), p[1].name, "swap PATCH and TARGET")
+    empty = tmp_path / "empty.patch"
+    empty.write_bytes(b"")
+    one_error_line(run("apply", p[0], empty, "-o", out), "empty.patch", "empty file")
+    one_error_line(run("apply", p[0], "/dev/null", "-o", out), "/dev/null", "device")
+    one_error_line(run("apply", p[1], history, "--history", p[3], "-o", out),
+                   p[3].name, "not the history", "predecessor")
+    one_error_line(run("apply", p[3], plain, "-o", out), p[3].name, "not this patch's base")
+    one_error_line(run("inspect", plain, "--base", p[3]), p[3].name, "not this patch's base")
+    assert not out.exists()
+    cache = tmp_path / "a-file"
+    cache.write_text("")
+    one_error_line(run("fetch", tmp_path, "--cache", cache), "a-file", "--cache takes a folder")
+
+
+def test_address_in_use_names_the_address(tmp_path):
+    import socket
+    repo = tmp_path / "repo"
+    assert server("publish", "--init", "--repo", repo, run_paths()[0]).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_error_line(server("serve", "--repo", repo, "--port", port), f"127.0.0.1:{port}", "in use")
+
+
+def test_check_pinned_to_an_online_key_says_the_root_key_is_needed(tmp_path):
+    root_key, online = SigningKey.generate(), SigningKey.generate()
+    repo = Repository.create(tmp_path / "repo")
+    with repo.lock():
+        repo.certify(root_key, [online.public], signer=online)
+    report = check_repository(str(repo.root), POLICY, trust=online.public)
+    assert not report.ok and "--trust takes its root key" in report.failures[0]
+    assert root_key.public.text in report.failures[0]
+
+
+# -- item 18: one convention for output, signals and options ------------------------------
+
+def test_publish_prints_only_its_results_and_labels_history_patches(tmp_path):
+    done = server("publish", "--init", "--repo", tmp_path / "repo", "--codec", FAST_CODEC, "--tolerance", "2^-10",
+                  *run_paths()[:4])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = [line for line in done.stdout.splitlines() if " history" in line]
+    assert lines, done.stdout                # lossy links coded with history say so
+    last = lines[-1]
+    assert "; " in last, last                # 12,345; 6,789 history
+    assert ", " not in last.split("(", 1)[1], last
+
+
+def test_fetch_refuses_follow_options_without_follow(tmp_path):
+    one_error_line(run("fetch", tmp_path, "--keep", "3"), "--keep", "--follow")
+    one_error_line(run("fetch", tmp_path, "--interval", "5"), "--interval", "--follow")
+
+
+@pytest.mark.parametrize("command", ["watch", "serve"])
+def test_sigterm_stops_watch_and_serve_saying_so_with_exit_0(tmp_path, command):
+    import signal
+    import time
+    repo, incoming = tmp_path / "repo", tmp_path / "in"
+    incoming.mkdir()
+    assert server("publish", "--init", "--repo", repo, run_paths()[0]).returncode == 0
+    args = (["watch", "--repo", repo, "--incoming", incoming, "--interval", "0.1"] if command == "watch"
+            else ["serve", "--repo", repo, "--port", "0"])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        started = "watching" if command == "watch" else "serving"
+        line = ""
+        while started not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert started in line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert err.strip().endswith(f"lc0weights-server {command}: stopped"), err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..errors import Lc0WeightsError
@@ -75,6 +76,8 @@ def client_settings(args):
                               f"{config_path()}")
     if hasattr(args, "cache"):
         args.cache = setting("cache", args.cache)
+        if args.cache and os.path.exists(args.cache) and not os.path.isdir(args.cache):
+            raise Lc0WeightsError(f"{args.cache}: is a file; --cache takes a folder (made if missing)")
     args.trust = setting("trust", args.trust)
     return args
 
