@@ -344,3 +344,24 @@ def test_sigterm_stops_watch_and_serve_saying_so_with_exit_0(tmp_path, command):
         proc.kill()
     assert proc.returncode == 0, err
     assert err.strip().endswith(f"lc0weights-server {command}: stopped"), err
+
+
+def test_quiet_keeps_the_warning_that_nothing_is_authenticated(tmp_path):
+    publish(Repository.create(tmp_path / "repo"), run_paths()[:1], codec=FAST_CODEC)
+    done = run("-q", "fetch", tmp_path / "repo", "--cache", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no --trust key given" in lines[0], done.stderr
+
+
+# -- item 16: which tolerances keep the engine's play -------------------------------------
+
+@pytest.mark.parametrize("command", [("lc0weights.cli", "diff"), ("service.cli", "publish"),
+                                     ("service.cli", "watch")])
+def test_tolerance_help_says_which_tolerances_keep_the_engines_play(command):
+    module, sub = command
+    done = run(sub, "--help", module=module, env={"COLUMNS": "400"})
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "2^-14 and finer keep the engine's play" in text, text
+    assert "2^-10" in text and "0.16-0.30" in text and "2.2-5.7" in text
