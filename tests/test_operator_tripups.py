@@ -365,3 +365,13 @@ def test_tolerance_help_says_which_tolerances_keep_the_engines_play(command):
     text = " ".join(done.stdout.split())
     assert "2^-14 and finer keep the engine's play" in text, text
     assert "2^-10" in text and "0.16-0.30" in text and "2.2-5.7" in text
+
+
+def test_check_shows_one_bar_for_the_whole_repository(tmp_path):
+    import re
+    from test_cli_usability import on_terminal
+    publish(Repository.create(tmp_path / "repo"), run_paths()[:3], codec=FAST_CODEC, skips=(1, 2))
+    code, shown = on_terminal("check", tmp_path / "repo")
+    assert code == 0, shown
+    assert re.search(r"checking:\s+\d+%\|", shown), shown
+    assert not re.search(r"decoding:\s+\d+%\|", shown), shown          # no bar per patch
