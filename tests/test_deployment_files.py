@@ -25,7 +25,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "LCZERO.md"
 def fenced_block(language: str, after: str) -> str:
     text = DOC.read_text()
     start = text.index(after)
-    m = re.compile(rf"^```{language}\n(.*?)^```", re.M | re.S).search(text, start)
+    m = re.compile(rf"^```{language}\n(.*?)^```", re.MULTILINE | re.DOTALL).search(text, start)
     assert m, f"no ```{language} block after {after!r} in {DOC}"
     return m.group(1)
 
@@ -189,6 +189,7 @@ def test_systemd_analyze_accepts_the_unit(tmp_path):
     unit = tmp_path / "lc0weights-mirror.service"
     # The unit's own command may not be installed here: check the file with one that is.
     unit.write_text(_unit().replace("%h/.local/bin/lc0weights", shutil.which("true") or "/bin/true"))
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                          check=False)
     problems = [line for line in done.stderr.splitlines() if unit.name in line]
     assert done.returncode == 0 and not problems, done.stderr

@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import run_paths
+from repo_fixtures import FAST_CODEC, serving
+
 from lc0weights.client.check import check_repository
 from lc0weights.client.download import TransferPolicy
 from lc0weights.client.fetch import fetch
@@ -28,7 +28,6 @@ from lc0weights.files import NotARegularFileError, read_small_file
 from lc0weights.net import Net
 from lc0weights.repository.errors import DownloadError
 from lc0weights.repository.keys import SigningKey
-from repo_fixtures import FAST_CODEC, serving
 from service.prune import prune
 from service.publish import publish
 from service.repository import Repository
@@ -41,7 +40,7 @@ POLICY = TransferPolicy(timeout=5.0, retries=1, backoff=0.01, progress=False)
 def run(*args, module="lc0weights.cli", env=None, timeout=120):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def server(*args, **kw):
@@ -215,9 +214,9 @@ def test_certify_rotates_the_online_key_in_one_step(tmp_path):
     done = server("certify", "--init", "--repo", repo, "--root-key", tmp_path / "root.key",
                   "--online-key", online_1.public.text, "--key", tmp_path / "one.key")
     assert done.returncode == 0, done.stderr
-    with serving(repo) as srv:               # certified, no net yet: served, and clients are told so
-        with pytest.raises(Exception, match="no nets yet"):
-            fetch(srv.url, cache_dir=tmp_path / "early", trust=root_key.public, policy=POLICY)
+    # Certified, no net yet: served, and clients are told so.
+    with serving(repo) as srv, pytest.raises(Exception, match="no nets yet"):
+        fetch(srv.url, cache_dir=tmp_path / "early", trust=root_key.public, policy=POLICY)
     assert server("publish", "--repo", repo, "--key", tmp_path / "one.key", "--codec", FAST_CODEC,
                   *paths[:2]).returncode == 0
     before = (repo / "root.json").read_bytes()
@@ -369,6 +368,7 @@ def test_tolerance_help_says_which_tolerances_keep_the_engines_play(command):
 
 def test_check_shows_one_bar_for_the_whole_repository(tmp_path):
     import re
+
     from test_cli_usability import on_terminal
     publish(Repository.create(tmp_path / "repo"), run_paths()[:3], codec=FAST_CODEC, skips=(1, 2))
     code, shown = on_terminal("check", tmp_path / "repo")
