@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .errors import Lc0WeightsError
 from .settings import PREFER_CHOICES, config_path, parse_tolerance, prefer_setting, setting
 from .client.download import TransferPolicy
+
+
+INTERVAL, KEEP = 60.0, 2          # fetch --follow's defaults
 
 
 def add_commands(subparsers) -> None:
@@ -26,7 +30,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--client-layout", action="store_true",
                    help="keep the cache as the training client does: gzip files named by net id")
     p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
-                   help="accept a published lossy net within T of every weight")
+                   help="accept a published lossy net within T of every weight; 2^-14 and finer keep the "
+                        "engine's play, 2^-10 moves it as much as a training step (see README)")
     p.add_argument("--prefer", choices=PREFER_CHOICES,
                    help="route by least estimated time (download at the measured link rate plus "
                         "rebuilding) or by fewest bytes (default: $LC0WEIGHTS_PREFER, 'prefer' in the "
@@ -39,10 +44,10 @@ def add_commands(subparsers) -> None:
                    help="a net file held elsewhere, usable as a patch base (repeatable)")
     p.add_argument("--follow", action="store_true",
                    help="keep running: fetch every new latest net as it is published")
-    p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
-                   help="with --follow: seconds between polls (default 60)")
-    p.add_argument("--keep", type=int, default=2, metavar="N",
-                   help="with --follow: nets kept in the cache (default 2)")
+    p.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                   help=f"with --follow: seconds between polls (default {INTERVAL:g})")
+    p.add_argument("--keep", type=int, default=None, metavar="N",
+                   help=f"with --follow: nets kept in the cache (default {KEEP})")
     p.set_defaults(run=run_fetch)
 
     c = subparsers.add_parser(
@@ -64,7 +69,7 @@ def add_trust_option(p) -> None:
     p.add_argument("--trust", metavar="KEY",
                    help="the repository's public key, as 'lc0weights-server keygen' printed it "
                         "(ed25519:...), or @FILE holding it; default: $LC0WEIGHTS_TRUST or 'trust' in the "
-                        "config file. Without one, nothing is authenticated")
+                        "config file. Without one, nothing is authenticated (a warning -q does not silence)")
 
 
 def client_settings(args):
@@ -75,6 +80,8 @@ def client_settings(args):
                               f"{config_path()}")
     if hasattr(args, "cache"):
         args.cache = setting("cache", args.cache)
+        if args.cache and os.path.exists(args.cache) and not os.path.isdir(args.cache):
+            raise Lc0WeightsError(f"{args.cache}: is a file; --cache takes a folder (made if missing)")
     args.trust = setting("trust", args.trust)
     return args
 
@@ -85,6 +92,13 @@ def run_fetch(args) -> int:
     args.prefer = prefer_setting(args.prefer)
     policy = TransferPolicy(timeout=args.timeout, retries=args.retries,
                             progress=getattr(args, "progress", True))
+    if not args.follow:
+        given = [name for name, value in (("--keep", args.keep), ("--interval", args.interval))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} only apply with --follow (fetch once, or add --follow)")
+    args.keep = KEEP if args.keep is None else args.keep
+    args.interval = INTERVAL if args.interval is None else args.interval
     if args.follow:
         if args.net != "latest" or args.output or args.tolerance is not None or args.json:
             raise ValueError("--follow keeps the cache at the latest exact net: "
@@ -126,7 +140,7 @@ def run_check(args) -> int:
     client_settings(args)
     report = check_repository(args.url, TransferPolicy(timeout=args.timeout, progress=False), trust=args.trust)
     if args.json:
-        print(json.dumps({"nets": report.nets, "patches": report.patches,
+        print(json.dumps({"nets": report.nets, "patches": report.patches, "skipped": report.skipped,
                           "failures": report.failures, "kinds": report.kinds}, indent=1))
     else:
         for failure in report.first_of_each_kind():
@@ -136,5 +150,8 @@ def run_check(args) -> int:
                   + ", ".join(f"{n} {kind}" for kind, n in report.kinds.items()) + ")")
         from .console import plural
         state = "ok" if report.ok else plural(len(report.failures), "failure")
-        print(f"checked {plural(report.nets, 'net')} and {plural(report.patches, 'patch', 'patches')}: {state}")
+        skipped = (f" ({plural(report.skipped, 'patch', 'patches')} skipped: only nets pruned from the "
+                   "repository rebuild their base)" if report.skipped else "")
+        print(f"checked {plural(report.nets, 'net')} and {plural(report.patches, 'patch', 'patches')}: "
+              f"{state}{skipped}")
     return 0 if report.ok else 1

@@ -296,6 +296,15 @@ def _gunzip_file(f, source: str, limit: int) -> bytearray:
     return out
 
 
+NET_HEAD = b"\x0d" + MAGIC.to_bytes(4, "little")     # field 1 (fixed32) = 0x1c0: how every net begins
+
+
+def starts_like_a_net(head) -> bool:
+    """Whether ``head`` begins as an lc0 net does; a gzip member after the first that
+    does is a second net concatenated onto the file (protobuf would merge the two)."""
+    return bytes(head[:len(NET_HEAD)]) == NET_HEAD
+
+
 def gzip_bytes(raw: bytes) -> bytes:
     """Deterministic gzip (no name, mtime 0), as an engine or client expects."""
     buf = io.BytesIO()

@@ -23,11 +23,13 @@ import re
 from pathlib import Path
 
 from .errors import Lc0WeightsError
+from .files import NotARegularFileError, read_small_file
 
 SECTION = "lc0weights"
 NAMES = ("trust", "cache", "url", "prefer")
 PREFER_CHOICES = ("time", "bytes")
 DEFAULT_PREFER = "time"      # docs/REPOSITORY.md "Client route" says why
+MAX_CONFIG = 1 << 20
 
 
 def config_path() -> Path:
@@ -42,11 +44,12 @@ def _config() -> dict:
     path = config_path()
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
     try:
-        if path.stat().st_size > 1 << 20:
-            raise Lc0WeightsError(f"{path}: too large for a config file")
-        parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
+        text = read_small_file(path, MAX_CONFIG, "config").decode("utf-8")
+        parser.read_string(text, source=str(path))
     except FileNotFoundError:
         return {}
+    except NotARegularFileError as e:
+        raise Lc0WeightsError(f"{e} (LC0WEIGHTS_CONFIG or the default config path)") from None
     except (OSError, UnicodeDecodeError, configparser.Error) as e:
         raise Lc0WeightsError(f"{path}: cannot read the config file ({str(e).splitlines()[0]})") from None
     if not parser.has_section(SECTION):

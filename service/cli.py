@@ -14,6 +14,13 @@ from lc0weights.settings import parse_duration, parse_tolerance
 
 from .repository import DEFAULT_EXPIRES, ROOT_EXPIRES
 
+TOLERANCE_HELP = ("also publish a lossy chain within T of every weight. 2^-14 and finer keep the engine's "
+                  "play (lc0 v0.32.1, 21 positions: policy moves 0.16-0.30 points, value 0.0018-0.0037, "
+                  "well under one training step's 0.75-5.2 / 0.0035-0.027); 2^-10 is smaller but does "
+                  "not: it moves play as much as a whole training step (2.2-5.7 / 0.013-0.046), not "
+                  "recommended")
+DAEMONS = ("watch", "serve")        # log with timestamps at INFO; the others print only their results
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lc0weights-server",
@@ -30,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--expires", type=parse_duration, default=DEFAULT_EXPIRES.total_seconds(),
                        metavar="DURATION", help="how long signed metadata stays valid (default: 7d)")
 
+    def init_option(p):
+        p.add_argument("--init", action="store_true",
+                       help="create a new repository in DIR if there is none (without it, DIR must be a "
+                            "repository or an existing empty folder: a mistyped --repo never starts a "
+                            "second repository)")
+
     def publishing_options(p):
         p.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
-        p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
-                       help="also publish a lossy chain within T of every weight (e.g. 2^-10)")
+        init_option(p)
+        p.add_argument("--tolerance", type=parse_tolerance, metavar="T", help=TOLERANCE_HELP)
         p.add_argument("--codec", type=parse_codec,
                        help="force one codec id for every layer (default: smallest)")
         signing_options(p)
@@ -46,18 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certify", help="sign a new root.json naming the online signing keys",
                        description="With the (offline) root key, write a new version of root.json that "
-                                   "certifies the given online keys. Run 'resign' with an online key after.")
+                                   "certifies the given online keys, and in the same step (under the "
+                                   "publisher's lock) re-sign the timestamp with --key, one of those "
+                                   "online keys, so clients never see a root and a timestamp that "
+                                   "disagree. --key is required once anything is published.")
     c.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
+    init_option(c)
     c.add_argument("--root-key", required=True, metavar="KEYFILE", help="the root private key")
     c.add_argument("--online-key", required=True, action="append", metavar="PUBLIC_KEY",
                    help="an online public key (ed25519:... or @FILE); repeat for several")
+    c.add_argument("--key", metavar="KEYFILE",
+                   help="the private key of one of the online keys: re-signs the timestamp under the new root "
+                        "(an empty timestamp in a new repository, so it can be served at once)")
     c.add_argument("--expires", type=parse_duration, default=ROOT_EXPIRES.total_seconds(), metavar="DURATION",
                    help="how long the root stays valid (default: 365d)")
     c.set_defaults(func=_certify)
 
     g = sub.add_parser("resign", help="sign the timestamp again with a fresh expiry",
                        description="Write a new timestamp version naming the same nets; run it from cron "
-                                   "when nothing publishes for days, or after 'certify'.")
+                                   "when nothing publishes for days.")
     g.add_argument("--repo", required=True, metavar="DIR", help="repository folder")
     signing_options(g)
     g.set_defaults(func=_resign)
@@ -129,9 +149,14 @@ def _certify(args) -> int:
     from .repository import Repository
     root_key = SigningKey.load(args.root_key)
     online = [read_trust(k) for k in args.online_key]
-    root = Repository.create(args.repo).certify(root_key, online, dt.timedelta(seconds=args.expires))
-    print(f"root.json version {root.version}: {len(online)} online key(s), expires {root.expires:%Y-%m-%d}; "
-          "now run 'lc0weights-server resign --key ONLINE_KEY'")
+    signer = SigningKey.load(args.key) if args.key else None
+    repo = Repository.for_writing(args.repo, init=args.init)
+    with repo.lock():
+        root, ts = repo.certify(root_key, online, dt.timedelta(seconds=args.expires), signer)
+    signed = (f"; timestamp version {ts.version} re-signed with {signer.path}" if ts is not None
+              else "; publish with --key ONLINE_KEY to sign the first timestamp")
+    print(f"root.json version {root.version}: {plural(len(online), 'online key')}, "
+          f"expires {root.expires:%Y-%m-%d}{signed}")
     return 0
 
 
@@ -148,9 +173,12 @@ def _resign(args) -> int:
 def _publish(args) -> int:
     from .publish import publish
     from .repository import Repository
+    from .watch import check_net_file
     key, expires = _signing(args)
-    results = publish(Repository.create(args.repo, key, expires), args.nets, args.tolerance, args.codec,
-                      allow_older=args.allow_older)
+    for path in args.nets:              # before anything is written: bombs, two nets in one file
+        check_net_file(path)
+    results = publish(Repository.for_writing(args.repo, key, expires, init=args.init), args.nets,
+                      args.tolerance, args.codec, allow_older=args.allow_older)
     if args.json:
         import json
         print(json.dumps([{"net_id": r.net_id, "source": r.source, "new": r.new,
@@ -158,7 +186,7 @@ def _publish(args) -> int:
         return 0
     for result in results:
         state = plural(len(result.patches), "patch", "patches") if result.new else "already published"
-        sizes = ", ".join(f"{p.size:,}" for p in result.patches)
+        sizes = "; ".join(f"{p.size:,}{' history' if p.history else ''}" for p in result.patches)
         print(f"{result.net_id}  {result.source}: {state}{f' ({sizes} bytes)' if sizes else ''}")
     return 0
 
@@ -169,26 +197,49 @@ def _watch(args) -> int:
     from pathlib import Path
     if not Path(args.incoming).is_dir():
         raise Lc0WeightsError(f"{args.incoming}: no such folder to watch (create it, or fix --incoming)")
+    import threading
     key, expires = _signing(args)
-    watcher = Watcher(args.incoming, Repository.create(args.repo, key, expires), args.interval,
-                      args.tolerance, args.codec)
+    watcher = Watcher(args.incoming, Repository.for_writing(args.repo, key, expires, init=args.init),
+                      args.interval, args.tolerance, args.codec)
     if args.once:
         watcher.run_once()
-    else:
-        try:
-            watcher.run()
-        except KeyboardInterrupt:
-            pass
+        return 0
+    stop = threading.Event()
+    _stop_on_signals(lambda: stop.set())
+    watcher.run(stop)
+    print("lc0weights-server watch: stopped", file=sys.stderr)
     return 0
+
+
+def _stop_on_signals(stop) -> None:
+    """SIGTERM and SIGINT call ``stop``: every long-running command (watch, serve, mirror,
+    fetch --follow) finishes what it is doing, prints that it stopped and exits 0."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop())
+
+
+def _interrupt():
+    raise KeyboardInterrupt
 
 
 def _serve(args) -> int:
     from .repository import Repository
     from .serve import ServerLimits, serve
     Repository.existing(args.repo)
-    serve(args.repo, args.host, args.port,
-          ServerLimits(max_connections=args.max_connections, max_per_client=args.max_per_client,
-                       request_timeout=args.request_timeout))
+    _stop_on_signals(_interrupt)        # serve() stops on KeyboardInterrupt; SIGTERM does the same
+    try:
+        serve(args.repo, args.host, args.port,
+              ServerLimits(max_connections=args.max_connections, max_per_client=args.max_per_client,
+                           request_timeout=args.request_timeout))
+    except KeyboardInterrupt:           # a signal before serve() took over its own handling
+        pass
+    except OSError as e:
+        if e.filename is None and e.strerror:     # binding: name the address that could not be had
+            raise Lc0WeightsError(f"{args.host}:{args.port}: cannot listen ({e.strerror}); another server "
+                                  "there? pick another --port or --host") from None
+        raise
+    print("lc0weights-server serve: stopped", file=sys.stderr)
     return 0
 
 
@@ -207,9 +258,11 @@ def _prune(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settle_output_options(args, "lc0weights-server")
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    daemon = args.command in DAEMONS
+    level = (logging.DEBUG if args.verbose else logging.WARNING if args.quiet
+             else logging.INFO if daemon else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s" if daemon
+                        else "lc0weights-server: %(message)s")
     return run_command("lc0weights-server", args.func, args)
 
 

@@ -143,7 +143,8 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
         repo.add_net(Record(repository=repo.repository_id(), seq=seq, net=entry,
                             patches=patches, links=links))
         for p in patches:
-            log.info("  patch %s -> %s: %d bytes (%s)", p.base[:8], p.result[:8], p.size, p.mode)
+            log.info("  patch %s -> %s: %d bytes (%s%s)", p.base[:8], p.result[:8], p.size, p.mode,
+                     f", history {p.history[:8]}" if p.history else "")
         return Published(net.id, source, True, patches)
 
 

@@ -58,12 +58,22 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         f.write(data)
 
 
+def is_repository(path: Path) -> bool:
+    """Whether ``path`` holds a repository (its documents, or a publisher's state)."""
+    return any((path / name).exists() for name in (TIMESTAMP_NAME, ROOT_NAME, INDEX_NAME, STATE_DIR))
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class SigningError(RepositoryError):
+    """This publisher cannot sign under the root in force (key not certified, root expired):
+    retrying cannot help until the operator runs ``certify`` or changes ``--key``."""
 
 
 class Repository:
@@ -86,12 +96,36 @@ class Repository:
         return repo
 
     @classmethod
+    def for_writing(cls, root, key: SigningKey | None = None, expires: _dt.timedelta = DEFAULT_EXPIRES,
+                    init: bool = False):
+        """Open a repository to publish or certify into, creating one only when asked.
+
+        A new repository (with, once signed, a new root clients must pin) is made
+        only with ``init`` or in an existing empty folder the operator made for it;
+        a missing folder, or a folder holding other things, is refused, so a
+        mistyped ``--repo`` never silently starts a second repository.
+        """
+        path = Path(root)
+        if not init and not is_repository(path):
+            if not path.is_dir():
+                raise RepositoryError(f"{path}: no such repository folder (a typo? to start a new "
+                                      "repository there, pass --init)")
+            if any(path.iterdir()):
+                raise RepositoryError(f"{path}: not a repository (no {TIMESTAMP_NAME} or {ROOT_NAME}) and "
+                                      "not empty; check --repo, or pass --init to make a repository here")
+        return cls.create(root, key, expires)
+
+    @classmethod
     def existing(cls, root, key: SigningKey | None = None, expires: _dt.timedelta = DEFAULT_EXPIRES):
-        """Open a repository that must already exist (prune, serve, resign)."""
+        """Open a repository that must already exist (prune, serve, resign).
+
+        A certified repository with no net yet (root.json, maybe an empty timestamp)
+        counts: it can be served, and clients are told it has no net yet.
+        """
         repo = cls(root, key, expires)
         if not repo.root.is_dir():
             raise RepositoryError(f"{repo.root}: no such repository folder")
-        if not (repo.root / TIMESTAMP_NAME).is_file() and not (repo.root / INDEX_NAME).is_file():
+        if not any((repo.root / name).is_file() for name in (TIMESTAMP_NAME, INDEX_NAME, ROOT_NAME)):
             raise RepositoryError(f"{repo.root}: not a repository (no {TIMESTAMP_NAME}); publish a net first")
         return repo
 
@@ -316,41 +350,78 @@ class Repository:
 
     def _root_for_signing(self) -> Root | None:
         """The root in force, made on first use when publishing with a key and none exists."""
-        try:
-            root = self.read_root()
-        except UntrustedError as e:
-            raise RepositoryError(f"{self.root / ROOT_NAME}: {e}") from None
-        if self.key is None:
-            if root is not None:
-                raise RepositoryError(f"{self.root} is signed ({ROOT_NAME} exists): "
-                                      "pass --key with its online signing key")
-            return None
-        if root is None:
+        root = self._root_in_force()
+        if root is None and self.key is not None:
             # One key for everything: it is its own root and its own online key.
             root = Root(repository=self.repository_id(), version=1, expires=utc_now() + ROOT_EXPIRES,
                         root_keys=[self.key.public], online_keys=[self.key.public])
             atomic_write(self.root / ROOT_NAME, root.seal(self.key))
             log.info("created %s: clients pin --trust %s", ROOT_NAME, self.key.public.text)
-            return root
-        if root.repository != self.repository_id():
-            raise RepositoryError(f"{self.root / ROOT_NAME} names repository {root.repository}, "
-                                  f"this one is {self.repository_id()}")
-        if self.key.public not in root.online_keys:
-            raise RepositoryError(f"the key {self.key.path or self.key.public.text} is not an online key of "
-                                  f"{ROOT_NAME}; certify it with 'lc0weights-server certify'")
-        if root.expires <= utc_now():
-            raise RepositoryError(f"{ROOT_NAME} expired on {root.expires:%Y-%m-%d}; clients refuse it: "
-                                  "renew it with 'lc0weights-server certify'")
         return root
 
-    def certify(self, root_key: SigningKey, online_keys, expires: _dt.timedelta = ROOT_EXPIRES) -> Root:
-        """Write a new root version, signed by ``root_key``, naming ``online_keys``."""
+    def _root_in_force(self) -> Root | None:
+        """The current root, after checking this publisher's key may sign under it (SigningError)."""
+        try:
+            root = self.read_root()
+        except UntrustedError as e:
+            raise SigningError(f"{self.root / ROOT_NAME}: {e}") from None
+        if self.key is None:
+            if root is not None:
+                raise SigningError(f"{self.root} is signed ({ROOT_NAME} exists): "
+                                   "pass --key with its online signing key")
+            return None
+        if root is None:
+            return None
+        if root.repository != self.repository_id():
+            raise SigningError(f"{self.root / ROOT_NAME} names repository {root.repository}, "
+                               f"this one is {self.repository_id()}")
+        if self.key.public not in root.online_keys:
+            raise SigningError(f"the key {self.key.path or self.key.public.text} is not an online key of "
+                               f"{ROOT_NAME}; certify it with 'lc0weights-server certify'")
+        if root.expires <= utc_now():
+            raise SigningError(f"{ROOT_NAME} expired on {root.expires:%Y-%m-%d}; clients refuse it: "
+                               "renew it with 'lc0weights-server certify'")
+        return root
+
+    def signing_problem(self) -> str | None:
+        """Why nothing this publisher signs would be accepted now, or None when it can sign.
+
+        Cheap (reads root.json only): a watcher asks before encoding anything, so a
+        key that is no longer certified is reported once instead of failing every poll.
+        """
+        try:
+            self._root_in_force()
+        except SigningError as e:
+            return str(e)
+        return None
+
+    def certify(self, root_key: SigningKey, online_keys, expires: _dt.timedelta = ROOT_EXPIRES,
+                signer: SigningKey | None = None) -> tuple[Root, Timestamp | None]:
+        """Write a new root version, signed by ``root_key``, naming ``online_keys``; then
+        re-sign the timestamp with ``signer`` (one of those keys) under the new root.
+
+        Clients refuse a timestamp naming another root version, so a rotation is one
+        step: the caller holds the lock, and nothing is written unless both documents
+        can be. ``signer`` is required once a timestamp exists; in a new repository it
+        writes an empty timestamp, so the repository can be served before its first net.
+        """
+        online_keys = list(online_keys)
         current = self.read_root()
         if current is not None and root_key.public not in current.root_keys:
             raise RepositoryError(f"{root_key.path or 'the key'} is not the root key of this repository's "
                                   f"{ROOT_NAME} (its root key is {current.root_keys[0].text})")
+        if signer is not None and signer.public not in online_keys:
+            raise SigningError(f"--key {signer.path or signer.public.text} is not among the --online-key "
+                               "keys: the timestamp must be signed by a key the new root certifies")
+        ts = self.read_timestamp()
+        if ts is not None and signer is None:
+            raise SigningError(f"{self.root / TIMESTAMP_NAME} exists and must be re-signed under the new root "
+                               "in the same step: pass --key with the private key of an --online-key")
         root = Root(repository=self.repository_id(), version=(current.version + 1) if current else 1,
-                    expires=utc_now() + expires, root_keys=[root_key.public], online_keys=list(online_keys))
+                    expires=utc_now() + expires, root_keys=[root_key.public], online_keys=online_keys)
         atomic_write(self.root / ROOT_NAME, root.seal(root_key))
         fsync_dir(self.root)
-        return root
+        if signer is None:
+            return root, None
+        self.key = signer
+        return root, self.commit(ts.latest if ts else None, ts.horizon if ts else 0)

@@ -281,7 +281,7 @@ def test_inspect_patch_names_the_tolerance_once_and_heads_its_layer_table(pair, 
 
 def test_counts_are_worded_in_the_singular_for_one(tmp_path):
     repo = tmp_path / "repo"
-    published = server("publish", "--repo", repo, *run_paths()[:2])
+    published = server("publish", "--init", "--repo", repo, *run_paths()[:2])
     assert published.returncode == 0, published.stderr
     assert not re.search(r"\b1 (patches|nets|attempts)\b", published.stdout), published.stdout
     checked = cli("check", repo)
@@ -353,13 +353,13 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(pair, tmp_path, command)
 
 def test_publish_shows_its_encoding_bar_on_a_terminal_only(tmp_path):
     bar = re.compile(r"encoding:\s+\d+%\|")
-    code, shown = on_terminal("publish", "--repo", tmp_path / "shown", *run_paths()[:2], module="service.cli")
+    code, shown = on_terminal("publish", "--init", "--repo", tmp_path / "shown", *run_paths()[:2], module="service.cli")
     assert code == 0, shown
     assert bar.search(shown) and "step-000100.pb.gz: 1 patch (" in shown, shown
-    piped = server("publish", "--repo", tmp_path / "piped", *run_paths()[:2])
+    piped = server("publish", "--init", "--repo", tmp_path / "piped", *run_paths()[:2])
     assert piped.returncode == 0, piped.stderr
     assert not bar.search(piped.stdout + piped.stderr) and "step-000100.pb.gz: 1 patch (" in piped.stdout
-    code, quiet = on_terminal("-q", "publish", "--repo", tmp_path / "quiet", *run_paths()[:2], module="service.cli")
+    code, quiet = on_terminal("-q", "publish", "--init", "--repo", tmp_path / "quiet", *run_paths()[:2], module="service.cli")
     assert code == 0 and not bar.search(quiet), quiet
 
 

@@ -6,7 +6,6 @@ fetch, which then routes without them.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest

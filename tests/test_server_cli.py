@@ -55,7 +55,7 @@ def test_version():
 def test_publishing_out_of_training_order_is_refused_unless_asked(tmp_path):
     repo = tmp_path / "repo"
     paths = run_paths()
-    assert server_cli("publish", "--repo", repo, "--codec", FAST_CODEC, paths[2]).returncode == 0
+    assert server_cli("publish", "--init", "--repo", repo, "--codec", FAST_CODEC, paths[2]).returncode == 0
     one_error_line(server_cli("publish", "--repo", repo, "--codec", FAST_CODEC, paths[1]),
                    "training step", "--allow-older")
     done = server_cli("publish", "--repo", repo, "--codec", FAST_CODEC, "--allow-older", paths[1])
@@ -64,7 +64,7 @@ def test_publishing_out_of_training_order_is_refused_unless_asked(tmp_path):
 
 def test_publishing_an_unrelated_net_warns_and_ships_no_patch_dearer_than_the_net(tmp_path):
     repo = tmp_path / "repo"
-    assert server_cli("publish", "--repo", repo, "--codec", FAST_CODEC, run_paths()[0]).returncode == 0
+    assert server_cli("publish", "--init", "--repo", repo, "--codec", FAST_CODEC, run_paths()[0]).returncode == 0
     done = server_cli("publish", "--repo", repo, "--codec", FAST_CODEC, "--allow-older", "--json",
                       NETS / "meangirl-8.pb.gz")
     assert done.returncode == 0, done.stderr

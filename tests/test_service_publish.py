@@ -147,7 +147,7 @@ def test_watcher_killed_mid_publish_then_restarted(tmp_path):
         shutil.copyfile(p, incoming / p.name)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "service.cli", "watch", "--incoming", str(incoming),
-           "--repo", str(root), "--interval", "0.05", "--codec", FAST_CODEC]
+           "--init", "--repo", str(root), "--interval", "0.05", "--codec", FAST_CODEC]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -196,7 +196,7 @@ def test_server_cli_reports_errors_on_one_line(tmp_path):
     bad = tmp_path / "bad.pb.gz"
     bad.write_bytes(b"\x1f\x8bnot really gzip")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "service.cli", "publish", "--repo", str(tmp_path / "r"),
+    done = subprocess.run([sys.executable, "-m", "service.cli", "publish", "--init", "--repo", str(tmp_path / "r"),
                            str(bad)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()

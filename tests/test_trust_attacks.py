@@ -285,8 +285,8 @@ def test_online_key_rotation_with_an_offline_root(tmp_path, capsys):
     with serving(root) as srv:
         assert fetch(srv.url, cache_dir=cache, trust=root_key.public, policy=POLICY).patches == 0
         compromised_timestamp = (root / "timestamp.json").read_bytes()
-        # Rotation: certify the new online key, re-sign with it, carry on publishing.
-        Repository.create(root).certify(root_key, [online_2.public])
+        # Rotation: certify the new online key and re-sign with it in one step, carry on publishing.
+        Repository.create(root).certify(root_key, [online_2.public], signer=online_2)
         publish(Repository.create(root, online_2), run_paths()[2:3], codec=FAST_CODEC, skips=(1,))
         with pytest.raises(Exception, match="not an online key"):
             publish(Repository.create(root, online_1), run_paths()[3:4], codec=FAST_CODEC)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Patch sizes, errors, speed and memory on a run of successive nets, against peers.
 
-    python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out DIR]
+    .venv/bin/python tools/bench.py [RUN_DIR] [--pairs N] [--quick] [--synthetic-large] [--out DIR]
 
 Needs the bench extra (pip install -e '.[bench]'; NNCodec optional, see
 pyproject.toml).
@@ -660,7 +660,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="lc0weights-bench-"))
-    command = "python tools/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = ".venv/bin/python tools/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -764,7 +764,7 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
         err = "-" if any(e is None for e in errs) else ("0" if max(errs) == 0 else f"{max(errs):.3g}")
         rows.append([m, human(t), human(t / len(labels)), f"{pbgz_total / t:.1f}x", err])
     lines = ["# Benchmarks", "",
-             f"Produced by `{command}` (needs `pip install -e '.[bench]'`; runs {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
+             f"Produced by `{command}` (needs `.venv/bin/pip install -e '.[bench]'`; runs {RUN_TIME}); details per pair and method in [bench-{name}.md](bench-{name}.md), "
              f"chart [bench-{name}.png](bench-{name}.png). {env}.", "",
              f"Data: `{name}`, {len(labels)} pairs of successive checkpoints of one SGD training run, "
              f"{nets[0].weight_count:,} weights, {raw_size:,} bytes raw per net. Every patch was applied and "

@@ -1,7 +1,7 @@
 """What signed metadata costs a client and a publisher as the history grows.
 
-    python tools/bench_metadata.py [--nets N] [--seed S] [--markdown FILE] [--keep DIR]
-    python tools/bench_metadata.py --measure DIR [--markdown FILE]
+    .venv/bin/python tools/bench_metadata.py [--nets N] [--seed S] [--markdown FILE] [--keep DIR]
+    .venv/bin/python tools/bench_metadata.py --measure DIR [--markdown FILE]
 
 Publishes N tiny synthetic nets (a few KB each, successive nets one small
 training step apart) into a signed repository, served by the built-in server
@@ -646,12 +646,12 @@ def main(argv=None) -> int:
             print(f"error: {work}: not a folder kept by --keep ({e})", file=sys.stderr)
             return 2
         measure_phase(report, work, key)
-        report.command += f" --keep {work}\npython tools/bench_metadata.py --measure {work}" + (
+        report.command += f" --keep {work}\n.venv/bin/python tools/bench_metadata.py --measure {work}" + (
             f" --markdown {args.markdown}" if args.markdown else "")
     else:
         shown = [f"--nets {args.nets}"] + ([f"--seed {args.seed}"] if args.seed != 1 else [])
         report = Report(nets=args.nets, seed=args.seed,
-                        command="python tools/bench_metadata.py " + " ".join(shown), published_at=code_version())
+                        command=".venv/bin/python tools/bench_metadata.py " + " ".join(shown), published_at=code_version())
         key = SigningKey.generate()
         if args.keep:
             work = Path(args.keep)

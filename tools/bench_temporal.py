@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """History patches (temporal prediction, codec cm2) against plain patches and NNCodec.
 
-    python tools/bench_temporal.py [RUN_DIR ...] [--modes lossless,2^-14,2^-10] [--no-nncodec]
+    .venv/bin/python tools/bench_temporal.py [RUN_DIR ...] [--modes lossless,2^-14,2^-10] [--no-nncodec]
                                    [--out docs/BENCHMARKS.md]
 
 Needs no extra beyond the runtime, but NNCodec unless --no-nncodec (see
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     nncodec = not args.no_nncodec
     if nncodec and not bench.nncodec_available():
         ap.error("NNCodec is not installed (pip install --no-deps nncodec==2.1.3 pybind11), or pass --no-nncodec")
-    command = "python tools/bench_temporal.py " + " ".join(
+    command = ".venv/bin/python tools/bench_temporal.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     def log(msg):

@@ -1,6 +1,6 @@
 """Publish a training run, serve it, and bring an old client up to the latest net.
 
-    python tools/demo.py [NET_DIR]
+    .venv/bin/python tools/demo.py [NET_DIR]
 
 With no NET_DIR a small synthetic run is generated first. A signing key is
 made (as ``lc0weights-server keygen`` does), the nets are published into a

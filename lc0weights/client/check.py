@@ -8,6 +8,14 @@ also stay within its tolerance of the target, weight by weight, as the engine
 decodes them (``check`` holds every target, so it can test each lossy claim a
 client has to take on trust). Failures are grouped by kind; any failure makes
 the exit status non-zero.
+
+After a ``prune``, some patches kept in the records start from a net only
+pruned nets rebuild: a history patch whose history net was pruned, and the
+lossy chain's links whose first base came from a pruned net. Clients that
+held those nets before the prune can still take them, so they stay published,
+but nothing in the repository can rebuild their inputs: ``check`` skips them
+and counts them as skipped, never as failures. A patch whose input is neither
+published, rebuilt, nor from behind the horizon is still a failure.
 """
 from __future__ import annotations
 
@@ -17,13 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import max_error
+from ..console import counting_bar
 from ..errors import Lc0WeightsError
 from ..net import Net
+from ..patch import apply_patch
 from .download import TransferPolicy, open_source
-from .engine import apply_patch, checked_net
+from .engine import checked_net
 from .fetch import _full_net
 from ..repository.index import parse_index
-from ..repository.updater import Updater
+from ..repository.metadata import MAX_TOP_BYTES, ROOT_NAME, open_envelope, parse_root
+from ..repository.updater import Updater, pinned_key
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +43,7 @@ log = logging.getLogger(__name__)
 class CheckReport:
     nets: int = 0
     patches: int = 0
+    skipped: int = 0            # patches whose inputs only pruned nets rebuild (see the module doc)
     failures: list[str] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)     # failures per kind
 
@@ -55,22 +67,59 @@ def check_repository(location: str, policy: TransferPolicy | None = None, trust=
     report = CheckReport()
     with tempfile.TemporaryDirectory(prefix="lc0weights-check-") as tmp:
         try:
-            index = _read_metadata(source, trust, Path(tmp) / "state", report)
+            index, horizon = _read_metadata(source, trust, Path(tmp) / "state", report)
         except Lc0WeightsError as e:
-            report.fail("metadata", str(e))
+            report.fail("metadata", str(e) + _online_key_hint(source, trust))
             return report
         budget = getattr(source, "budget", None)
         if budget is not None:
             budget.cover(sum(n.size for n in index.nets) + sum(p.size for p in index.patches))
-        _check_objects(index, source, Path(tmp), report)
+        _check_objects(index, source, Path(tmp), report, horizon)
     return report
+
+
+def _online_key_hint(source, trust) -> str:
+    """A hint when the pinned key is one of the repository's online keys, not its root key.
+
+    root.json is read here unauthenticated, only to word the message: nothing in
+    it is trusted.
+    """
+    key = pinned_key(trust)
+    if key is None:
+        return ""
+    try:
+        reply = source.read_document(ROOT_NAME, MAX_TOP_BYTES)
+        root = parse_root(open_envelope("root", reply.data, ROOT_NAME))
+    except (Lc0WeightsError, OSError):
+        return ""
+    if key in root.online_keys and key not in root.root_keys:
+        return (" (the pinned key is an online signing key of this repository; --trust takes its "
+                f"root key, the one root.json lists: {root.root_keys[0].text})")
+    return ""
+
+
+def behind_horizon(p, horizon: int | None, retired) -> set[str]:
+    """The inputs of patch ``p`` that came from nets pruned from the repository.
+
+    A history patch made against net ``base_seq`` takes net ``base_seq - 1`` as
+    history; a lossy link from net ``base_seq`` starts from the lossy net the link
+    into ``base_seq`` rebuilt, from ``base_seq - 1``. When that net is behind the
+    horizon, so is the input. Retired ids (schema 1 indexes) count too.
+    """
+    pruned = {i for i in (p.base, p.history) if i is not None and i in retired}
+    if horizon and p.base_seq is not None and p.base_seq - 1 < horizon:
+        if p.history is not None:
+            pruned.add(p.history)
+        if p.lossy:
+            pruned.add(p.base)
+    return pruned
 
 
 def _read_metadata(source, trust, state_dir: Path, report: CheckReport):
     updater = Updater(source, trust, state_dir)
     try:
         if updater.refresh() is None:
-            return parse_index(source.read_index())
+            return parse_index(source.read_index()), None
         index = updater.read_all()
         for record in updater.records():
             for link in record.links:
@@ -78,13 +127,18 @@ def _read_metadata(source, trust, state_dir: Path, report: CheckReport):
                 if known is not None and known != link:
                     report.fail("metadata", f"record {record.seq} links to record {link.seq} by a "
                                             "length or sha256 that record does not have")
-        return index
+        return index, updater.timestamp.horizon
     finally:
         updater.close()
 
 
-def _check_objects(index, source, store: Path, report: CheckReport) -> None:
+def _check_objects(index, source, store: Path, report: CheckReport, horizon: int | None = None) -> None:
     have: set[str] = set()
+    total = len(index.nets) + len(index.patches)
+    bar = counting_bar(iter(range(total)), total, "checking", unit="object")     # one bar for everything
+
+    def tick() -> None:
+        next(bar, None)
 
     def keep(net: Net) -> None:
         (store / net.id).write_bytes(net.raw)
@@ -94,6 +148,7 @@ def _check_objects(index, source, store: Path, report: CheckReport) -> None:
         return Net((store / net_id).read_bytes(), net_id)
 
     for entry in index.nets:
+        tick()
         report.nets += 1
         try:
             where = store / f"{entry.id}.gz"
@@ -103,17 +158,34 @@ def _check_objects(index, source, store: Path, report: CheckReport) -> None:
         except Lc0WeightsError as e:
             report.fail("net", f"{entry.id[:16]}... ({entry.path}): {e}")
 
+    retired = set(index.retired)
+    pruned: set[str] = set()            # nets only pruned nets rebuild: no client can get them now
+    for p in index.patches:
+        pruned |= behind_horizon(p, horizon, retired) - have
+
+    def inputs(p):
+        return [p.base] + ([p.history] if p.history is not None else [])
+
     pending = list(index.patches)
     while pending:
-        ready = [p for p in pending if p.base in have and (p.history is None or p.history in have)]
-        if not ready:
+        ready = [p for p in pending if all(i in have for i in inputs(p))]
+        orphans = [p for p in pending if p not in ready and all(i in have or i in pruned for i in inputs(p))]
+        for p in orphans:               # their results are as unreachable as their inputs
+            pending.remove(p)
+            tick()
+            report.skipped += 1
+            if p.result not in have:
+                pruned.add(p.result)
+        if not ready and not orphans:
             for p in pending:
+                tick()
                 report.patches += 1
                 report.fail("patch", f"{p.path}: its base {p.base[:16]}... is neither published "
                                      "nor rebuilt by another patch")
             break
         for p in ready:
             pending.remove(p)
+            tick()
             report.patches += 1
             try:
                 _check_patch(p, source, store, load, keep, have)
@@ -133,7 +205,7 @@ def _check_patch(p, source, store: Path, load, keep, have) -> None:
     data = where.read_bytes()
     where.unlink()
     history = load(p.history) if p.history is not None else None
-    result = checked_net(apply_patch(load(p.base), data, history=history), p.result, p.path)
+    result = checked_net(apply_patch(load(p.base), data, history=history), p.result, p.path)   # no bar per patch
     if p.lossy:
         if p.target not in have:
             raise Lc0WeightsError(f"target {p.target[:16]}... is not available to compare with")

@@ -12,7 +12,8 @@ downloads to its own private temp file instead of waiting.
 
 Work folders (``.fetch-*``) carry a locked ``.lock`` file for the same reason.
 Nothing here follows a symlink: files are opened with ``O_NOFOLLOW`` and
-sweeps skip links.
+sweeps skip links. A partial with more than one hard link is refused: its data
+is also a file outside the partial folder, which resuming would write through.
 """
 from __future__ import annotations
 
@@ -109,9 +110,15 @@ class StagedFile:
                     raise DownloadError(f"{path}: a symlink where a partial download belongs; "
                                         "remove it") from None
                 raise DownloadError(f"{path}: cannot open ({e.strerror})") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            held = os.fstat(fd)
+            if not stat.S_ISREG(held.st_mode):
                 os.close(fd)
                 raise DownloadError(f"{path}: not a regular file where a partial download belongs; remove it")
+            if held.st_nlink > 1:
+                # A hard link shares its data with a file elsewhere: writing would change that file.
+                os.close(fd)
+                raise DownloadError(f"{path}: a partial download with {held.st_nlink} hard links (it is "
+                                    "also a file elsewhere); refused: remove it")
             if not _try_lock(fd):
                 os.close(fd)
                 return None                     # another process is downloading it

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..files import NotARegularFileError, read_small_file
 from .errors import KeyFileError
 
 PREFIX = "ed25519:"
@@ -89,15 +90,19 @@ class SigningKey:
     def load(cls, path) -> "SigningKey":
         path = Path(path)
         try:
-            if path.stat().st_size > MAX_KEY_FILE:
-                raise KeyFileError(f"{path}: too large to be a key file")
-            data = path.read_bytes()
+            data = read_small_file(path, MAX_KEY_FILE, "key")
+        except NotARegularFileError as e:
+            raise KeyFileError(str(e)) from None
         except OSError as e:
             raise KeyFileError(f"{path}: cannot read the key file ({e.strerror})") from None
+        if data.lstrip().startswith(PREFIX.encode()):
+            raise KeyFileError(f"{path}: is a public key (ed25519:...); --key takes the private key file "
+                               "'lc0weights-server keygen' wrote")
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as e:
-            raise KeyFileError(f"{path}: not an unencrypted PEM private key ({e})") from None
+        except (ValueError, TypeError):
+            raise KeyFileError(f"{path}: not an unencrypted PEM private key, as "
+                               "'lc0weights-server keygen' writes") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{path}: not an Ed25519 key")
         return cls(key, str(path))
@@ -134,11 +139,14 @@ def read_trust(value: str) -> PublicKey:
     if value.startswith("@"):
         path = Path(value[1:]).expanduser()
         try:
-            if path.stat().st_size > MAX_KEY_FILE:
-                raise KeyFileError(f"{path}: too large to hold a public key")
-            text = path.read_text(encoding="ascii", errors="replace")
+            text = read_small_file(path, MAX_KEY_FILE, "public key").decode("ascii", errors="replace")
+        except NotARegularFileError as e:
+            raise KeyFileError(str(e)) from None
         except OSError as e:
             raise KeyFileError(f"{path}: cannot read the trusted key ({e.strerror})") from None
+        if "PRIVATE KEY" in text:
+            raise KeyFileError(f"{path}: is a private key; --trust takes the public key (ed25519:...) "
+                               "'lc0weights-server keygen' printed, never the private key file")
         lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if len(lines) != 1:
             raise KeyFileError(f"{path}: expected one line 'ed25519:<base64>', found {len(lines)}")
