@@ -48,11 +48,15 @@ MAX_LAYERS = 1 << 16
 
 
 def pack(header: PatchHeader, sections: list[bytes]) -> bytes:
-    """Assemble a patch; section sizes in ``header`` must match ``sections``."""
+    """Assemble a patch; section sizes in ``header`` must match ``sections`` (a
+    section may be passed as several consecutive pieces: a chunked layer's streams)."""
     head = brotli.compress(header.SerializeToString(deterministic=True), quality=11)
     version = 2 if header.chunk_size else 1
-    body = b"".join([_PREFIX.pack(MAGIC, version, 0, len(head)), head, *sections])
-    return body + hashlib.sha256(body).digest()
+    pieces = [_PREFIX.pack(MAGIC, version, 0, len(head)), head, *sections]
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return b"".join([*pieces, digest.digest()])      # one copy of the patch, not two
 
 
 class PatchSource:

@@ -20,12 +20,14 @@ import numpy as np
 from ..errors import PatchFormatError
 from ..proto import patch_pb2
 
-# Values per chunk the writer uses. Measured (docs/FORMAT.md, "Chunks"): on a
-# synthetic 4M-value LINEAR16 layer cm1 pays about 0.05% per halving of the
-# chunk down to 2^18 and 0.3% at 2^16; a chunk of 2^20 keeps every layer of
-# the 1.2 MB maia nets whole (their largest has 262,144 values), so the cost
-# on real nets of that size is nil, and it splits a 2.1M-value BT4 layer in 3.
-CHUNK_SIZE = 1 << 20
+# Values per chunk the writer uses, chosen by measurement (docs/FORMAT.md,
+# "Chunks"). Fresh model state per chunk costs little: on maia-swa patches,
+# forcing chunks of 2^16 values costs +0.04%, 2^14 +0.5%; on a synthetic run
+# with 2.4M-value layers, 2^20 costs +0.013%, 2^18 +0.05%. 2^18 leaves every
+# layer of the 1.2 MB maia nets whole (the largest has exactly 2^18 values), so
+# their patches are unchanged, and cuts a 2.1M-value BT4 layer in 9: enough
+# pieces for every core, and some 15 MB of work arrays per thread at most.
+CHUNK_SIZE = 1 << 18
 
 
 def chunk_step(count: int, shape: tuple, chunk_size: int) -> tuple[int, int]:

@@ -367,6 +367,25 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     return out
 
 
+def check_patch(base: Net | None, patch, history: Net | None = None, *,
+                workers: int | None = None, max_size: int | None = None) -> str:
+    """Rebuild the net a patch describes only to hash it; returns its id.
+
+    Checks and errors as :func:`apply_patch`, in the memory of a few chunks:
+    the rebuilt bytes are hashed as they are decoded, never held.
+    """
+    _check_patch_argument(patch)
+    with _hostile_input(), container.open_patch(patch) as source:
+        plan = _plan(source, base, history, max_size)
+        digest, size = hashlib.sha256(), 0
+        for chunk in _chunks(plan, source, workers, None):
+            digest.update(chunk)
+            size += len(chunk)
+        if size != plan.header.result_size or digest.digest() != _result_id(plan.header):
+            raise _mismatch()
+    return digest.hexdigest()
+
+
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
                         workers: int | None = None, progress=None, max_size: int | None = None) -> str:
     """Rebuild a net straight into ``output`` (gzip when it ends in ``.gz``).

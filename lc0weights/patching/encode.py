@@ -16,7 +16,7 @@ from ..errors import (PatchFormatError,
                       VerificationError)
 from ..net import Layer, Net
 from ..proto import patch_pb2
-from .decode import apply_patch
+from .decode import apply_patch, check_patch
 from .chunks import CHUNK_SIZE, chunk_step
 from .layers import LayerContext, layer_values, paired_layer
 from .limits import INTRA_VALUES_PER_BYTE, WRITER
@@ -113,7 +113,7 @@ def _layer_chunks(ctx: LayerContext, layer: Layer) -> list[tuple[int, int]]:
 
 def _encode_layers(ctx: LayerContext, target: Net, layers: list[Layer], codecs: tuple, workers,
                    result):
-    """Each layer's (LayerPatch, section bytes), in order, its chunks coded in parallel.
+    """Each layer's (LayerPatch, its chunks' streams), in order, chunks coded in parallel.
 
     The residual kind is chosen per layer (the smallest sum over its chunks; the
     first on a tie), the codec per chunk. For a lossy patch ``result`` (a list
@@ -155,7 +155,7 @@ def _encode_layers(ctx: LayerContext, target: Net, layers: list[Layer], codecs: 
             lp.section.stored_size = sum(o.section.stored_size for o in chosen)
         if result is not None:
             result[0] = digests[best]
-        yield lp, b"".join(o.data for o in chosen)
+        yield lp, [o.data for o in chosen]
     if result is not None:
         result[0].update(target.raw[pos:])
 
@@ -218,15 +218,18 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     coded = _encode_layers(ctx, target, layers, codecs, workers, result)
     if progress:
         coded = progress(coded, len(layers))
-    sections = [skeleton_data]
-    for lp, data in coded:
+    sections = [skeleton_data]            # a chunked layer's section: its chunks' streams in order
+    for lp, pieces in coded:
         header.layers.append(lp)
-        sections.append(data)
+        sections.extend(pieces)
     if result is not None:                # lossless: the result is the target itself
         header.result_id = result[0].digest()
     header.result_size = len(target.raw)
     patch = container.pack(header, sections)
-    if verify:
+    del sections
+    if verify and tolerance is None:
+        check_patch(base, patch, history=history, workers=workers)
+    elif verify:
         rebuilt = apply_patch(base, patch, history=history, workers=workers)
         if tolerance is not None:
             error = max_error(Net(rebuilt), target)
