@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import container
-from ..container import MIN_CHUNK_SIZE
 from .. import encodings as enc
 from .. import residuals as res
 from ..codecs import codec_ids, get_codec
@@ -184,8 +183,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
-    if chunk_size < MIN_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be at least {MIN_CHUNK_SIZE}, not {chunk_size!r}")
+    if chunk_size < container.MIN_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be at least {container.MIN_CHUNK_SIZE}, not {chunk_size!r}")
     if history is not None and base is None:
         history = None
     defaults = DEFAULT_CODECS if history is None else HISTORY_CODECS
