@@ -2,11 +2,12 @@
 
     offset  size  field
     0       8     magic  b"LC0PATCH"
-    8       2     format version, uint16 little-endian (1)
+    8       2     format version, uint16 little-endian (1, or 2 when a layer is chunked)
     10      2     flags, uint16 little-endian (0; a reader refuses others)
     12      4     header length H, uint32 little-endian
     16      H     PatchHeader, protobuf (proto/patch.proto), brotli-compressed
     16+H    ...   sections in header order: skeleton, then one per layer
+                  (a chunked layer's section is its chunks' streams back to back)
     end-32  32    sha256 of every byte before it
 
 Everything is checked before anything is allocated from it: the checksum
@@ -31,7 +32,12 @@ from .errors import PatchFormatError
 from .proto.patch_pb2 import PatchHeader
 
 MAGIC = b"LC0PATCH"
-VERSION = 1
+VERSION = 2               # the newest this build reads; it writes 1 when no layer is chunked
+VERSIONS = (1, 2)
+# Version 2 splits layers of more than PatchHeader.chunk_size values; a reader
+# refuses smaller chunk sizes, which keeps the chunk count of any layer (and the
+# work per chunk, of which there is a little) in proportion to its bytes.
+MIN_CHUNK_SIZE = 1 << 12
 _PREFIX = struct.Struct("<8sHHI")
 CHECKSUM_SIZE = 32
 # A real header takes about 20 bytes per layer (2 KB for a 105-layer net); a
@@ -42,10 +48,15 @@ MAX_LAYERS = 1 << 16
 
 
 def pack(header: PatchHeader, sections: list[bytes]) -> bytes:
-    """Assemble a patch; section sizes in ``header`` must match ``sections``."""
+    """Assemble a patch; section sizes in ``header`` must match ``sections`` (a
+    section may be passed as several consecutive pieces: a chunked layer's streams)."""
     head = brotli.compress(header.SerializeToString(deterministic=True), quality=11)
-    body = b"".join([_PREFIX.pack(MAGIC, VERSION, 0, len(head)), head, *sections])
-    return body + hashlib.sha256(body).digest()
+    version = 2 if header.chunk_size else 1
+    pieces = [_PREFIX.pack(MAGIC, version, 0, len(head)), head, *sections]
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return b"".join([*pieces, digest.digest()])      # one copy of the patch, not two
 
 
 class PatchSource:
@@ -81,6 +92,16 @@ class PatchSource:
             raise PatchFormatError("patch file changed or shrank while it was read")
         return data
 
+    def section_part(self, index: int, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` inside section ``index`` (one chunk of a layer)."""
+        start, total = self._offsets[index]
+        if offset < 0 or size < 0 or offset + size > total:
+            raise PatchFormatError("chunk runs past the end of its layer's section")
+        data = self._read(start + offset, size)
+        if len(data) != size:
+            raise PatchFormatError("patch file changed or shrank while it was read")
+        return data
+
 
 def _parse(prefix: bytes, total: int, read_header) -> tuple[PatchHeader, list[tuple[int, int]]]:
     """Check the fixed prefix, parse the header, and lay out the sections."""
@@ -89,9 +110,9 @@ def _parse(prefix: bytes, total: int, read_header) -> tuple[PatchHeader, list[tu
     magic, version, flags, head_len = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise PatchFormatError("not an lc0weights patch (bad magic)")
-    if version != VERSION or flags:
+    if version not in VERSIONS or flags:
         raise PatchFormatError(f"patch format version {version} (flags {flags}) is not "
-                               f"readable by this build, which reads version {VERSION}")
+                               f"readable by this build, which reads versions 1 to {VERSION}")
     body_len = total - CHECKSUM_SIZE
     start = _PREFIX.size
     if head_len > min(MAX_HEADER, body_len - start):
@@ -104,6 +125,7 @@ def _parse(prefix: bytes, total: int, read_header) -> tuple[PatchHeader, list[tu
     if len(header.layers) > MAX_LAYERS:
         raise PatchFormatError(f"patch header lists {len(header.layers):,} layers, "
                                f"more than the {MAX_LAYERS:,} a net can plausibly have")
+    _check_chunking(version, header)
     pos = start + head_len
     sizes = [header.skeleton.stored_size] + [layer.section.stored_size for layer in header.layers]
     if pos + sum(sizes) != body_len:
@@ -113,6 +135,15 @@ def _parse(prefix: bytes, total: int, read_header) -> tuple[PatchHeader, list[tu
         offsets.append((pos, size))
         pos += size
     return header, offsets
+
+
+def _check_chunking(version: int, header: PatchHeader) -> None:
+    """Version 1 has no chunks; version 2 names a chunk size a reader accepts."""
+    if version == 1 and (header.chunk_size or any(layer.chunks for layer in header.layers)):
+        raise PatchFormatError("a version 1 patch with chunked layers")
+    if version == 2 and header.chunk_size < MIN_CHUNK_SIZE:
+        raise PatchFormatError(f"chunk size {header.chunk_size} is below the "
+                               f"{MIN_CHUNK_SIZE:,} values a reader accepts")
 
 
 def open_patch(patch) -> PatchSource:

@@ -1,7 +1,9 @@
 """The codec contract: every entropy codec of lc0weights has this shape.
 
 A codec turns one layer's residuals (a 1-D ``int64`` array) into bytes and
-back. It is configured from plain, JSON-safe data and registered by its
+back; a large layer is cut into chunks (:mod:`lc0weights.patching.chunks`),
+each of which a codec codes as a layer of its own, so any codec is chunked
+without knowing it. It is configured from plain, JSON-safe data and registered by its
 ``codec_id``, which the patch records per layer, so a patch names exactly
 what decodes each of its sections.
 
@@ -19,7 +21,8 @@ what decodes each of its sections.
   change the stream). A codec whose extra parameters only tune its encoder sets
   ``ignores_unknown_config = True`` and then drops unknown keys instead.
 
-Encoders may be called from several threads at once on different layers.
+Encoders and decoders may be called from several threads at once on different
+layers and chunks.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ predicted from it and only the prediction error is coded:
     pred = (p16 + 8) >> 4                          rounded to whole units
     e    = v - pred                                coded with the cm1 kernels
 
-``slope`` is the encoder's per-layer least-squares fit of the residuals on the
-history in 12-bit fixed point, carried in the stream. Everything after ``hq``
+``slope`` is the encoder's least-squares fit of the residuals on the history
+in 12-bit fixed point, one per stream (a layer, or each chunk of a chunked
+layer), carried in the stream. Everything after ``hq``
 is integer arithmetic; ``hq`` itself is one IEEE multiply by a power of two,
 one division and a rint, which every machine rounds alike. The kernels see
 the history as their first feature (magnitude and sign contexts, as in cm1)

@@ -6,18 +6,21 @@ base's skeleton, then every layer's residuals with the smallest codec
 (``layers`` pairs each layer with its base layer, ``encode`` codes them).
 ``apply_patch`` (``decode``) checks every size the patch declares, runs the
 same steps backwards and checks the rebuilt bytes against the id the patch
-promises. Both work one layer at a time, in parallel across layers
-(``parallel``), holding at most the nets and a few layers' working arrays.
+promises. Both work a chunk at a time (``chunks``: a layer, or a run of a
+large layer's elements coded as its own stream), in parallel across chunks
+(``parallel``), holding at most the nets and a few chunks' working arrays.
 ``measure`` gives the largest weight error of a lossy result.
 """
-from .decode import PatchInfo, apply_patch, apply_patch_to_file, read_patch_info, skeleton_layers
+from .chunks import CHUNK_SIZE
+from .decode import PatchInfo, apply_patch, apply_patch_to_file, check_patch, read_patch_info, skeleton_layers
 from .encode import DEFAULT_CODECS, HISTORY_CODECS, make_patch
 from .layers import LayerContext, infer_shape, paired_layer
 from .limits import MAX_RESULT_SIZE, SKELETON_CAP, UNDECODABLE, WRITER
 from .measure import max_error
 from .skeleton import decode_skeleton, encode_skeleton, skeleton_stream
 
-__all__ = ["PatchInfo", "apply_patch", "apply_patch_to_file", "read_patch_info", "skeleton_layers",
+__all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "read_patch_info",
+           "skeleton_layers",
            "DEFAULT_CODECS", "HISTORY_CODECS", "make_patch", "LayerContext", "infer_shape", "paired_layer",
            "MAX_RESULT_SIZE", "SKELETON_CAP", "UNDECODABLE", "WRITER", "max_error", "decode_skeleton",
            "encode_skeleton", "skeleton_stream"]

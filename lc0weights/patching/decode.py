@@ -20,7 +20,8 @@ from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, Patc
 from ..net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net, atomic_file
 from ..proto import patch_pb2
 from ..wire import find_skeleton_layers
-from .layers import LayerContext, target_of, value_count
+from .chunks import chunk_sections, total_escapes
+from .layers import LayerContext, value_count
 from .limits import INTRA_ALLOWANCE, INTRA_VALUES_PER_BYTE, MAX_CODEC_CONFIG, MAX_RESULT_SIZE, MAX_SKELETON_FIELDS, UNDECODABLE
 from .parallel import bounded_map, worker_count
 from .skeleton import decode_skeleton, skeleton_stream
@@ -83,15 +84,21 @@ def read_patch_info(patch, base: Net | None = None, *, max_size: int | None = No
         usable = base if base is not None and base.id == header.base_id.hex() else None
         plan = _plan(source, usable, None, max_size, complete=False)
         paths = [layer.path for layer in plan.layers] if plan.layers else [None] * len(header.layers)
-        layers = [{"path": path, "codec": lp.section.codec, "stored_size": lp.section.stored_size,
+        layers = [{"path": path, "codec": _codec_names(lp), "stored_size": lp.section.stored_size,
                    "residual": patch_pb2.Residual.Name(lp.residual), "intra": lp.intra,
-                   "base_shift": lp.base_shift, "escapes": lp.escapes}
+                   "base_shift": lp.base_shift, "escapes": total_escapes(lp),
+                   "chunks": max(1, len(lp.chunks))}
                   for path, lp in zip(paths, header.layers)]
         return PatchInfo(_hex(header.base_id), header.target_id.hex(), _result_id(header).hex(),
                          _hex(header.history_id),
                          "tolerance" if header.mode == patch_pb2.TOLERANCE else "lossless",
                          header.tolerance if header.mode == patch_pb2.TOLERANCE else None,
                          header.result_size, source.size, layers)
+
+
+def _codec_names(lp) -> str:
+    """The codec of a layer; a chunked layer's distinct chunk codecs, joined by '+'."""
+    return "+".join(dict.fromkeys(section.codec for section in chunk_sections(lp)))
 
 
 def _result_id(header) -> bytes:
@@ -128,28 +135,36 @@ def _check_ids(header, base: Net | None, history: Net | None):
                                   "(the base's predecessor) as context")
 
 
-def _decode_layer(job):
-    ctx, layer, lp, base_layer, codec, data = job
+def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chunk_index: int) -> bytes:
+    """The rebuilt payload bytes of one chunk of layer ``index``: decoded from its own
+    stream against its slice of the base, so the work and memory are the chunk's."""
+    layer, lp, base_layer = plan.layers[index], plan.header.layers[index], plan.base_layers[index]
+    chunk = plan.chunks[index][chunk_index]
+    where = f"layer {layer.path}" + (f" chunk {chunk_index}" if len(plan.chunks[index]) > 1 else "")
     try:
-        info = ctx.info(layer, lp, base_layer)
-        count = value_count(layer, lp)
-        values = codec.decode(bytes(data), count, info)
+        data = source.section_part(index + 1, chunk.offset, chunk.section.stored_size)
+        info = plan.ctx.info(layer, lp, base_layer, chunk.lo, chunk.hi)
+        count = chunk.count + (2 * chunk.escapes if lp.residual != patch_pb2.RAW_BYTES else 0)
+        values = plan.codecs[index][chunk_index].decode(bytes(data), count, info)
+        del data
         if len(values) != count:
             raise PatchFormatError("codec returned the wrong number of values")
-        target = target_of(layer)
+        target = res.LayerTarget(layer.encoding, chunk.count, layer.min_bits, layer.max_bits)
         if lp.residual == patch_pb2.RAW_BYTES:
-            codes = res.raw_rebuild(values, layer.nbytes)
+            codes = res.raw_rebuild(values, chunk.count)
         elif lp.residual == patch_pb2.LINEAR16_REGRID:
-            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width or 1, lp.escapes)
+            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width or 1, chunk.escapes)
         else:
-            base_codes = ctx.base.codes(base_layer) if base_layer is not None else None
+            base_codes = plan.ctx.base.codes(base_layer)[chunk.lo:chunk.hi] \
+                if base_layer is not None else None
             if lp.residual == patch_pb2.FLOAT_IMAGE:
                 codes = res.float_image_rebuild(values, base_codes, target)
             else:
-                codes = res.float_step_rebuild(values, base_codes, target, ctx.tolerance, lp.escapes)
+                codes = res.float_step_rebuild(values, base_codes, target, plan.ctx.tolerance,
+                                               chunk.escapes)
         return codes.tobytes()
     except PatchFormatError as e:
-        raise PatchFormatError(f"layer {layer.path}: {e}") from None
+        raise PatchFormatError(f"{where}: {e}") from None
 
 
 def _config(section) -> dict:
@@ -176,7 +191,7 @@ _RESIDUALS_FOR = {enc.LINEAR16: (patch_pb2.LINEAR16_REGRID,),
 def _check_layer_header(layer: Layer, lp, tolerance: float) -> None:
     """The residual kind must suit the layer the skeleton describes."""
     if lp.residual == patch_pb2.RAW_BYTES:
-        if lp.escapes:
+        if total_escapes(lp):
             raise PatchFormatError(f"layer {layer.path}: escapes in a raw byte layer")
         return
     if not layer.codable or lp.residual not in _RESIDUALS_FOR.get(layer.encoding, ()):
@@ -184,9 +199,9 @@ def _check_layer_header(layer: Layer, lp, tolerance: float) -> None:
                                f"encoding {layer.encoding} of {layer.nbytes} bytes")
     if lp.residual == patch_pb2.FLOAT_STEP and not tolerance > 0:
         raise PatchFormatError(f"layer {layer.path}: value steps in a lossless patch")
-    if lp.escapes > layer.count:
+    if total_escapes(lp) > layer.count:
         raise PatchFormatError(f"layer {layer.path}: more escapes than elements")
-    if lp.escapes and lp.residual == patch_pb2.FLOAT_IMAGE:
+    if total_escapes(lp) and lp.residual == patch_pb2.FLOAT_IMAGE:
         raise PatchFormatError(f"layer {layer.path}: escapes in an exact float layer")
     if lp.quant_width > res.MAX_QUANT_WIDTH:
         raise PatchFormatError(f"layer {layer.path}: quantisation width {lp.quant_width} out of range")
@@ -211,7 +226,8 @@ class _Plan:
     body: memoryview | None = None
     layers: list[Layer] = field(default_factory=list)     # layers with a payload, in header order
     base_layers: list = field(default_factory=list)      # each one's paired base layer, or None
-    codecs: list = field(default_factory=list)
+    codecs: list = field(default_factory=list)           # per layer, a codec per chunk
+    chunks: list = field(default_factory=list)           # per layer, its ChunkSpecs
 
 
 def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
@@ -239,7 +255,8 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
     if header.skeleton_size > header.result_size + 16 + 10 * len(header.layers):
         raise PatchFormatError("declared skeleton is larger than the declared net")
     plan = _Plan(header)
-    plan.codecs = [get_codec(lp.section.codec, _config(lp.section)) for lp in header.layers]
+    plan.codecs = [[get_codec(section.codec, _config(section)) for section in chunk_sections(lp)]
+                   for lp in header.layers]
     if header.base_id and base is None:
         if header.skeleton.codec == "brotli-xor-base":
             return plan                    # the skeleton cannot be read without the base
@@ -257,7 +274,9 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
     for layer, lp in zip(layers, header.layers):
         _check_layer_header(layer, lp, tolerance)
     plan.cuts, plan.body, plan.layers = cuts, body, layers
-    plan.ctx = LayerContext(base, history, {l.path: l.count for l in layers if l.codable}, tolerance)
+    plan.ctx = LayerContext(base, history, {l.path: l.count for l in layers if l.codable}, tolerance,
+                            header.chunk_size)
+    plan.chunks = [plan.ctx.chunks(layer, lp) for layer, lp in zip(layers, header.layers)]
     if header.base_id and base is None:
         return plan
     _check_layer_sizes(plan, base)
@@ -283,20 +302,25 @@ def _check_layer_sizes(plan: _Plan, base: Net | None) -> None:
 
 
 def _rebuild(plan: _Plan, source: container.PatchSource, workers):
-    """The rebuilt net's bytes as a sequence of chunks, decoded layer by layer."""
-    layers, header = plan.layers, plan.header
-
-    def decode(index):
-        return _decode_layer((plan.ctx, layers[index], header.layers[index], plan.base_layers[index],
-                              plan.codecs[index], source.section(index + 1)))
-
+    """The rebuilt net's bytes as a sequence of pieces, in order: skeleton bytes and
+    decoded chunks. Chunks (not layers) are spread over the threads, with bounded
+    work in flight, so one large layer uses every core and a few chunks' memory."""
+    layers = plan.layers
+    jobs = [(index, k) for index, chunks in enumerate(plan.chunks) for k in range(len(chunks))]
+    pieces = bounded_map(lambda job: _decode_chunk(plan, source, *job), jobs, worker_count(workers),
+                         lambda job: plan.chunks[job[0]][job[1]].count)
     src, body = 0, plan.body
-    payloads = bounded_map(decode, range(len(layers)), worker_count(workers), lambda i: layers[i].nbytes)
-    for cut, layer, payload in zip(plan.cuts, layers, payloads):
-        if len(payload) != layer.nbytes or cut < src:
+    for index, (cut, layer) in enumerate(zip(plan.cuts, layers)):
+        if cut < src:
             raise PatchFormatError("a rebuilt layer has the wrong size")
         yield body[src:cut]
-        yield payload
+        size = 0
+        for _ in plan.chunks[index]:
+            piece = next(pieces)
+            size += len(piece)
+            yield piece
+        if size != layer.nbytes:
+            raise PatchFormatError("a rebuilt layer has the wrong size")
         src = cut
     yield body[src:]
 
@@ -341,6 +365,25 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
         if dst != len(out) or hashlib.sha256(out).digest() != _result_id(plan.header):
             raise _mismatch()
     return out
+
+
+def check_patch(base: Net | None, patch, history: Net | None = None, *,
+                workers: int | None = None, max_size: int | None = None) -> str:
+    """Rebuild the net a patch describes only to hash it; returns its id.
+
+    Checks and errors as :func:`apply_patch`, in the memory of a few chunks:
+    the rebuilt bytes are hashed as they are decoded, never held.
+    """
+    _check_patch_argument(patch)
+    with _hostile_input(), container.open_patch(patch) as source:
+        plan = _plan(source, base, history, max_size)
+        digest, size = hashlib.sha256(), 0
+        for chunk in _chunks(plan, source, workers, None):
+            digest.update(chunk)
+            size += len(chunk)
+        if size != plan.header.result_size or digest.digest() != _result_id(plan.header):
+            raise _mismatch()
+    return digest.hexdigest()
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,8 +15,9 @@ from ..errors import (PatchFormatError,
                       VerificationError)
 from ..net import Layer, Net
 from ..proto import patch_pb2
-from .decode import apply_patch
-from .layers import LayerContext, paired_layer, target_of
+from .decode import apply_patch, check_patch
+from .chunks import CHUNK_SIZE, chunk_step
+from .layers import LayerContext, layer_values, paired_layer
 from .limits import INTRA_VALUES_PER_BYTE, WRITER
 from .measure import max_error
 from .parallel import bounded_map, worker_count
@@ -31,34 +33,51 @@ HISTORY_CODECS = ("varint-brotli", "cm2", "stored")
 BASELINE_TRIAL_LIMIT = 1 << 14
 
 
-# -- encoding one layer ----------------------------------------------------------------
+# -- encoding one chunk of a layer ------------------------------------------------------
 
-def _candidates(target: Net, layer: Layer, base: Net | None, base_layer, tolerance):
+def _candidates(target: Net, layer: Layer, base: Net | None, base_layer, tolerance, lo: int, hi: int):
+    """The residual kinds a layer may be coded in, computed for its elements ``lo:hi``
+    (every kind is per element, escapes counted from ``lo``)."""
     if not layer.codable:
-        return [res.raw_residuals(target.payload(layer))]
-    codes = target.codes(layer)
-    lt = target_of(layer)
+        return [res.raw_residuals(target.payload(layer)[lo:hi])]
+    codes = target.codes(layer)[lo:hi]
+    lt = res.LayerTarget(layer.encoding, hi - lo, layer.min_bits, layer.max_bits)
     if layer.encoding == enc.LINEAR16:
-        base_values = base.values(base_layer) if base_layer is not None else None
+        base_values = layer_values(base, base_layer, lo, hi) if base_layer is not None else None
         return [res.linear16_residuals(codes, base_values, lt, tolerance)]
-    base_codes = base.codes(base_layer) if base_layer is not None else None
+    base_codes = base.codes(base_layer)[lo:hi] if base_layer is not None else None
     options = [res.float_image_residuals(codes, base_codes, lt)]
     if tolerance:
         options.append(res.float_step_residuals(codes, base_codes, lt, tolerance))
     return options
 
 
-def _encode_layer(job):
-    ctx, target, layer, codecs = job
-    base_layer = paired_layer(ctx.base, layer)
-    best = None
-    for r in _candidates(target, layer, ctx.base, base_layer, ctx.tolerance):
+@dataclass
+class _Coded:
+    """One residual kind of one chunk, in its smallest codec."""
+
+    lp: patch_pb2.LayerPatch       # the layer's fields for this kind (section unset)
+    escapes: int
+    section: patch_pb2.Section
+    data: bytes
+    codes: np.ndarray | None       # the codes the rebuild yields (lossy patches only)
+
+
+def _encode_chunk(job) -> list[_Coded]:
+    """Every residual kind of elements ``lo:hi``, each in the codec that codes it smallest.
+
+    Depends on the chunk alone (never on other chunks or threads), so the
+    patch is the same whatever the thread count.
+    """
+    ctx, target, layer, base_layer, lo, hi, codecs = job
+    options = []
+    for r in _candidates(target, layer, ctx.base, base_layer, ctx.tolerance, lo, hi):
         paired = base_layer is not None and r.kind != patch_pb2.RAW_BYTES
-        lp = patch_pb2.LayerPatch(intra=not paired, residual=r.kind, escapes=r.escapes,
+        lp = patch_pb2.LayerPatch(intra=not paired, residual=r.kind,
                                   base_shift=base_layer.index - layer.index if paired else 0,
                                   quant_width=r.quant_width if r.quant_width > 1 else 0)
-        info = ctx.info(layer, lp, base_layer if paired else None)
-        trials, fits = list(_trials(codecs, len(r.values))), False
+        info = ctx.info(layer, lp, base_layer if paired else None, lo, hi)
+        trials, fits, best = list(_trials(codecs, len(r.values))), False, None
         while trials:
             codec_id = trials.pop(0)
             codec = get_codec(codec_id)
@@ -69,12 +88,11 @@ def _encode_layer(job):
                 continue
             fits = True
             if best is None or len(data) < len(best[1]):
-                lp.section.CopyFrom(patch_pb2.Section(codec=codec_id, stored_size=len(data),
-                                                      codec_config=_config_bytes(codec)))
-                chosen = patch_pb2.LayerPatch()
-                chosen.CopyFrom(lp)
-                best = (chosen, data, r.codes)
-    return best
+                best = (patch_pb2.Section(codec=codec_id, stored_size=len(data),
+                                          codec_config=_config_bytes(codec)), data)
+        if best is not None:
+            options.append(_Coded(lp, r.escapes, best[0], best[1], r.codes if ctx.tolerance else None))
+    return options
 
 
 def _trials(codecs: tuple, count: int) -> tuple:
@@ -84,6 +102,63 @@ def _trials(codecs: tuple, count: int) -> tuple:
     return codecs
 
 
+def _layer_chunks(ctx: LayerContext, layer: Layer) -> list[tuple[int, int]]:
+    """Where the layer's chunks start and end (``chunks.chunk_step`` of its values)."""
+    count = layer.count if layer.codable else layer.nbytes
+    kind = patch_pb2.LINEAR16_REGRID if layer.codable else patch_pb2.RAW_BYTES
+    step, pieces = chunk_step(count, ctx.shape(layer, patch_pb2.LayerPatch(residual=kind)), ctx.chunk_size)
+    return [(i * step, min(count, (i + 1) * step)) for i in range(pieces)]
+
+
+def _encode_layers(ctx: LayerContext, target: Net, layers: list[Layer], codecs: tuple, workers,
+                   result):
+    """Each layer's (LayerPatch, its chunks' streams), in order, chunks coded in parallel.
+
+    The residual kind is chosen per layer (the smallest sum over its chunks; the
+    first on a tie), the codec per chunk. For a lossy patch ``result`` (a list
+    holding one sha256) is fed the rebuilt net as it goes: one running copy per
+    kind within a layer, so no layer's codes are ever held whole.
+    """
+    jobs, pos = [], 0
+    for layer in layers:
+        base_layer = paired_layer(ctx.base, layer)
+        bounds = _layer_chunks(ctx, layer)
+        jobs += [(ctx, target, layer, base_layer, lo, hi, codecs) for lo, hi in bounds]
+    chunks = bounded_map(_encode_chunk, jobs, worker_count(workers), lambda job: job[5] - job[4])
+    for layer in layers:
+        pieces = len(_layer_chunks(ctx, layer))
+        first = next(chunks)
+        if result is not None:
+            result[0].update(target.raw[pos:layer.span.params_start])
+            pos = layer.span.params_end
+        digests = [result[0].copy() if result is not None else None for _ in first]
+        parts = [[] for _ in first]
+        for k in range(pieces):
+            options = first if k == 0 else next(chunks)
+            if len(options) != len(parts):
+                raise PatchFormatError(f"layer {layer.path}: chunks differ in residual kinds")
+            for part, digest, option in zip(parts, digests, options):
+                part.append(option)
+                if digest is not None:
+                    digest.update(option.codes.tobytes())
+                option.codes = None
+        best = min(range(len(parts)), key=lambda i: sum(o.section.stored_size for o in parts[i]))
+        chosen = parts[best]
+        lp = patch_pb2.LayerPatch()
+        lp.CopyFrom(chosen[0].lp)
+        if pieces == 1:
+            lp.escapes = chosen[0].escapes
+            lp.section.CopyFrom(chosen[0].section)
+        else:
+            lp.chunks.extend(patch_pb2.Chunk(escapes=o.escapes, section=o.section) for o in chosen)
+            lp.section.stored_size = sum(o.section.stored_size for o in chosen)
+        if result is not None:
+            result[0] = digests[best]
+        yield lp, [o.data for o in chosen]
+    if result is not None:
+        result[0].update(target.raw[pos:])
+
+
 def _config_bytes(codec) -> bytes:
     config = {k: v for k, v in codec.get_config().items() if k != "id"}
     return json.dumps(config, sort_keys=True).encode() if config else b""
@@ -91,7 +166,8 @@ def _config_bytes(codec) -> bytes:
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
-               workers: int | None = None, verify: bool = True, progress=None) -> bytes:
+               workers: int | None = None, verify: bool = True, progress=None,
+               chunk_size: int = CHUNK_SIZE) -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -101,10 +177,14 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     context; a client then needs it too. With ``verify`` the patch is applied
     once before it is returned, and a lossy patch is checked weight by weight.
     ``progress``, if given, wraps the iterator of encoded layers as
-    ``progress(layers, layer_count)`` (in a progress bar, say).
+    ``progress(layers, layer_count)`` (in a progress bar, say). Layers of more
+    than ``chunk_size`` values are coded as independent chunks (format version
+    2); the bytes do not depend on ``workers``.
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
+    if chunk_size < container.MIN_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be at least {container.MIN_CHUNK_SIZE}, not {chunk_size!r}")
     if history is not None and base is None:
         history = None
     defaults = DEFAULT_CODECS if history is None else HISTORY_CODECS
@@ -128,27 +208,29 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
     header.skeleton_size = len(stream)
 
-    jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
-    sections, result = [skeleton_data], hashlib.sha256()
-    lossless, pos = tolerance is None, 0
-    encoded = bounded_map(_encode_layer, jobs, worker_count(workers), lambda job: job[2].nbytes)
+    layers = [layer for layer in target.layers if layer.has_params]
+    # Version 2 (a chunk size in the header) only when a layer is split: other
+    # patches stay readable by version 1 readers, byte for byte as they were.
+    if any((layer.count if layer.codable else layer.nbytes) > chunk_size for layer in layers):
+        ctx.chunk_size = header.chunk_size = chunk_size
+    result = [hashlib.sha256()] if tolerance is not None else None
+    coded = _encode_layers(ctx, target, layers, codecs, workers, result)
     if progress:
-        encoded = progress(encoded, len(jobs))
-    for layer, (lp, data, codes) in zip((j[2] for j in jobs), encoded):
+        coded = progress(coded, len(layers))
+    sections = [skeleton_data]            # a chunked layer's section: its chunks' streams in order
+    for lp, pieces in coded:
         header.layers.append(lp)
-        sections.append(data)
-        if not lossless:
-            result.update(target.raw[pos:layer.span.params_start])
-            result.update(codes.tobytes())
-            pos = layer.span.params_end
-    if not lossless:                      # lossless: the result is the target itself
-        result.update(target.raw[pos:])
-        header.result_id = result.digest()
+        sections.extend(pieces)
+    if result is not None:                # lossless: the result is the target itself
+        header.result_id = result[0].digest()
     header.result_size = len(target.raw)
     patch = container.pack(header, sections)
-    if verify:
+    del sections
+    if verify and tolerance is None:
+        check_patch(base, patch, history=history, workers=workers)
+    elif verify:
         rebuilt = apply_patch(base, patch, history=history, workers=workers)
-        if not lossless:
+        if tolerance is not None:
             error = max_error(Net(rebuilt), target)
             if not error <= tolerance:
                 raise VerificationError(f"internal error: rebuilt weights are {error} from the "

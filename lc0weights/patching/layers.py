@@ -11,6 +11,7 @@ from ..codecs import LayerInfo
 from ..errors import (PatchFormatError)
 from ..net import Layer, Net
 from ..proto import patch_pb2
+from .chunks import ChunkSpec, chunk_shape, layer_chunks, total_escapes
 
 
 # -- layer pairing and codec context ----------------------------------------------------
@@ -55,6 +56,7 @@ class LayerContext:
     history: Net | None
     counts: dict[str, int] = field(default_factory=dict)
     tolerance: float = 0.0
+    chunk_size: int = 0          # PatchHeader.chunk_size: 0 never splits a layer
 
     def base_layer(self, layer: Layer, lp) -> Layer | None:
         if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
@@ -67,20 +69,46 @@ class LayerContext:
             raise PatchFormatError(f"layer {layer.path}: base layer {index} does not match")
         return found
 
-    def info(self, layer: Layer, lp, base_layer: Layer | None) -> LayerInfo:
-        base_values = self.base.values(base_layer) if base_layer is not None else None
+    def shape(self, layer: Layer, lp) -> tuple:
+        return infer_shape(layer.path, element_count(layer, lp), self.counts, layer.dims)
+
+    def chunks(self, layer: Layer, lp) -> list[ChunkSpec]:
+        """The layer's chunks as the header declares them, checked (``chunks.layer_chunks``)."""
+        return layer_chunks(lp, element_count(layer, lp), self.shape(layer, lp), self.chunk_size,
+                            layer.path)
+
+    def info(self, layer: Layer, lp, base_layer: Layer | None, lo: int = 0,
+             hi: int | None = None) -> LayerInfo:
+        """The codec context of elements ``lo:hi`` (default: the whole layer), which a
+        chunk's codec sees as a layer of its own: base and history cut to the chunk,
+        its rows as the shape. Only the chunk's base weights are decoded."""
+        count = element_count(layer, lp)
+        hi = count if hi is None else hi
+        base_values = layer_values(self.base, base_layer, lo, hi) if base_layer is not None else None
         history = None
         if base_layer is not None and self.history is not None:
             h = paired_layer(self.history, base_layer)
             if h is not None:
                 with np.errstate(invalid="ignore", over="ignore"):
-                    history = base_values - self.history.values(h)
-        count = layer.count if lp.residual != patch_pb2.RAW_BYTES else layer.nbytes
+                    history = base_values - layer_values(self.history, h, lo, hi)
+        shape, dims = self.shape(layer, lp), layer.dims
+        if (lo, hi) != (0, count):
+            shape, dims = chunk_shape(shape, lo, hi), ()
         return LayerInfo(path=layer.path, role=layer.role, residual=lp.residual, encoding=layer.encoding,
-                         count=count, dims=layer.dims,
-                         shape=infer_shape(layer.path, count, self.counts, layer.dims),
+                         count=hi - lo, dims=dims, shape=shape,
                          quant_width=lp.quant_width or 1, tolerance=self.tolerance,
                          base=base_values, history=history, scale=unit_scale(layer, lp, self.tolerance))
+
+
+def layer_values(net: Net, layer: Layer, lo: int, hi: int) -> np.ndarray:
+    """Weights ``lo:hi`` of a layer as float32, as ``Net.values`` decodes them (the
+    decoding is per element, so a slice decodes to the slice of the whole)."""
+    return enc.decode(layer.encoding, net.codes(layer)[lo:hi], layer.min_bits, layer.max_bits)
+
+
+def element_count(layer: Layer, lp) -> int:
+    """The layer's values before escapes: its elements, or its payload bytes for RAW_BYTES."""
+    return layer.nbytes if lp.residual == patch_pb2.RAW_BYTES else layer.count
 
 
 def unit_scale(layer: Layer, lp, tolerance: float) -> float:
@@ -98,7 +126,7 @@ def target_of(layer: Layer) -> res.LayerTarget:
 
 
 def value_count(layer: Layer, lp) -> int:
-    """How many integers a layer's section holds: elements, then escape pairs."""
+    """How many integers a layer's streams hold: elements, then escape pairs."""
     if lp.residual == patch_pb2.RAW_BYTES:
         return layer.nbytes
-    return layer.count + 2 * lp.escapes
+    return layer.count + 2 * total_escapes(lp)

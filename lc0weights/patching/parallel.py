@@ -1,7 +1,8 @@
-"""Layers in worker threads, in order, with bounded work in flight."""
+"""Work items (layer chunks) in worker threads, in order, with bounded work in flight."""
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -12,8 +13,9 @@ def bounded_map(fn, items, workers: int, cost=None):
 
     ``cost(item)`` (default 1) is what an item holds in memory (its element
     count); work is submitted while what is in flight costs at most two of the
-    largest items per worker, so small layers never stall the big ones and
-    memory stays a few layers' worth whatever the net's size. Nor more than a
+    largest items per worker, so small items never stall the big ones and
+    memory stays a few items' worth (chunks: a few million values per worker)
+    whatever the net's size. Nor more than a
     quarter of all items (or the largest one): on a machine with many cores the
     working arrays stay a small multiple of the net, not of the core count.
     """
@@ -25,10 +27,10 @@ def bounded_map(fn, items, workers: int, cost=None):
     largest = max(costs, default=1)
     budget = min(2 * workers * largest, max(largest, sum(costs) // 4))
     with ThreadPoolExecutor(workers) as pool:
-        pending, in_flight = [], 0
+        pending, in_flight = deque(), 0
         for item, c in zip(items, costs):
             while pending and in_flight + c > budget:
-                done, dc = pending.pop(0)
+                done, dc = pending.popleft()
                 in_flight -= dc
                 yield done.result()
             pending.append((pool.submit(fn, item), c))
@@ -39,5 +41,3 @@ def bounded_map(fn, items, workers: int, cost=None):
 
 def worker_count(workers: int | None) -> int:
     return max(1, workers if workers else (os.cpu_count() or 1))
-
-

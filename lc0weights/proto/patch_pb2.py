@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bpatch.proto\x12\x10lc0weights.patch\"C\n\x07Section\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x13\n\x0bstored_size\x18\x02 \x01(\x04\x12\x14\n\x0c\x63odec_config\x18\x04 \x01(\x0c\"\xaf\x01\n\nLayerPatch\x12\r\n\x05intra\x18\x01 \x01(\x08\x12\x12\n\nbase_shift\x18\x02 \x01(\x12\x12,\n\x08residual\x18\x03 \x01(\x0e\x32\x1a.lc0weights.patch.Residual\x12\x13\n\x0bquant_width\x18\x04 \x01(\x04\x12\x0f\n\x07\x65scapes\x18\x05 \x01(\x04\x12*\n\x07section\x18\x06 \x01(\x0b\x32\x19.lc0weights.patch.Section\"\xa8\x02\n\x0bPatchHeader\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\x0c\x12\x11\n\ttarget_id\x18\x02 \x01(\x0c\x12\x11\n\tresult_id\x18\x03 \x01(\x0c\x12$\n\x04mode\x18\x04 \x01(\x0e\x32\x16.lc0weights.patch.Mode\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12\x13\n\x0bresult_size\x18\x06 \x01(\x04\x12+\n\x08skeleton\x18\x07 \x01(\x0b\x32\x19.lc0weights.patch.Section\x12\x15\n\rskeleton_size\x18\x08 \x01(\x04\x12,\n\x06layers\x18\t \x03(\x0b\x32\x1c.lc0weights.patch.LayerPatch\x12\x12\n\nhistory_id\x18\n \x01(\x0c\x12\x0e\n\x06writer\x18\x0b \x01(\t*O\n\x08Residual\x12\r\n\tRAW_BYTES\x10\x00\x12\x13\n\x0fLINEAR16_REGRID\x10\x01\x12\x0f\n\x0b\x46LOAT_IMAGE\x10\x02\x12\x0e\n\nFLOAT_STEP\x10\x03*#\n\x04Mode\x12\x0c\n\x08LOSSLESS\x10\x00\x12\r\n\tTOLERANCE\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bpatch.proto\x12\x10lc0weights.patch\"C\n\x07Section\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x13\n\x0bstored_size\x18\x02 \x01(\x04\x12\x14\n\x0c\x63odec_config\x18\x04 \x01(\x0c\"\xd8\x01\n\nLayerPatch\x12\r\n\x05intra\x18\x01 \x01(\x08\x12\x12\n\nbase_shift\x18\x02 \x01(\x12\x12,\n\x08residual\x18\x03 \x01(\x0e\x32\x1a.lc0weights.patch.Residual\x12\x13\n\x0bquant_width\x18\x04 \x01(\x04\x12\x0f\n\x07\x65scapes\x18\x05 \x01(\x04\x12*\n\x07section\x18\x06 \x01(\x0b\x32\x19.lc0weights.patch.Section\x12\'\n\x06\x63hunks\x18\x07 \x03(\x0b\x32\x17.lc0weights.patch.Chunk\"D\n\x05\x43hunk\x12\x0f\n\x07\x65scapes\x18\x01 \x01(\x04\x12*\n\x07section\x18\x02 \x01(\x0b\x32\x19.lc0weights.patch.Section\"\xbc\x02\n\x0bPatchHeader\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\x0c\x12\x11\n\ttarget_id\x18\x02 \x01(\x0c\x12\x11\n\tresult_id\x18\x03 \x01(\x0c\x12$\n\x04mode\x18\x04 \x01(\x0e\x32\x16.lc0weights.patch.Mode\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12\x13\n\x0bresult_size\x18\x06 \x01(\x04\x12+\n\x08skeleton\x18\x07 \x01(\x0b\x32\x19.lc0weights.patch.Section\x12\x15\n\rskeleton_size\x18\x08 \x01(\x04\x12,\n\x06layers\x18\t \x03(\x0b\x32\x1c.lc0weights.patch.LayerPatch\x12\x12\n\nhistory_id\x18\n \x01(\x0c\x12\x0e\n\x06writer\x18\x0b \x01(\t\x12\x12\n\nchunk_size\x18\x0c \x01(\x04*O\n\x08Residual\x12\r\n\tRAW_BYTES\x10\x00\x12\x13\n\x0fLINEAR16_REGRID\x10\x01\x12\x0f\n\x0b\x46LOAT_IMAGE\x10\x02\x12\x0e\n\nFLOAT_STEP\x10\x03*#\n\x04Mode\x12\x0c\n\x08LOSSLESS\x10\x00\x12\r\n\tTOLERANCE\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'patch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESIDUAL']._serialized_start=579
-  _globals['_RESIDUAL']._serialized_end=658
-  _globals['_MODE']._serialized_start=660
-  _globals['_MODE']._serialized_end=695
+  _globals['_RESIDUAL']._serialized_start=710
+  _globals['_RESIDUAL']._serialized_end=789
+  _globals['_MODE']._serialized_start=791
+  _globals['_MODE']._serialized_end=826
   _globals['_SECTION']._serialized_start=33
   _globals['_SECTION']._serialized_end=100
   _globals['_LAYERPATCH']._serialized_start=103
-  _globals['_LAYERPATCH']._serialized_end=278
-  _globals['_PATCHHEADER']._serialized_start=281
-  _globals['_PATCHHEADER']._serialized_end=577
+  _globals['_LAYERPATCH']._serialized_end=319
+  _globals['_CHUNK']._serialized_start=321
+  _globals['_CHUNK']._serialized_end=389
+  _globals['_PATCHHEADER']._serialized_start=392
+  _globals['_PATCHHEADER']._serialized_end=708
 # @@protoc_insertion_point(module_scope)
