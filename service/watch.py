@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lc0weights import gzipio
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net
 from lc0weights.wire import iter_fields
@@ -165,36 +165,24 @@ def load_complete_net(path: Path) -> tuple[Net, bytes]:
 def check_gzip_complete(f, source: str, max_raw_size: int = MAX_RAW_SIZE) -> int:
     """Read a gzip file through in bounded memory; its raw size when every member is whole.
 
-    zlib checks each member's trailer (CRC32 and length of the data) as it reaches
+    the inflater checks each member's trailer (CRC32 and length of the data) as it reaches
     it; a stream that stops before a trailer, a wrong trailer, or data other than
     zero padding after the last member is refused.
     """
     f.seek(0)
-    total = 0
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    inflater = gzipio.Inflater(max_raw_size, multi_member=True, hash_raw=False)
     try:
-        while True:
-            chunk = d.unconsumed_tail or f.read(_READ)
-            if not chunk:
-                break
-            total += len(d.decompress(chunk, _READ))
-            if total > max_raw_size:
-                raise NetFormatError(f"{source}: gzip stream inflates past {max_raw_size:,} bytes")
-            if d.eof:
-                rest = d.unused_data + f.read(_READ)
-                while rest and not rest.strip(b"\0"):     # zero padding may end a file
-                    rest = f.read(_READ)
-                if not rest:
-                    break
-                if rest[:2] != GZIP_MAGIC:
-                    raise NetFormatError(f"{source}: data after the gzip stream")
-                f.seek(-len(rest), os.SEEK_CUR)
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    except zlib.error as e:
+        for block in iter(lambda: f.read(_READ), b""):
+            inflater.feed(block)
+    except gzipio.TooLarge:
+        raise NetFormatError(f"{source}: gzip stream inflates past {max_raw_size:,} bytes") from None
+    except gzipio.GzipError as e:
         raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
-    if not d.eof:
-        raise NetFormatError(f"{source}: gzip stream ends before its trailer (still being written?)")
-    return total
+    try:
+        inflater.finish()
+    except ValueError:
+        raise NetFormatError(f"{source}: gzip stream ends before its trailer (still being written?)") from None
+    return inflater.size
 
 
 def require_weights(net: Net) -> None:
@@ -220,9 +208,8 @@ def read_training_steps(path: Path) -> int | None:
         with open(path, "rb") as f:
             head = f.read(STEPS_PREFIX)
             if head[:2] == GZIP_MAGIC:
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                head = d.decompress(head, STEPS_PREFIX)
-    except (OSError, zlib.error):
+                head = gzipio.decompressobj().decompress(head, STEPS_PREFIX)
+    except (OSError,) + gzipio.GzipError:
         return None
     try:
         for number, wire, start, end, _ in iter_fields(head, 0, len(head)):

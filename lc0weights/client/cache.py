@@ -11,7 +11,6 @@ before it is used, and the cache never reports a file it has not verified.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
+from ..gzipio import write_gzip
 from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, write_net_file
 from .client_cache import client_cache_dir, gzip_net_id, net_lock
 
@@ -233,8 +233,4 @@ class NetCache:
         else:
             # The training client's layout: always gzip, whatever the name says.
             with atomic_file(path) as f:
-                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
-                                   filename="") as z:
-                    view = memoryview(net.raw)
-                    for start in range(0, len(view), 1 << 22):
-                        z.write(view[start:start + (1 << 22)])
+                write_gzip(f, net.raw, GZIP_LEVEL)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -13,6 +12,7 @@ import numpy as np
 
 from .. import container
 from .. import encodings as enc
+from .. import gzipio
 from .. import residuals as res
 from ..codecs import get_codec
 from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
@@ -357,8 +357,7 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
         plan = _plan(source, base, history, max_size)
         digest = hashlib.sha256()
         with atomic_file(output) as f:
-            sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") \
-                if str(output).endswith(".gz") else f
+            sink = gzipio.GzipWriter(f, GZIP_LEVEL) if str(output).endswith(".gz") else f
             for chunk in _chunks(plan, source, workers, progress):
                 digest.update(chunk)
                 sink.write(chunk)
