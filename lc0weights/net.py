@@ -338,6 +338,13 @@ def atomic_file(path):
         raise
 
 
+def place_file(tmp, path) -> None:
+    """Rename the complete, fsynced file ``tmp`` onto ``path``, with the permissions
+    :func:`atomic_file` gives (a staged download is private until then)."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+
+
 def atomic_write(path, data: bytes) -> None:
     """Write ``data`` to ``path`` by temp file, fsync and rename."""
     with atomic_file(path) as f:

@@ -21,7 +21,7 @@ from ..errors import Lc0WeightsError
 from ..net import Net
 from .download import TransferPolicy, open_source
 from .engine import apply_patch, checked_net
-from .fetch import _full_net
+from .receive import fetch_full_net
 from ..repository.index import parse_index
 from ..repository.updater import Updater
 
@@ -97,8 +97,7 @@ def _check_objects(index, source, store: Path, report: CheckReport) -> None:
         report.nets += 1
         try:
             where = store / f"{entry.id}.gz"
-            source.fetch_object(entry.path, where, entry.size, entry.sha256)
-            keep(_full_net(where.read_bytes(), entry))
+            keep(fetch_full_net(source, entry, where, None, ""))
             where.unlink()
         except Lc0WeightsError as e:
             report.fail("net", f"{entry.id[:16]}... ({entry.path}): {e}")

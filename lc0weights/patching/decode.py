@@ -312,7 +312,8 @@ def _mismatch() -> VerificationError:
 
 
 def apply_patch(base: Net | None, patch, history: Net | None = None, *,
-                workers: int | None = None, progress=None, max_size: int | None = None) -> bytearray:
+                workers: int | None = None, progress=None, max_size: int | None = None,
+                open_patch=container.open_patch) -> bytearray:
     """Rebuild the net a patch describes and check it against the promised id.
 
     ``patch`` is the patch's bytes or the path of a patch file. Returns the raw
@@ -327,10 +328,12 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     knows how progress is shown. ``max_size`` refuses a patch whose net would
     be larger (default :data:`~lc0weights.net.DEFAULT_MAX_SIZE`; a caller that
     knows the size to expect, say from a repository index, passes it). Every
-    declared size is checked before the output is allocated.
+    declared size is checked before the output is allocated. ``open_patch``
+    turns ``patch`` into a :class:`~lc0weights.container.PatchSource` (a
+    patch still downloading: :mod:`.streaming`).
     """
     _check_patch_argument(patch)
-    with _hostile_input(), container.open_patch(patch) as source:
+    with _hostile_input(), open_patch(patch) as source:
         plan = _plan(source, base, history, max_size)
         out, dst = bytearray(plan.header.result_size), 0
         for chunk in _chunks(plan, source, workers, progress):
