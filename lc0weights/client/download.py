@@ -215,14 +215,21 @@ class HttpSource:
         if stop is not None and stop.is_set():
             raise TransferStopped()
 
-    def _chunks(self, reply, deadline: Deadline):
-        """The body as it arrives (never waiting to fill a chunk), checking the clock in between."""
+    def _chunks(self, reply, deadline: Deadline, left=None):
+        """The body as it arrives (never waiting to fill a chunk), checking the clock in between.
+
+        ``left()``, when given, is how many bytes the caller still accepts: no read
+        asks for more than one byte past it or past the byte budget, so a refusal
+        is never a megabyte late.
+        """
         raw = reply.raw
         read = raw.read1 if hasattr(raw, "read1") else raw.read      # urllib3 < 2 has no read1
         while True:
             deadline.check()
             self._check_stop()
-            chunk = read(CHUNK, decode_content=False)
+            room = self.budget.limit - self.budget.spent
+            want = max(1, min(CHUNK, room + 1, CHUNK if left is None else left() + 1))
+            chunk = read(want, decode_content=False)
             deadline.check()
             if not chunk:
                 return
@@ -257,7 +264,7 @@ class HttpSource:
                 if declared is not None:
                     deadline.shorten(self.policy.deadline_for(declared))
                 data = bytearray()
-                for chunk in self._chunks(r, deadline):
+                for chunk in self._chunks(r, deadline, lambda: max_bytes - len(data)):
                     read[0] += len(chunk)
                     self.budget.spend(len(chunk), url)
                     data += chunk
@@ -355,8 +362,8 @@ class HttpSource:
             if r.status_code == 200 and declared is not None and declared > state.size:
                 raise IntegrityError(f"{state.url}: server sends {declared} bytes, "
                                      f"the index says {state.size}")
-            chunks = progress_bar(self._chunks(r, deadline), state.size, state.received, desc,
-                                  self.policy.progress)
+            chunks = progress_bar(self._chunks(r, deadline, lambda: state.size - state.received),
+                                  state.size, state.received, desc, self.policy.progress)
             for chunk in chunks:
                 state.transferred += len(chunk)
                 if state.received + len(chunk) > state.size:
