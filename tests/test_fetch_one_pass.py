@@ -5,13 +5,12 @@ import gzip
 import hashlib
 
 import pytest
+from repo_fixtures import copy_into_cache, leftovers, publish_run, serving
 
 from lc0weights.client import TransferPolicy, fetch
 from lc0weights.client.receive import NetReceiver
 from lc0weights.repository.errors import IntegrityError
 from lc0weights.repository.index import NetEntry
-
-from repo_fixtures import copy_into_cache, leftovers, publish_run, serving
 
 POLICY = TransferPolicy(timeout=20, retries=2, backoff=0.05, progress=False)
 

@@ -9,12 +9,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import run_paths
 
 from lc0weights import gzipio
 from lc0weights.errors import NetFormatError
 from lc0weights.net import Net, gunzip_limited, gzip_bytes, write_net_file
-
-from conftest import run_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -151,7 +151,7 @@ class StagedFile:
                 self.size += len(block)
                 if self.tap is not None:
                     self.tap.feed(block)
-        except Exception:                       # the tap refused it: not the start of this object
+        except Exception:  # noqa: BLE001 - the tap refused it: not the start of this object
             self.reset()
             return
         self.file.seek(self.size)
