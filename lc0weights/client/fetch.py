@@ -18,15 +18,15 @@ from pathlib import Path
 
 from ..errors import Lc0WeightsError
 from ..net import Net, atomic_file, write_net_file
-from ..repository.errors import NoRouteError
-from ..repository.index import NetEntry, parse_index
-from ..repository.updater import Updater
 from .cache import NetCache
 from .download import TransferPolicy, open_source
 from .engine import checked_net
+from ..repository.errors import NoRouteError
+from ..repository.index import NetEntry, parse_index
 from .receive import apply_while_downloading, fetch_full_net
 from .route import cheapest_route
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
+from ..repository.updater import Updater
 
 log = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 6
