@@ -8,29 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import hashlib
-import io
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import encodings as enc
+from . import gzipio
 from .errors import NetFormatError
 from .wire import LayerSpan, find_layers, read_magic
 
 MAGIC = 0x1C0
-GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = gzipio.MAGIC
 # The largest raw net read or rebuilt unless the caller says otherwise: lc0 nets are
 # 150-400 MB raw today; twice the largest float32 transformer stays under it.
 DEFAULT_MAX_SIZE = 2 << 30
-# Nets written on a client (rebuilt, fetched) favour speed: level 1 writes a 100 MB net
-# several times faster than level 6 for about a tenth more disk.
-GZIP_LEVEL = 1
+# Nets written on a client (rebuilt, fetched) favour speed (see gzipio for the levels).
+GZIP_LEVEL = gzipio.FAST_LEVEL
 
 
 @dataclass(frozen=True)
@@ -231,31 +228,58 @@ def gunzip_limited(data, limit: int, source: str = "<bytes>") -> bytearray:
     ``limit`` bytes of memory, never what it expands to. The output buffer is
     sized once from the trailer (capped by ``limit``), so there is no copy.
     """
-    view = memoryview(data)
+    view = memoryview(data).cast("B")
     hint = int.from_bytes(view[-4:], "little") if len(view) >= 18 else 0
-    out, pos = bytearray(min(hint, limit)), 0
-    try:
-        while True:
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = view
-            while True:
-                piece = d.decompress(chunk, min(limit + 1 - pos, 1 << 22))
-                if pos + len(piece) > limit:
-                    raise _too_large(source, limit)
-                out[pos:pos + len(piece)] = piece
-                pos += len(piece)
-                if d.eof or not (d.unconsumed_tail or piece):
-                    break
-                chunk = d.unconsumed_tail
-            if not d.eof:
-                raise NetFormatError(f"{source}: truncated gzip stream")
-            rest = d.unused_data
-            if not rest.strip(b"\0"):                  # another gzip member may follow
-                del out[pos:]
-                return out
-            view = memoryview(rest)
-    except zlib.error as e:
-        raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
+    sink = RawSink(min(hint, limit), limit, source, hash_raw=False)
+    for start in range(0, len(view), gzipio.READ_SIZE):
+        sink.feed(view[start:start + gzipio.READ_SIZE])
+    return sink.finish()
+
+
+class RawSink:
+    """Gunzips a stream handed over in pieces into one buffer, bounded by ``limit``.
+
+    ``size_hint`` sizes the buffer up front (the declared raw size, or a
+    trailer's); it grows past that only up to ``limit``. Every error is a
+    :class:`NetFormatError` naming ``source``. With ``hash_raw`` the raw bytes
+    are hashed on the way (:attr:`raw_id`), so nothing is read twice.
+    """
+
+    def __init__(self, size_hint: int, limit: int, source: str = "<bytes>", hash_raw: bool = True):
+        self.source = source
+        self.limit = limit
+        self.out = bytearray(max(0, min(size_hint, limit)))
+        self.pos = 0
+        self._inflater = gzipio.Inflater(limit, multi_member=True, hash_raw=hash_raw)
+
+    def feed(self, data) -> None:
+        try:
+            pieces = self._inflater.feed(data)
+        except gzipio.TooLarge:
+            raise _too_large(self.source, self.limit) from None
+        except ValueError as e:
+            raise NetFormatError(f"{self.source}: {e}") from None
+        except gzipio.GzipError as e:
+            raise NetFormatError(f"{self.source}: corrupt gzip stream ({e})") from None
+        for piece in pieces:
+            end = self.pos + len(piece)
+            if end > len(self.out):
+                self.out.extend(bytes(end - len(self.out)))
+            self.out[self.pos:end] = piece
+            self.pos = end
+
+    def finish(self) -> bytearray:
+        """The raw bytes, once the stream ended on a whole member."""
+        try:
+            self._inflater.finish()
+        except ValueError as e:
+            raise NetFormatError(f"{self.source}: {e}") from None
+        del self.out[self.pos:]
+        return self.out
+
+    @property
+    def raw_id(self) -> str:
+        return self._inflater.hexdigest()
 
 
 def _gunzip_file(f, source: str, limit: int) -> bytearray:
@@ -268,32 +292,10 @@ def _gunzip_file(f, source: str, limit: int) -> bytearray:
     # make us allocate gigabytes up front (nets compress far less than 16x).
     size = min(int.from_bytes(f.read(4), "little"), 16 * stored, limit)
     f.seek(0)
-    out, pos = bytearray(size), 0
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        while True:
-            chunk = d.unconsumed_tail or f.read(1 << 20)
-            if not chunk:
-                break
-            piece = d.decompress(chunk, 1 << 22)
-            if pos + len(piece) > limit:
-                raise _too_large(source, limit)
-            if pos + len(piece) > len(out):
-                out.extend(bytes(pos + len(piece) - len(out)))
-            out[pos:pos + len(piece)] = piece
-            pos += len(piece)
-            if d.eof:                                    # another gzip member may follow
-                rest = d.unused_data + f.read()
-                if not rest.strip(b"\0"):
-                    break
-                f.seek(-len(rest), os.SEEK_END)
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if not d.eof:
-            raise NetFormatError(f"{source}: truncated gzip stream")
-    except zlib.error as e:
-        raise NetFormatError(f"{source}: corrupt gzip stream ({e})") from None
-    del out[pos:]
-    return out
+    sink = RawSink(size, limit, source, hash_raw=False)
+    for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
+        sink.feed(block)
+    return sink.finish()
 
 
 NET_HEAD = b"\x0d" + MAGIC.to_bytes(4, "little")     # field 1 (fixed32) = 0x1c0: how every net begins
@@ -306,11 +308,8 @@ def starts_like_a_net(head) -> bool:
 
 
 def gzip_bytes(raw: bytes) -> bytes:
-    """Deterministic gzip (no name, mtime 0), as an engine or client expects."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0, filename="") as f:
-        f.write(raw)
-    return buf.getvalue()
+    """Deterministic gzip (no name, mtime 0), as an engine or client expects (see :mod:`.gzipio`)."""
+    return gzipio.gzip_bytes(raw)
 
 
 def _umask() -> int:
@@ -348,6 +347,13 @@ def atomic_file(path):
         raise
 
 
+def place_file(tmp, path) -> None:
+    """Rename the complete, fsynced file ``tmp`` onto ``path``, with the permissions
+    :func:`atomic_file` gives (a staged download is private until then)."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+
+
 def atomic_write(path, data: bytes) -> None:
     """Write ``data`` to ``path`` by temp file, fsync and rename."""
     with atomic_file(path) as f:
@@ -365,7 +371,4 @@ def write_net_file(path, raw: bytes) -> None:
         if not path.name.endswith(".gz"):
             f.write(raw)
             return
-        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") as z:
-            view = memoryview(raw)
-            for start in range(0, len(view), 1 << 22):
-                z.write(view[start:start + (1 << 22)])
+        gzipio.write_gzip(f, raw, GZIP_LEVEL)

@@ -36,6 +36,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lc0weights import gzipio
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, starts_like_a_net
 from lc0weights.wire import iter_fields
@@ -218,7 +219,7 @@ def check_net_file(path, max_size: int = MAX_RAW_SIZE) -> None:
 def check_gzip_complete(f, source: str, max_raw_size: int = MAX_RAW_SIZE) -> int:
     """Read a gzip file through in bounded memory; its raw size when every member is whole.
 
-    zlib checks each member's trailer (CRC32 and length of the data) as it reaches
+    the inflater checks each member's trailer (CRC32 and length of the data) as it reaches
     it; a stream that stops before a trailer, a wrong trailer, or data other than
     zero padding after the last member is refused, and so is a member after the
     first that starts a net: two nets concatenated into one file.
@@ -286,9 +287,8 @@ def read_training_steps(path: Path) -> int | None:
         with open(path, "rb") as f:
             head = f.read(STEPS_PREFIX)
             if head[:2] == GZIP_MAGIC:
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                head = d.decompress(head, STEPS_PREFIX)
-    except (OSError, zlib.error):
+                head = gzipio.decompressobj().decompress(head, STEPS_PREFIX)
+    except (OSError,) + gzipio.GzipError:
         return None
     try:
         for number, wire, start, end, _ in iter_fields(head, 0, len(head)):

@@ -11,7 +11,6 @@ before it is used, and the cache never reports a file it has not verified.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -20,7 +19,8 @@ import sys
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
-from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, write_net_file
+from ..gzipio import write_gzip
+from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, place_file, write_net_file
 from .client_cache import client_cache_dir, gzip_net_id, net_lock
 
 log = logging.getLogger(__name__)
@@ -206,13 +206,15 @@ class NetCache:
         memo.save()
 
     # -- writing ----------------------------------------------------------------------
-    def store(self, net: Net, gz: bytes | None = None) -> Path:
+    def store(self, net: Net, gz: bytes | Path | None = None) -> Path:
         """Put ``net`` in the cache under its id and return the path.
 
         An existing file under that name is kept only when it verifies; anything
         else there (a truncated file, another net, a symlink) is replaced by
         rename, which replaces a symlink itself rather than writing through it.
-        ``gz``, when given, is the published gzip of the net and is stored as is.
+        ``gz``, when given, is the published gzip of the net and is stored as is:
+        its bytes, or a verified complete file on the cache's disk, which is
+        renamed into place (no copy; the caller removes it if it is still there).
         """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.file_for(net.id)
@@ -223,18 +225,16 @@ class NetCache:
             self._store_at(path, net, gz)
         return path
 
-    def _store_at(self, path: Path, net: Net, gz: bytes | None) -> None:
+    def _store_at(self, path: Path, net: Net, gz: bytes | Path | None) -> None:
         if not path.is_symlink() and path.is_file() and gzip_net_id(path, MAX_NET_BYTES) == net.id:
             return
-        if gz is not None:
+        if isinstance(gz, Path):
+            place_file(gz, path)
+        elif gz is not None:
             atomic_write(path, gz)
         elif path.name.endswith(".gz"):
             write_net_file(path, net.raw)
         else:
             # The training client's layout: always gzip, whatever the name says.
             with atomic_file(path) as f:
-                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
-                                   filename="") as z:
-                    view = memoryview(net.raw)
-                    for start in range(0, len(view), 1 << 22):
-                        z.write(view[start:start + (1 << 22)])
+                write_gzip(f, net.raw, GZIP_LEVEL)

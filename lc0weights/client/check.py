@@ -31,7 +31,7 @@ from ..net import Net
 from ..patch import apply_patch
 from .download import TransferPolicy, open_source
 from .engine import checked_net
-from .fetch import _full_net
+from .receive import fetch_full_net
 from ..repository.index import parse_index
 from ..repository.metadata import MAX_TOP_BYTES, ROOT_NAME, open_envelope, parse_root
 from ..repository.updater import Updater, pinned_key
@@ -152,8 +152,7 @@ def _check_objects(index, source, store: Path, report: CheckReport, horizon: int
         report.nets += 1
         try:
             where = store / f"{entry.id}.gz"
-            source.fetch_object(entry.path, where, entry.size, entry.sha256)
-            keep(_full_net(where.read_bytes(), entry))
+            keep(fetch_full_net(source, entry, where, None, ""))
             where.unlink()
         except Lc0WeightsError as e:
             report.fail("net", f"{entry.id[:16]}... ({entry.path}): {e}")

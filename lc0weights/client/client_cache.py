@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
+from .. import gzipio
 from ..repository.errors import IntegrityError
 
 NET_NAME = re.compile(r"[0-9a-f]{64}\Z")
 LOCK_WAIT_SECONDS = 60.0       # what the client itself waits for another holder
-CHUNK = 1 << 20
 
 
 def client_cache_dir() -> Path:
@@ -76,32 +74,19 @@ def gzip_net_id(path, max_raw_bytes: int = 16 << 30) -> str | None:
 
 def gzip_stream_id(f, max_raw_bytes: int = 16 << 30) -> str | None:
     """As :func:`gzip_net_id`, for an open binary file (read from its start, left at its end)."""
-    h = hashlib.sha256()
-    total = 0
     try:
         f.seek(0)
-        if f.read(2) != b"\x1f\x8b":
+        if f.read(2) != gzipio.MAGIC:
             return None
         f.seek(0)
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        while True:
-            chunk = d.unconsumed_tail or f.read(CHUNK)
-            if not chunk:
-                break
-            piece = d.decompress(chunk, CHUNK)
-            total += len(piece)
-            if total > max_raw_bytes:
-                return None
-            h.update(piece)
-            if d.eof:
-                if d.unused_data.strip(b"\0") or f.read(1).strip(b"\0"):
-                    return None     # a second member: readers disagree on such files
-                break
-        if not d.eof:
-            return None
-    except (OSError, zlib.error, EOFError):
+        # A second member is refused: readers disagree on such files.
+        inflater = gzipio.Inflater(max_raw_bytes, multi_member=False)
+        for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
+            inflater.feed(block)
+        inflater.finish()
+    except (OSError, EOFError, ValueError, gzipio.TooLarge) + gzipio.GzipError:
         return None
-    return h.hexdigest()
+    return inflater.hexdigest()
 
 
 @contextlib.contextmanager

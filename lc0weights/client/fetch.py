@@ -10,18 +10,22 @@ dropped and the next cheapest route is tried, down to the full net.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import Lc0WeightsError, NetFormatError
-from ..net import Net, gunzip_limited, write_net_file
+from ..errors import Lc0WeightsError
+from ..net import Net, atomic_file, write_net_file
 from .cache import NetCache
 from .download import TransferPolicy, open_source
-from .engine import apply_patch, checked_net
-from ..repository.errors import IntegrityError, NoRouteError
+from .engine import checked_net
+from ..repository.errors import NoRouteError
 from ..repository.index import NetEntry, parse_index
 from .link_rate import RateBook, link_name, timing
+from .receive import apply_while_downloading, fetch_full_net
 from .route import PREFER, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 from ..repository.updater import Updater
@@ -68,6 +72,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     cache folder). Transfers and rebuilds are timed into that book either way.
     """
     started = time.monotonic()
+    published = None
     source = source or open_source(location, policy)
     cache = NetCache(cache_dir, client_layout, have)
     book = rates if rates is not None else RateBook.load(cache.root)
@@ -92,16 +97,19 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
         # Replaces whatever sat under the name (never writing through it); a full download
-        # stores the repository's own gzip bytes.
-        with timing(book if route.patch_count else None, "gzip") as stored:
-            path = cache.store(result, gz=getattr(result, "published_gz", None))
-            stored.amount = len(result.raw)
+        # stores the repository's own gzip file.
+        published = getattr(result, "published_gz", None)
         if out is not None:
-            write_net_file(out, result.raw)
+            _write_out(out, result, published)
+        with timing(book if route.patch_count else None, "gzip") as stored:   # rates: gzip into the cache
+            path = cache.store(result, gz=published)
+            stored.amount = len(result.raw)
         updater.save()                  # what was accepted is remembered only once it has been used
     finally:
         updater.close()
         book.save()
+        if published is not None:
+            published.unlink(missing_ok=True)      # kept: an equal verified file was there already
     target_entry = index.net(target)          # None when the net was held: no record was read
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
@@ -239,22 +247,18 @@ def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) ->
         if current is None:
             raise _BadBase(route.start)
     sweep_cache(cache.root)
-    (cache.root / PARTIAL_DIR).mkdir(exist_ok=True)
+    partial_dir = cache.root / PARTIAL_DIR
+    partial_dir.mkdir(exist_ok=True)
     with work_folder(cache.root) as tmp:
         for i, step in enumerate(route.steps):
             where = Path(tmp) / f"step-{i}"
+            desc = f"{'net' if isinstance(step, NetEntry) else 'patch'} {i + 1}/{len(route.steps)}"
             try:
-                with timing(book, plan and plan.link) as transfer:       # rates: link bytes/s
-                    transfer.amount = source.fetch_object(
-                        step.path, where, step.size, step.sha256,
-                        desc=f"{'net' if isinstance(step, NetEntry) else 'patch'} {i + 1}/{len(route.steps)}",
-                        partial_dir=cache.root / PARTIAL_DIR)
-                data = where.read_bytes()
-                where.unlink()
                 if isinstance(step, NetEntry):
-                    with timing(book, "gunzip") as unpacked:              # rates: gunzip + verify
-                        current, previous = _full_net(data, step), None
-                        unpacked.amount = len(current.raw)
+                    # Gunzipped and hashed as it arrives; the published gzip stays a file.
+                    with timing(book, plan and plan.link) as transfer:   # rates: link bytes/s
+                        current, previous = fetch_full_net(source, step, where, partial_dir, desc), None
+                        transfer.amount = step.size
                     continue
                 history = None
                 if step.history is not None:
@@ -265,26 +269,42 @@ def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) ->
                 # The rebuilt net is the size of its target (a lossy one too): refuse
                 # a patch that declares more before anything is allocated for it.
                 entry = index.net(step.target)
-                with timing(book, "rebuild") as rebuild:                  # rates: rebuild + verify
-                    rebuilt = checked_net(apply_patch(current, data, f"decoding {i + 1}/{len(route.steps)}",
-                                                      entry.raw_size if entry else None, history=history),
-                                          step.result, f"patch {step.path}")
-                    rebuild.amount = len(rebuilt.raw)
+                # Decoded while it downloads; returned only once the patch and the net check out.
+                # The download and the decoding are timed apart (link and rebuild rates).
+                raw = apply_while_downloading(source, step, where, partial_dir, desc, current, history,
+                                              entry.raw_size if entry else None,
+                                              book=book, link=plan and plan.link)
+                where.unlink(missing_ok=True)
+                rebuilt = checked_net(raw, step.result, f"patch {step.path}")
                 current, previous = rebuilt, current
             except Lc0WeightsError as e:
                 if isinstance(e, _BadBase):
                     raise
                 raise _StepFailed(step.path, e) from None
+        _keep_published(current, cache.root)
     return current
 
 
-def _full_net(data: bytes, entry: NetEntry) -> Net:
-    try:
-        raw = gunzip_limited(data, entry.raw_size, entry.path)      # a gzip bomb stops at the signed size
-    except NetFormatError as e:
-        raise IntegrityError(f"{entry.path}: {e}") from None
-    if len(raw) != entry.raw_size:
-        raise IntegrityError(f"{entry.path}: {len(raw)} raw bytes, the index says {entry.raw_size}")
-    net = checked_net(raw, entry.id, entry.path)
-    net.published_gz = data          # the cache keeps exactly the repository's object
-    return net
+def _keep_published(net: Net, root: Path) -> None:
+    """Move a downloaded net's published gzip out of the work folder before it is removed.
+
+    It waits beside the cache under a temp name (swept if the process dies)
+    until :meth:`NetCache.store` renames it into place: the cache keeps
+    exactly the repository's object, never a second gzip of it.
+    """
+    gz = getattr(net, "published_gz", None)
+    if gz is None:
+        return
+    fd, name = tempfile.mkstemp(prefix=".published-", suffix=".tmp", dir=root)
+    os.close(fd)
+    os.replace(gz, name)
+    net.published_gz = Path(name)
+
+
+def _write_out(out, net: Net, published: Path | None) -> None:
+    """Write the fetched net to ``out``: a copy of the published gzip when both are gzip."""
+    if published is None or not str(out).endswith(".gz"):
+        write_net_file(out, net.raw)
+        return
+    with open(published, "rb") as src, atomic_file(out) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)

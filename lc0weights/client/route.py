@@ -101,12 +101,15 @@ class TimeCosts:
         return self._read(net_id)
 
     def step(self, entry, before: str | None) -> float:
-        seconds = entry.size / self.rates.link.bytes_per_s
+        # An object is gunzipped or decoded as its bytes arrive, so a step takes
+        # as long as the slower of the two, not their sum.
+        transfer = entry.size / self.rates.link.bytes_per_s
         if isinstance(entry, NetEntry):
-            return seconds + entry.raw_size / self.rates.gunzip.bytes_per_s
+            return max(transfer, entry.raw_size / self.rates.gunzip.bytes_per_s)
+        seconds = 0.0
         if entry.history is not None and entry.history != before:
             seconds += self._read(entry.history)          # held, not on the route: read from the cache
-        return seconds + self.raw_size(entry.target) / self.rates.rebuild.bytes_per_s
+        return seconds + max(transfer, self.raw_size(entry.target) / self.rates.rebuild.bytes_per_s)
 
     def finish(self, rebuilt: bool, goal: str) -> float:
         return self.raw_size(goal) / self.rates.gzip.bytes_per_s if rebuilt else 0.0

@@ -71,31 +71,49 @@ def _same_file(fd: int, path) -> bool:
 
 
 class StagedFile:
-    """A locked file an object is written to, hashed as it grows, renamed into place once verified."""
+    """A locked file an object is written to, hashed as it grows, renamed into place once verified.
 
-    def __init__(self, fd: int, path: Path, resumable: bool):
+    A *tap* (an object with ``reset(staged_file)`` and ``feed(bytes)``) sees
+    every byte of the object once, in order, as it is staged: ``reset`` when the
+    file starts at byte 0 (opened, or emptied because the server restarted the
+    transfer), then the bytes resumed from an earlier run, then each appended
+    chunk, flushed to the file before the tap hears of it. It lets a caller gunzip or decode the
+    object while it arrives instead of reading the file again afterwards. An
+    exception from the tap on resumed bytes empties the partial (it cannot be
+    the object); on appended bytes it propagates to the transfer.
+    """
+
+    def __init__(self, fd: int, path: Path, resumable: bool, tap=None):
         self.path = path
         self.resumable = resumable          # kept after a network failure, for the next run
         self.file = os.fdopen(fd, "r+b")
         self._hash = hashlib.sha256()
         self.size = 0
+        self.tap = tap
 
     @classmethod
-    def open(cls, dest: Path, sha256: str, partial_dir=None, limit: int | None = None) -> StagedFile:
+    def open(cls, dest: Path, sha256: str, partial_dir=None, limit: int | None = None,
+             tap=None) -> StagedFile:
         """The partial for ``sha256`` in ``partial_dir`` (resumed), or a private temp beside ``dest``.
 
-        A partial longer than ``limit`` is emptied before use.
+        A partial longer than ``limit`` is emptied before use. ``tap``: see the class.
         """
         if not SHA256_HEX.match(sha256):
             raise DownloadError(f"{sha256!r}: not a sha256 (64 lowercase hex digits)")
         if partial_dir is not None:
             staged = cls._open_partial(Path(partial_dir) / (sha256 + PARTIAL_SUFFIX))
             if staged is not None:
+                staged.tap = tap
+                if tap is not None:
+                    tap.reset(staged)
                 staged._adopt(limit)
                 return staged
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         fcntl.flock(fd, fcntl.LOCK_EX)          # a fresh private file: never contended
-        return cls(fd, Path(name), resumable=False)
+        staged = cls(fd, Path(name), resumable=False, tap=tap)
+        if tap is not None:
+            tap.reset(staged)
+        return staged
 
     @classmethod
     def _open_partial(cls, path: Path) -> StagedFile | None:
@@ -134,9 +152,15 @@ class StagedFile:
             self.reset()
             return
         self.file.seek(0)
-        for block in iter(lambda: self.file.read(1 << 20), b""):
-            self._hash.update(block)
-            self.size += len(block)
+        try:
+            for block in iter(lambda: self.file.read(1 << 20), b""):
+                self._hash.update(block)
+                self.size += len(block)
+                if self.tap is not None:
+                    self.tap.feed(block)
+        except Exception:  # noqa: BLE001 - the tap refused it: not the start of this object
+            self.reset()
+            return
         self.file.seek(self.size)
         self.file.truncate()                    # what grew since fstat is not trusted
 
@@ -145,11 +169,16 @@ class StagedFile:
         self.file.truncate()
         self._hash = hashlib.sha256()
         self.size = 0
+        if self.tap is not None:
+            self.tap.reset(self)
 
     def append(self, chunk: bytes) -> None:
         self.file.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
+        if self.tap is not None:
+            self.file.flush()                   # a tap may read the file as it grows
+            self.tap.feed(chunk)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -13,6 +12,7 @@ import numpy as np
 
 from .. import container
 from .. import encodings as enc
+from .. import gzipio
 from .. import residuals as res
 from ..codecs import get_codec
 from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
@@ -336,7 +336,8 @@ def _mismatch() -> VerificationError:
 
 
 def apply_patch(base: Net | None, patch, history: Net | None = None, *,
-                workers: int | None = None, progress=None, max_size: int | None = None) -> bytearray:
+                workers: int | None = None, progress=None, max_size: int | None = None,
+                open_patch=container.open_patch) -> bytearray:
     """Rebuild the net a patch describes and check it against the promised id.
 
     ``patch`` is the patch's bytes or the path of a patch file. Returns the raw
@@ -351,10 +352,12 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
     knows how progress is shown. ``max_size`` refuses a patch whose net would
     be larger (default :data:`~lc0weights.net.DEFAULT_MAX_SIZE`; a caller that
     knows the size to expect, say from a repository index, passes it). Every
-    declared size is checked before the output is allocated.
+    declared size is checked before the output is allocated. ``open_patch``
+    turns ``patch`` into a :class:`~lc0weights.container.PatchSource` (a
+    patch still downloading: :mod:`.streaming`).
     """
     _check_patch_argument(patch)
-    with _hostile_input(), container.open_patch(patch) as source:
+    with _hostile_input(), open_patch(patch) as source:
         plan = _plan(source, base, history, max_size)
         out, dst = bytearray(plan.header.result_size), 0
         for chunk in _chunks(plan, source, workers, progress):
@@ -400,8 +403,7 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
         plan = _plan(source, base, history, max_size)
         digest = hashlib.sha256()
         with atomic_file(output) as f:
-            sink = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") \
-                if str(output).endswith(".gz") else f
+            sink = gzipio.GzipWriter(f, GZIP_LEVEL) if str(output).endswith(".gz") else f
             for chunk in _chunks(plan, source, workers, progress):
                 digest.update(chunk)
                 sink.write(chunk)

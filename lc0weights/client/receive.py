@@ -1,0 +1,124 @@
+"""Using a route's objects while they download: one pass over each byte.
+
+A full net is gunzipped and its raw bytes hashed as the gzip arrives
+(:class:`NetReceiver`, a tap on the staged file), so verifying it reads
+nothing twice and holds one copy of the raw net; the published gzip stays a
+file, renamed into the cache. A patch is decoded while it arrives
+(:func:`apply_while_downloading`): a thread downloads into the staged file and
+the decoder rebuilds each layer once its section is in. Either way the result
+is handed back only after the object's sha256 (from the signed record) and
+the net's id have been checked.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from .. import patch as _patch
+from ..errors import NetFormatError
+from ..net import Net, RawSink
+from ..patching.streaming import ArrivingPatch
+from ..repository.errors import IntegrityError
+from ..repository.index import NetEntry
+from .link_rate import timing
+
+# Slack on top of the transfer's deadline for a reader waiting on the download thread.
+_WAIT_SLACK_SECONDS = 30.0
+
+
+class NetReceiver:
+    """The tap that gunzips a published net as it is staged (see :class:`.staging.StagedFile`)."""
+
+    def __init__(self, entry: NetEntry):
+        self.entry = entry
+        self._sink: RawSink | None = None
+
+    def reset(self, staged=None) -> None:
+        self._sink = None                    # allocated on the first byte, not on every restart
+
+    def feed(self, chunk) -> None:
+        e = self.entry
+        if self._sink is None:
+            # The signed raw size both sizes the buffer and bounds a gzip bomb.
+            self._sink = RawSink(e.raw_size, e.raw_size, e.path)
+        try:
+            self._sink.feed(chunk)
+        except NetFormatError as err:
+            raise IntegrityError(str(err)) from None
+
+    def net(self) -> Net:
+        """The verified net (call once the download returned): raw size and id checked."""
+        e = self.entry
+        if self._sink is None:
+            raise IntegrityError(f"{e.path}: empty object")
+        try:
+            raw = self._sink.finish()
+        except NetFormatError as err:
+            raise IntegrityError(str(err)) from None
+        if len(raw) != e.raw_size:
+            raise IntegrityError(f"{e.path}: {len(raw)} raw bytes, the index says {e.raw_size}")
+        if self._sink.raw_id != e.id:
+            raise IntegrityError(f"{e.path}: the net has id {self._sink.raw_id[:16]}..., "
+                                 f"the index says {e.id[:16]}...")
+        net = Net(raw, e.path)
+        net._id = e.id                       # just hashed on the way in
+        return net
+
+
+def fetch_full_net(source, entry: NetEntry, where: Path, partial_dir, desc: str) -> Net:
+    """Download a published net into ``where`` and return it, verified, with
+    ``published_gz`` set to ``where`` (the object as published)."""
+    receiver = NetReceiver(entry)
+    source.fetch_object(entry.path, where, entry.size, entry.sha256, desc=desc,
+                        partial_dir=partial_dir, tap=receiver)
+    net = receiver.net()
+    net.published_gz = Path(where)
+    return net
+
+
+def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, base: Net | None,
+                            history: Net | None, max_size: int | None, book=None,
+                            link: str | None = None) -> bytearray:
+    """Download patch ``step`` into ``where`` while decoding it against ``base``.
+
+    Returns the rebuilt raw bytes once the patch's checksums (its own and the
+    record's) and the id the patch promises have been checked. A failed
+    download raises its own error; a failed decode stops the download.
+
+    With a rate ``book``, the download is timed as the ``link`` rate and the
+    decoding as the rebuild rate. The two overlap, so the decoding's time is its
+    CPU time spread over the cores it had, not its wall time: on a slow link
+    the decoder waits for bytes, and that wait says nothing of how fast it is.
+    """
+    policy = getattr(source, "policy", None)
+    wait = 2 * policy.deadline_for(step.size) if policy is not None else 3600.0
+    arrival = ArrivingPatch(step.size, step.path, wait + _WAIT_SLACK_SECONDS)
+
+    def download():
+        try:
+            with timing(book if link else None, link or "") as transfer:
+                source.fetch_object(step.path, where, step.size, step.sha256, desc=desc,
+                                    partial_dir=partial_dir, tap=arrival)
+                transfer.amount = step.size
+            arrival.complete()
+        except BaseException as e:          # noqa: BLE001 - handed to the decoding thread
+            arrival.fail(e)
+
+    thread = threading.Thread(target=download, name=f"download {step.path}", daemon=True)
+    cpu_started = time.process_time()
+    thread.start()
+    try:
+        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size,
+                                 open_patch=lambda _path: arrival.source())
+        arrival.wait_verified()
+        if book is not None:
+            book.record("rebuild", len(raw), (time.process_time() - cpu_started) / (os.cpu_count() or 1))
+    except BaseException:
+        arrival.cancel()
+        raise
+    finally:
+        thread.join()
+        arrival.close()
+    return raw

@@ -1,0 +1,85 @@
+"""A full download is gunzipped and verified as it arrives; the cache keeps the published gzip."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+import pytest
+from repo_fixtures import copy_into_cache, leftovers, publish_run, serving
+
+from lc0weights.client import TransferPolicy, fetch
+from lc0weights.client.receive import NetReceiver
+from lc0weights.repository.errors import IntegrityError
+from lc0weights.repository.index import NetEntry
+
+POLICY = TransferPolicy(timeout=20, retries=2, backoff=0.05, progress=False)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return publish_run(tmp_path_factory.mktemp("one-pass") / "repo", count=3)
+
+
+def _entry(repo, i: int) -> NetEntry:
+    return repo.read_index().nets[i]
+
+
+def test_a_full_download_stores_the_published_object_as_is(repo, tmp_path):
+    latest = _entry(repo, 2)
+    published = (repo.root / latest.path).read_bytes()
+    with serving(repo.root) as srv:
+        result = fetch(srv.url, cache_dir=tmp_path / "cache", out=tmp_path / "out.pb.gz", policy=POLICY)
+    assert result.route.startswith("full") and result.net_id == latest.id
+    assert (tmp_path / "cache" / f"{latest.id}.pb.gz").read_bytes() == published
+    assert (tmp_path / "out.pb.gz").read_bytes() == published
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_partial_that_is_not_the_net_is_dropped_and_downloaded_afresh(repo, tmp_path):
+    latest = _entry(repo, 2)
+    cache = tmp_path / "cache"
+    (cache / ".partial").mkdir(parents=True)
+    (cache / ".partial" / f"{latest.sha256}.part").write_bytes(b"not gzip at all" * 100)
+    with serving(repo.root) as srv:
+        result = fetch(srv.url, cache_dir=cache, policy=POLICY)
+    assert result.net_id == latest.id and result.bytes_downloaded - result.metadata_bytes == latest.size
+    assert (cache / f"{latest.id}.pb.gz").read_bytes() == (repo.root / latest.path).read_bytes()
+
+
+def test_a_patch_route_is_decoded_while_downloading_and_verified(repo, tmp_path):
+    base, latest = _entry(repo, 1), _entry(repo, 2)
+    cache = tmp_path / "cache"
+    copy_into_cache(repo.root / base.path, cache, base.id)
+    with serving(repo.root) as srv:
+        result = fetch(srv.url, cache_dir=cache, policy=POLICY)
+    assert result.patches == 1 and result.net_id == latest.id
+    stored = gzip.decompress((cache / f"{latest.id}.pb.gz").read_bytes())
+    assert hashlib.sha256(stored).hexdigest() == latest.id
+    assert leftovers(cache) == []
+
+
+def _feed(receiver: NetReceiver, data: bytes) -> None:
+    receiver.reset(None)
+    for start in range(0, len(data), 1000):
+        receiver.feed(data[start:start + 1000])
+
+
+def test_the_receiver_holds_a_net_to_its_signed_size_and_id(repo):
+    entry = _entry(repo, 0)
+    gz = (repo.root / entry.path).read_bytes()
+    receiver = NetReceiver(entry)
+    _feed(receiver, gz)
+    assert receiver.net().id == entry.id
+    raw = gzip.decompress(gz)
+    bomb = NetEntry(**{**entry.to_dict(), "raw_size": len(raw) - 1})
+    with pytest.raises(IntegrityError, match="larger than"):
+        _feed(NetReceiver(bomb), gz)
+    other = NetEntry(**{**entry.to_dict(), "id": "0" * 64})
+    receiver = NetReceiver(other)
+    _feed(receiver, gz)
+    with pytest.raises(IntegrityError, match="the index says 0000"):
+        receiver.net()
+    receiver = NetReceiver(entry)
+    _feed(receiver, gz[:-10])
+    with pytest.raises(IntegrityError, match="truncated"):
+        receiver.net()
