@@ -162,7 +162,7 @@ def place_net(folder, net_id: str, source) -> Path:
         try:
             os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, CHUNK)
+                shutil.copyfileobj(src, out, gzipio.READ_SIZE)
                 out.flush()
                 os.fsync(out.fileno())
             if gzip_net_id(tmp) != net_id:
