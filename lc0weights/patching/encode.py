@@ -84,6 +84,10 @@ def _trials(codecs: tuple, count: int) -> tuple:
     return codecs
 
 
+class PatchTooLarge(Exception):
+    """The patch being made would exceed the caller's ``max_bytes``: encoding stopped early."""
+
+
 def _config_bytes(codec) -> bytes:
     config = {k: v for k, v in codec.get_config().items() if k != "id"}
     return json.dumps(config, sort_keys=True).encode() if config else b""
@@ -91,7 +95,8 @@ def _config_bytes(codec) -> bytes:
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
-               workers: int | None = None, verify: bool = True, progress=None) -> bytes:
+               workers: int | None = None, verify: bool = True, progress=None,
+               max_bytes: int | None = None) -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -102,6 +107,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     once before it is returned, and a lossy patch is checked weight by weight.
     ``progress``, if given, wraps the iterator of encoded layers as
     ``progress(layers, layer_count)`` (in a progress bar, say).
+    ``max_bytes``: raise :class:`PatchTooLarge` as soon as the coded sections
+    pass this many bytes (a publisher abandons a patch dearer than the net).
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
@@ -130,11 +137,14 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
 
     jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
     sections, result = [skeleton_data], hashlib.sha256()
-    lossless, pos = tolerance is None, 0
+    lossless, pos, coded = tolerance is None, 0, len(skeleton_data)
     encoded = bounded_map(_encode_layer, jobs, worker_count(workers), lambda job: job[2].nbytes)
     if progress:
         encoded = progress(encoded, len(jobs))
     for layer, (lp, data, codes) in zip((j[2] for j in jobs), encoded):
+        coded += len(data)
+        if max_bytes is not None and coded > max_bytes:
+            raise PatchTooLarge(f"the patch passes {max_bytes:,} bytes")
         header.layers.append(lp)
         sections.append(data)
         if not lossless:
