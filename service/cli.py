@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also publish a lossy chain within T of every weight (e.g. 2^-10)")
         p.add_argument("--codec", type=parse_codec,
                        help="force one codec id for every layer (default: smallest)")
+        p.add_argument("--workers", type=positive_int, metavar="N",
+                       help="processes encoding a net's patches side by side (default: every core); "
+                            "the repository gets the same bytes whatever N")
         signing_options(p)
 
     k = sub.add_parser("keygen", help="make a new Ed25519 signing key; print its public key",
@@ -150,7 +153,7 @@ def _publish(args) -> int:
     from .repository import Repository
     key, expires = _signing(args)
     results = publish(Repository.create(args.repo, key, expires), args.nets, args.tolerance, args.codec,
-                      allow_older=args.allow_older)
+                      allow_older=args.allow_older, workers=args.workers)
     if args.json:
         import json
         print(json.dumps([{"net_id": r.net_id, "source": r.source, "new": r.new,
@@ -171,7 +174,7 @@ def _watch(args) -> int:
         raise Lc0WeightsError(f"{args.incoming}: no such folder to watch (create it, or fix --incoming)")
     key, expires = _signing(args)
     watcher = Watcher(args.incoming, Repository.create(args.repo, key, expires), args.interval,
-                      args.tolerance, args.codec)
+                      args.tolerance, args.codec, workers=args.workers)
     if args.once:
         watcher.run_once()
     else:

@@ -152,12 +152,34 @@ def run_jobs(jobs: list[Job], workers: int | None = None) -> list[Encoded]:
     jobs = [_with_threads(job, threads) for job in jobs]
     if processes == 1:
         return [encode_job(job) for job in jobs]
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
     dearest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+    pool = _pool(processes)
+    try:
         futures = {i: pool.submit(encode_job, jobs[i]) for i in dearest_first}
         return [futures[i].result() for i in range(len(jobs))]
+    except BaseException:
+        _close_pool()                 # a failed or interrupted publish leaves no worker running
+        raise
+
+
+_POOL: dict = {}
+
+
+def _pool(processes: int) -> ProcessPoolExecutor:
+    """Worker processes kept from one net to the next (starting one costs seconds: imports, kernels)."""
+    if _POOL.get("processes") != processes:
+        _close_pool()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        _POOL.update(processes=processes, pool=ProcessPoolExecutor(processes, mp_context=context))
+    return _POOL["pool"]
+
+
+def _close_pool() -> None:
+    pool = _POOL.pop("pool", None)
+    _POOL.pop("processes", None)
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _with_threads(job: Job, threads: int) -> Job:
