@@ -14,19 +14,20 @@ from lc0weights.repository.errors import NoRouteError
 from lc0weights.repository.index import PatchEntry, RepositoryIndex
 from lc0weights.repository.metadata import link_distances
 
-SKIPS = (1, 2, 4, 8, 16)
-MAX_POWER_SKIP = 1024      # further back, a patch costs about what the net does
+# Chosen with tools/simulate_publishing.py on maia-swa-sized steps (docs/BENCHMARKS.md, "Publishing at
+# steady state"): clients taking every net, every 4th or every 16th net take the patches from 1, 4
+# and 16 nets back (and the history patch); patches from 2 and 8 back were on almost no route, and
+# the skip list's powers of two (32 to 1024) on none: that far back a full net costs less.
+SKIPS = (1, 4, 16)
+MAX_POWER_SKIP = 0         # farthest power-of-two patch (the skip list's 32, 64, ...); 0: none
 HISTORY_GAPS = (1, 2, 4)   # lossy links back whose base a lossy link's history may be
 
 
-def patch_distances(seq: int, skips=SKIPS) -> list[int]:
-    """How far back net ``seq`` gets candidate patches from: the skips, and the skip list's powers of two.
-
-    The powers (every 2^j dividing ``seq``, up to MAX_POWER_SKIP) cost one
-    extra patch per 16 nets on average and give a client far behind a route
-    of O(log distance) patches along the same links it reads metadata by.
-    """
-    return [d for d in link_distances(seq, skips) if d in skips or d <= MAX_POWER_SKIP]
+def patch_distances(seq: int, skips=SKIPS, max_power: int = MAX_POWER_SKIP) -> list[int]:
+    """How far back net ``seq`` gets candidate patches from: the skips, and the skip list's
+    powers of two up to ``max_power`` (every 2^j dividing ``seq``, one extra patch per 16 nets
+    on average, giving a client far behind a route along the links it reads metadata by)."""
+    return [d for d in link_distances(seq, skips) if d in skips or d <= max_power]
 
 
 def keep_on_routes(seq: int, candidates: list[PatchEntry], earlier: list[PatchEntry]) -> list[PatchEntry]:

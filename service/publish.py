@@ -1,8 +1,9 @@
 """``publish``: add nets to a repository, with patches that let clients catch up cheaply.
 
 Each new net is stored whole and gets a patch from its predecessor plus skip
-patches from 2, 4, 8 and 16 nets back and from the skip list's powers of two,
-so a client any number of nets behind needs only a few hops. With a
+patches from further back (service/patch_policy.py: 4 and 16 nets), each
+kept only when it is smaller than the net and no nearer patches rebuild the
+net for less. With a
 tolerance, a lossy chain is published too: each lossy patch is made against
 the lossy net clients actually rebuild (closed loop), so errors never add up
 along the chain. With history (the default) the predecessor's patch is also
@@ -169,9 +170,9 @@ class _Plan:
         cap = self.entry.size - 1
         for back in patch_distances(self.seq, skips):
             if self.seq - back >= self.horizon:
-                self._job(f"d{back}", self._net_file(self.seq - back), self.seq - back, max_bytes=cap)
+                self._job(f"d{back}", self._net_file(self.seq - back), self.seq - back, max_bytes=cap, weight=2)
         if history and self.seq - 2 >= self.horizon:
-            self._job("h1", self._net_file(self.seq - 1), self.seq - 1, max_bytes=cap,
+            self._job("h1", self._net_file(self.seq - 1), self.seq - 1, max_bytes=cap, weight=2,
                       history=self._net_file(self.seq - 2)[1])
 
     def add_lossy(self, tolerance: float, history: bool) -> None:
@@ -203,8 +204,9 @@ class _Plan:
                 if gap <= len(links):
                     before = self._held_file(lossy_cache, links[gap - 1].base)
                     if before is not None:
-                        self._job(f"lossy-h{gap}", base, seq - 1, tolerance=tolerance, weight=3,
-                                  history=before)
+                        # Kept only when it rebuilds the link's own (checked) net: no second check.
+                        self._job(f"lossy-h{gap}", base, seq - 1, tolerance=tolerance, weight=2,
+                                  history=before, check_error=False)
 
     def _held_file(self, lossy_cache: NetCache, net_id: str) -> str | None:
         """The raw file of a net the publisher holds: a lossy one of the chain or a published one."""
