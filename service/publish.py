@@ -75,9 +75,10 @@ def publish(repo: Repository, paths, tolerance: float | None = None,
     """Publish ``paths`` in order; ``workers`` processes encode each net's patches (default: every core)."""
     out = []
     for path in paths:
-        # No local keeps the net: publish_net trades it for a shared map of its raw file.
-        out.append(publish_net(repo, *load_net_file(path), Path(path).name, tolerance, codec, skips, history,
-                               allow_older, workers))
+        # Handed over in a list the callee empties: once the net is in the repository, nothing
+        # keeps its bytes (the workers map its raw file instead).
+        out.append(_publish_loaded(repo, list(load_net_file(path)), Path(path).name, tolerance, codec, skips,
+                                   history, allow_older, workers))
     return out
 
 
@@ -95,6 +96,14 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
     and published beside the plain one when smaller; a client holding both
     nets takes it.
     """
+    return _publish_loaded(repo, [net, gz], source, tolerance, codec, skips, history, allow_older, workers)
+
+
+def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, skips, history, allow_older,
+                    workers) -> Published:
+    """:func:`publish_net` of ``loaded`` = [net, gz], a list emptied here so the bytes can go."""
+    net, gz = loaded
+    loaded.clear()
     with repo.lock():
         migrate_if_needed(repo)
         if repo.known(net.id):

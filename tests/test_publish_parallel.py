@@ -13,7 +13,7 @@ from service.patch_policy import keep_on_routes
 from service.publish import publish
 from service.repository import Repository
 
-from conftest import SHARED, run_paths
+from conftest import SHARED
 
 SWA = sorted((SHARED / "data" / "runs" / "maia-swa").glob("step-*.pb.gz"))
 
