@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tolerance", type=parse_tolerance, metavar="T", help=TOLERANCE_HELP)
         p.add_argument("--codec", type=parse_codec,
                        help="force one codec id for every layer (default: smallest)")
+        p.add_argument("--workers", type=positive_int, metavar="N",
+                       help="processes encoding a net's patches side by side (default: every core); "
+                            "the repository gets the same bytes whatever N")
         signing_options(p)
 
     k = sub.add_parser("keygen", help="make a new Ed25519 signing key; print its public key",
@@ -178,7 +181,7 @@ def _publish(args) -> int:
     for path in args.nets:              # before anything is written: bombs, two nets in one file
         check_net_file(path)
     results = publish(Repository.for_writing(args.repo, key, expires, init=args.init), args.nets,
-                      args.tolerance, args.codec, allow_older=args.allow_older)
+                      args.tolerance, args.codec, allow_older=args.allow_older, workers=args.workers)
     if args.json:
         import json
         print(json.dumps([{"net_id": r.net_id, "source": r.source, "new": r.new,
@@ -200,7 +203,7 @@ def _watch(args) -> int:
     import threading
     key, expires = _signing(args)
     watcher = Watcher(args.incoming, Repository.for_writing(args.repo, key, expires, init=args.init),
-                      args.interval, args.tolerance, args.codec)
+                      args.interval, args.tolerance, args.codec, workers=args.workers)
     if args.once:
         watcher.run_once()
         return 0

@@ -1,8 +1,9 @@
 """``publish``: add nets to a repository, with patches that let clients catch up cheaply.
 
 Each new net is stored whole and gets a patch from its predecessor plus skip
-patches from 2, 4, 8 and 16 nets back and from the skip list's powers of two,
-so a client any number of nets behind needs only a few hops. With a
+patches from further back (service/patch_policy.py: 4 and 16 nets), each
+kept only when it is smaller than the net and no nearer patches rebuild the
+net for less. With a
 tolerance, a lossy chain is published too: each lossy patch is made against
 the lossy net clients actually rebuild (closed loop), so errors never add up
 along the chain. With history (the default) the predecessor's patch is also
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lc0weights.client.cache import NetCache
-from lc0weights.client.engine import apply_patch, checked_net, make_patch
 from lc0weights.repository.errors import RepositoryError
 from lc0weights.repository.index import NetEntry, PatchEntry, net_object_path, patch_object_path
 from lc0weights.repository.metadata import Record, link_distances
@@ -26,13 +26,13 @@ from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields
 
+from .encode_pool import Encoded, Job, MappedNet, Scratch, run_jobs
 from .migrate import migrate_if_needed
+from .patch_policy import HISTORY_GAPS, MAX_POWER_SKIP, SKIPS, keep_on_routes, patch_distances
 from .repository import Repository, utc_text_now
 
 log = logging.getLogger(__name__)
-SKIPS = (1, 2, 4, 8, 16)
-MAX_POWER_SKIP = 1024      # further back, a patch costs about what the net does
-HISTORY_GAPS = (1, 2, 4)   # lossy links back whose base a lossy link's history may be
+__all__ = ["HISTORY_GAPS", "MAX_POWER_SKIP", "SKIPS", "Published", "patch_distances", "publish", "publish_net"]
 
 
 @dataclass
@@ -71,35 +71,39 @@ class OutOfOrderError(RepositoryError):
 
 def publish(repo: Repository, paths, tolerance: float | None = None,
             codec: str | None = None, skips=SKIPS, history: bool = True,
-            allow_older: bool = False) -> list[Published]:
+            allow_older: bool = False, workers: int | None = None) -> list[Published]:
+    """Publish ``paths`` in order; ``workers`` processes encode each net's patches (default: every core)."""
     out = []
     for path in paths:
-        net, gz = load_net_file(path)
-        out.append(publish_net(repo, net, gz, Path(path).name, tolerance, codec, skips, history,
-                               allow_older))
+        # Handed over in a list the callee empties: once the net is in the repository, nothing
+        # keeps its bytes (the workers map its raw file instead).
+        out.append(_publish_loaded(repo, list(load_net_file(path)), Path(path).name, tolerance, codec, skips,
+                                   history, allow_older, workers))
     return out
-
-
-def patch_distances(seq: int, skips=SKIPS) -> list[int]:
-    """How far back net ``seq`` gets patches from: the skips, and the skip list's powers of two.
-
-    The powers (every 2^j dividing ``seq``, up to MAX_POWER_SKIP) cost one
-    extra patch per 16 nets on average and give a client far behind a route
-    of O(log distance) patches along the same links it reads metadata by.
-    """
-    return [d for d in link_distances(seq, skips) if d in skips or d <= MAX_POWER_SKIP]
 
 
 def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 tolerance: float | None = None, codec: str | None = None,
-                skips=SKIPS, history: bool = True, allow_older: bool = False) -> Published:
+                skips=SKIPS, history: bool = True, allow_older: bool = False,
+                workers: int | None = None) -> Published:
     """Publish one net: its objects and record first, then the signed timestamp naming them.
 
-    With ``history`` the predecessor's patch is also made with the net before
-    it as history (temporal prediction: published SWA averages move the same
-    way step after step) and published beside the plain one when smaller;
-    a client holding both nets takes it.
+    The candidate patches (service/patch_policy.py) are encoded side by side
+    in ``workers`` processes (service/encode_pool.py); the repository gets
+    the same bytes whatever the count. With ``history`` the predecessor's
+    patch is also made with the net before it as history (temporal
+    prediction: published SWA averages move the same way step after step)
+    and published beside the plain one when smaller; a client holding both
+    nets takes it.
     """
+    return _publish_loaded(repo, [net, gz], source, tolerance, codec, skips, history, allow_older, workers)
+
+
+def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, skips, history, allow_older,
+                    workers) -> Published:
+    """:func:`publish_net` of ``loaded`` = [net, gz], a list emptied here so the bytes can go."""
+    net, gz = loaded
+    loaded.clear()
     with repo.lock():
         migrate_if_needed(repo)
         if repo.known(net.id):
@@ -121,98 +125,172 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                          training_steps=steps, published=utc_text_now(),
                          predecessor=None, source=source[:256])
         repo.write_object(entry.path, gz)
+        del gz
 
         patches = []
-        for back in patch_distances(seq, skips):
-            if seq - back >= horizon:
-                base = Net.load(repo.object_file(net_object_path(repo.net_at(seq - back))))
-                data = make_patch(base, net, codec=codec)
-                if len(data) < len(gz):             # never a patch dearer than the net itself
-                    patches.append(_store_patch(repo, base, net, data, seq - back))
-                if back == 1 and history and seq - 2 >= horizon:
-                    plain = min([len(data), len(gz)] + [p.size for p in patches if p.base_seq == seq - 1])
-                    patches += _history_patch(repo, base, net, seq, plain, codec)
-        if tolerance is not None and seq > horizon:
-            patches += _lossy_patches(repo, seq, net, tolerance, codec, history)
+        if seq > horizon:
+            scratch = Scratch(repo.state_dir)
+            try:
+                target = scratch.raw_net(net.id, repo.object_file(entry.path))
+                del net                       # from here on the raw file's map stands for it
+                plan = _Plan(repo, scratch, seq, horizon, target, entry, codec)
+                plan.add_lossless(skips, history)
+                if tolerance is not None:
+                    plan.add_lossy(tolerance, history)
+                done = dict(zip((j.key for j in plan.jobs), run_jobs(plan.jobs, workers)))
+                patches = plan.choose(done)
+            finally:
+                scratch.close()
 
         if seq > horizon and not any(p.base_seq == seq - 1 for p in patches):
             log.warning("%s shares little with the net before it (no patch from it is smaller than the "
                         "net itself): clients will download it whole. Is it from the same run?",
-                        source or net.id[:16])
+                        source or entry.id[:16])
         links = [repo.link_to(seq - d) for d in link_distances(seq) if seq - d >= horizon]
         repo.add_net(Record(repository=repo.repository_id(), seq=seq, net=entry,
                             patches=patches, links=links))
         for p in patches:
             log.info("  patch %s -> %s: %d bytes (%s%s)", p.base[:8], p.result[:8], p.size, p.mode,
                      f", history {p.history[:8]}" if p.history else "")
-        return Published(net.id, source, True, patches)
+        return Published(entry.id, source, True, patches)
 
 
-def _history_patch(repo: Repository, base: Net, net: Net, seq: int, plain: int, codec) -> list[PatchEntry]:
-    """The predecessor's patch coded with the net before it as history, when that is smaller."""
-    before = Net.load(repo.object_file(net_object_path(repo.net_at(seq - 2))))
-    data = make_patch(base, net, codec=codec, history=before)
-    if len(data) >= plain:
-        return []
-    return [_store_patch(repo, base, net, data, seq - 1, history=before.id)]
+class _Plan:
+    """One net's candidate patches: the jobs to encode, then which results to publish."""
 
+    def __init__(self, repo: Repository, scratch: Scratch, seq: int, horizon: int, target: str,
+                 entry: NetEntry, codec: str | None):
+        self.repo, self.scratch, self.seq, self.horizon = repo, scratch, seq, horizon
+        self.target, self.entry, self.codec = target, entry, codec
+        self.jobs: list[Job] = []
+        self.bases: dict[str, tuple[str, int]] = {}      # job key -> (base id, base seq)
+        self.lossy: tuple | None = None       # (tolerance, chain links, lossy cache, link base id)
+        self._keys: dict[str, str] = {}       # patch sha256 -> the job key whose scratch file holds it
 
-def _store_patch(repo: Repository, base: Net, target: Net, data: bytes, base_seq: int,
-                 result: str | None = None, tolerance: float | None = None,
-                 history: str | None = None) -> PatchEntry:
-    sha = hashlib.sha256(data).hexdigest()
-    entry = PatchEntry(base=base.id, target=target.id, result=result or target.id,
-                       path=patch_object_path(sha), size=len(data), sha256=sha,
-                       mode="lossless" if tolerance is None else "tolerance", tolerance=tolerance,
-                       base_seq=base_seq, history=history)
-    repo.write_object(entry.path, data)
-    return entry
+    def _net_file(self, seq: int) -> tuple[str, str]:
+        net_id = self.repo.net_at(seq)
+        return net_id, self.scratch.raw_net(net_id, self.repo.object_file(net_object_path(net_id)))
 
+    def _job(self, key: str, base: tuple[str, str], base_seq: int, **options) -> None:
+        self.jobs.append(Job(key, self.target, base[1], codec=self.codec, **options))
+        self.bases[key] = (base[0], base_seq)
 
-def _lossy_patches(repo: Repository, seq: int, net: Net, tolerance: float, codec,
-                   history: bool) -> list[PatchEntry]:
-    """Next link of the lossy chain, made against the lossy net clients hold (closed loop),
-    and with ``history`` the same link coded with an earlier net of the chain as history.
+    def add_lossless(self, skips, history: bool) -> None:
+        """A patch from each distance back, each abandoned once it outgrows the net itself."""
+        cap = self.entry.size - 1
+        for back in patch_distances(self.seq, skips):
+            if self.seq - back >= self.horizon:
+                self._job(f"d{back}", self._net_file(self.seq - back), self.seq - back, max_bytes=cap, weight=2)
+        if history and self.seq - 2 >= self.horizon:
+            self._job("h1", self._net_file(self.seq - 1), self.seq - 1, max_bytes=cap, weight=2,
+                      history=self._net_file(self.seq - 2)[1])
 
-    The history is the base of the link 1, 2 or 4 links back, whichever codes
-    smaller: where a step moves the weights by less than the tolerance's
-    quantisation step, several steps of the chain predict better than one. The
-    lossy nets the next link may use are kept in ``.state/lossy``; when the
-    head is gone (or the chain never started) the chain starts again from the
-    exact predecessor, which every client following exactly also holds. Both
-    patches of a link must rebuild the same net: history changes how residuals
-    are coded, and a history version that would pick other residuals (a float
-    layer coding smaller exact, say) is left out rather than fork the chain.
-    """
-    links = _chain_links(repo, seq - 1, tolerance)
-    lossy_cache = NetCache(repo.state_dir / "lossy")
-    base = lossy_cache.load(links[0].result) if links else None
-    befores = []
-    if base is None:
-        if links:
+    def add_lossy(self, tolerance: float, history: bool) -> None:
+        """The lossy chain's next link, and with ``history`` its versions coded with an earlier net
+        of the chain as history: the base of the link 1, 2 or 4 links back.
+
+        The next link is made against the lossy net clients hold (closed
+        loop). The lossy nets it may use are kept in ``.state/lossy``; when
+        the head is gone (or the chain never started) the chain starts again
+        from the exact predecessor, which every client following exactly
+        also holds.
+        """
+        repo, seq = self.repo, self.seq
+        links = _chain_links(repo, seq - 1, tolerance)
+        lossy_cache = NetCache(repo.state_dir / "lossy")
+        if links and links[0].result not in lossy_cache.held_ids():
             log.warning("lossy net %s... is not in %s; restarting the lossy chain from the exact net",
                         links[0].result[:16], lossy_cache.root)
-        base = Net.load(repo.object_file(repo.read_record(seq - 1).net.path))
-        links = []
-    elif history:
-        befores = [n for n in (_held_net(repo, lossy_cache, links[gap - 1].base)
-                               for gap in HISTORY_GAPS if gap <= len(links)) if n is not None]
-    data = make_patch(base, net, tolerance=tolerance, codec=codec)
-    result = _rebuilt(base, data, None)
-    if result.id == net.id:
-        return []                         # the tolerance changed nothing: the exact patches serve
-    lossy_cache.store(result)             # publisher-private: the next link starts from it
-    # Every net a later link may take as history: the chain's last max(HISTORY_GAPS) bases.
-    keep = {result.id, base.id} | {link.base for link in links[:max(HISTORY_GAPS) - 1]}
-    for held in lossy_cache.held_ids() - keep:
-        lossy_cache.file_for(held).unlink(missing_ok=True)
-    entries = [_store_patch(repo, base, net, data, seq - 1, result=result.id, tolerance=tolerance)]
-    coded = [(make_patch(base, net, tolerance=tolerance, codec=codec, history=b), b) for b in befores]
-    for with_history, before in sorted(coded, key=lambda c: len(c[0]))[:1]:
-        if len(with_history) < len(data) and _rebuilt(base, with_history, before).id == result.id:
-            entries.append(_store_patch(repo, base, net, with_history, seq - 1, result=result.id,
-                                        tolerance=tolerance, history=before.id))
-    return entries
+            links = []
+        if links:
+            head = links[0].result
+            base = (head, self.scratch.raw_net(head, lossy_cache.file_for(head)))
+        else:
+            base = self._net_file(seq - 1)
+        self.lossy = (tolerance, links, lossy_cache, base[0])
+        self._job("lossy", base, seq - 1, tolerance=tolerance, weight=3)
+        if history:
+            for gap in HISTORY_GAPS:
+                if gap <= len(links):
+                    before = self._held_file(lossy_cache, links[gap - 1].base)
+                    if before is not None:
+                        # Kept only when it rebuilds the link's own (checked) net: no second check.
+                        self._job(f"lossy-h{gap}", base, seq - 1, tolerance=tolerance, weight=2,
+                                  history=before, check_error=False)
+
+    def _held_file(self, lossy_cache: NetCache, net_id: str) -> str | None:
+        """The raw file of a net the publisher holds: a lossy one of the chain or a published one."""
+        for source in (lossy_cache.file_for(net_id), self.repo.object_file(net_object_path(net_id))):
+            if source.is_file():
+                try:
+                    return self.scratch.raw_net(net_id, source)
+                except (OSError, EOFError, Lc0WeightsError):        # pruned or damaged since
+                    continue
+        return None
+
+    def choose(self, done: dict[str, Encoded]) -> list[PatchEntry]:
+        """The patches to publish, stored: the kept lossless ones, then the lossy link(s)."""
+        full = self.entry.size
+        lossless = [self._entry(k, done[k]) for k in done if k.startswith("d")
+                    and done[k].patch is not None and done[k].size < full]
+        plain = min([full] + [p.size for p in lossless if p.base_seq == self.seq - 1])
+        if "h1" in done and done["h1"].patch is not None and done["h1"].size < plain:
+            lossless.insert(next((i + 1 for i, p in enumerate(lossless) if p.base_seq == self.seq - 1), 0),
+                            self._entry("h1", done["h1"], history=self.repo.net_at(self.seq - 2)))
+        key_of = {id(p): self._keys[p.sha256] for p in lossless}
+        earliest = min((p.base_seq for p in lossless), default=self.seq)
+        earlier = [p for s in range(self.seq - 1, earliest, -1) for p in self._record_patches(s)]
+        kept = keep_on_routes(self.seq, lossless, earlier)
+        for p in lossless:
+            if p not in kept:
+                log.info("  dropped the patch from net %d (%d bytes): nearer patches rebuild the net "
+                         "for less", p.base_seq, p.size)
+        chosen = [self._store(key_of[id(p)], p) for p in kept]
+        return chosen + (self._choose_lossy(done) if self.lossy is not None else [])
+
+    def _choose_lossy(self, done: dict[str, Encoded]) -> list[PatchEntry]:
+        tolerance, links, lossy_cache, base_id = self.lossy
+        link = done["lossy"]
+        if link.result == self.entry.id:
+            return []                     # the tolerance changed nothing: the exact patches serve
+        rebuilt = MappedNet(link.rebuilt)
+        lossy_cache.store(rebuilt)        # publisher-private: the next link starts from it
+        # Every net a later link may take as history: the chain's last max(HISTORY_GAPS) bases.
+        keep = {link.result, base_id} | {lk.base for lk in links[:max(HISTORY_GAPS) - 1]}
+        for held in lossy_cache.held_ids() - keep:
+            lossy_cache.file_for(held).unlink(missing_ok=True)
+        chosen = [self._store("lossy", self._entry("lossy", link, tolerance=tolerance))]
+        # Both versions of a link must rebuild the same net: a history version that picked
+        # other residuals (a float layer coding smaller exact, say) is left out, not a fork.
+        versions = [(done[k].size, gap, k) for gap in HISTORY_GAPS if (k := f"lossy-h{gap}") in done
+                    and done[k].result == link.result and done[k].size < link.size]
+        for _, gap, key in sorted(versions)[:1]:
+            entry = self._entry(key, done[key], tolerance=tolerance, history=links[gap - 1].base)
+            chosen.append(self._store(key, entry))
+        return chosen
+
+    def _entry(self, key: str, encoded: Encoded, tolerance: float | None = None,
+               history: str | None = None) -> PatchEntry:
+        base_id, base_seq = self.bases[key]
+        self._keys[encoded.sha256] = key
+        return PatchEntry(base=base_id, target=self.entry.id, result=encoded.result,
+                               path=patch_object_path(encoded.sha256), size=encoded.size,
+                               sha256=encoded.sha256,
+                               mode="lossless" if tolerance is None else "tolerance",
+                               tolerance=tolerance, base_seq=base_seq, history=history)
+
+    def _store(self, key: str, entry: PatchEntry) -> PatchEntry:
+        with open(self.scratch.root / f"{key}.lc0patch", "rb") as f:
+            data = f.read()
+        self.repo.write_object(entry.path, data)
+        return entry
+
+    def _record_patches(self, seq: int) -> list[PatchEntry]:
+        try:
+            record = self.repo.read_record(seq)
+        except (OSError, Lc0WeightsError):              # pruned
+            return []
+        return [p for p in record.patches if p.base_seq is not None and not p.lossy]
 
 
 def _chain_links(repo: Repository, seq: int, tolerance: float) -> list[PatchEntry]:
@@ -232,23 +310,3 @@ def _chain_links(repo: Repository, seq: int, tolerance: float) -> list[PatchEntr
             break
         links.append(found[-1])
     return links
-
-
-def _rebuilt(base: Net, data: bytes, history: Net | None) -> Net:
-    """The net a lossy patch rebuilds, checked as a client checks it."""
-    try:
-        rebuilt = apply_patch(base, data, history=history)
-    except Lc0WeightsError as e:
-        raise RepositoryError(f"the lossy patch does not apply to its own base: {e}") from None
-    return checked_net(rebuilt, hashlib.sha256(rebuilt).hexdigest(), "lossy net")
-
-
-def _held_net(repo: Repository, lossy_cache: NetCache, net_id: str) -> Net | None:
-    """A net the publisher holds: a lossy one of the chain, or a published one; None if neither."""
-    net = lossy_cache.load(net_id) if net_id in lossy_cache.held_ids() else None
-    if net is None and repo.known(net_id):
-        try:
-            net = Net.load(repo.object_file(net_object_path(net_id)))
-        except (OSError, Lc0WeightsError):          # pruned since
-            return None
-    return net

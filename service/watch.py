@@ -68,13 +68,15 @@ class _Seen:
 class Watcher:
     def __init__(self, incoming, repo: Repository, interval: float = 2.0,
                  tolerance: float | None = None, codec: str | None = None, skips=SKIPS,
-                 sweep_min_age: float = DEFAULT_MIN_AGE, max_size: int = MAX_RAW_SIZE):
+                 sweep_min_age: float = DEFAULT_MIN_AGE, max_size: int = MAX_RAW_SIZE,
+                 workers: int | None = None):
         self.incoming = Path(incoming)
         self.repo = repo
         self.interval = interval
         self.tolerance = tolerance
         self.codec = codec
         self.skips = skips
+        self.workers = workers                  # processes encoding each net's patches (None: every core)
         self._last: dict[str, _Seen] = {}
         self._done: dict[str, _Seen] = {}      # handled files, as they were when handled
         self.sweep_min_age = sweep_min_age
@@ -130,7 +132,8 @@ class Watcher:
             self._done[name] = seen             # retried only if the file changes
             return None
         try:
-            published = publish_net(self.repo, net, gz, name, self.tolerance, self.codec, self.skips)
+            published = publish_net(self.repo, net, gz, name, self.tolerance, self.codec, self.skips,
+                                    workers=self.workers)
         except OutOfOrderError as e:
             log.warning("skipping %s: %s", name, e)
             published = None

@@ -22,6 +22,7 @@ LAYERS = [
     ("repository format", ("lc0weights.repository",)),
     ("client", ("lc0weights.client",)),
     ("publisher", ("service.repository", "service.publish", "service.migrate", "service.watch",
+                   "service.encode_pool", "service.patch_policy",
                    "service.prune", "service.sweep")),
     ("serving", ("lc0weights.serving", "service.serve")),
     ("command line", ("lc0weights.cli", "lc0weights.client_cli", "service.cli")),

@@ -139,7 +139,7 @@ def test_backlog_is_published_one_net_at_a_time_in_training_order(setup, monkeyp
         alive.append(net)
         return net, gz
 
-    def publish(repo_, net, gz, source, *args):
+    def publish(repo_, net, gz, source, *args, **options):
         events.append(("publish", source))
         alive.remove(net)
         assert alive == []                              # nothing else loaded and waiting

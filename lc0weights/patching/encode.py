@@ -159,6 +159,10 @@ def _encode_layers(ctx: LayerContext, target: Net, layers: list[Layer], codecs: 
         result[0].update(target.raw[pos:])
 
 
+class PatchTooLarge(Exception):
+    """The patch being made would exceed the caller's ``max_bytes``: encoding stopped early."""
+
+
 def _config_bytes(codec) -> bytes:
     config = {k: v for k, v in codec.get_config().items() if k != "id"}
     return json.dumps(config, sort_keys=True).encode() if config else b""
@@ -167,7 +171,7 @@ def _config_bytes(codec) -> bytes:
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
                workers: int | None = None, verify: bool = True, progress=None,
-               chunk_size: int = CHUNK_SIZE) -> bytes:
+               chunk_size: int = CHUNK_SIZE, max_bytes: int | None = None) -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -180,6 +184,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     ``progress(layers, layer_count)`` (in a progress bar, say). Layers of more
     than ``chunk_size`` values are coded as independent chunks (format version
     2); the bytes do not depend on ``workers``.
+    ``max_bytes``: raise :class:`PatchTooLarge` as soon as the coded sections
+    pass this many bytes (a publisher abandons a patch dearer than the net).
     """
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
@@ -218,7 +224,11 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     if progress:
         coded = progress(coded, len(layers))
     sections = [skeleton_data]            # a chunked layer's section: its chunks' streams in order
+    size = len(skeleton_data)
     for lp, pieces in coded:
+        size += sum(len(piece) for piece in pieces)
+        if max_bytes is not None and size > max_bytes:
+            raise PatchTooLarge(f"the patch passes {max_bytes:,} bytes")
         header.layers.append(lp)
         sections.extend(pieces)
     if result is not None:                # lossless: the result is the target itself

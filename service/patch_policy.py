@@ -1,0 +1,61 @@
+"""Which patches a new net gets: the candidates to encode, and which of them to keep.
+
+The publisher encodes a candidate patch into net *k* from each of the
+distances :func:`patch_distances` names, then keeps only those some client
+would take (:func:`keep_on_routes`). ``tools/simulate_publishing.py`` runs
+these same two functions over a simulated run and client population; its
+report (docs/BENCHMARKS.md, "Publishing at steady state") is what the
+distances were chosen by.
+"""
+from __future__ import annotations
+
+from lc0weights.client.route import cheapest_route
+from lc0weights.repository.errors import NoRouteError
+from lc0weights.repository.index import PatchEntry, RepositoryIndex
+from lc0weights.repository.metadata import link_distances
+
+# Chosen with tools/simulate_publishing.py on maia-swa-sized steps (docs/BENCHMARKS.md, "Publishing at
+# steady state"): clients taking every net, every 4th or every 16th net take the patches from 1, 4
+# and 16 nets back (and the history patch); patches from 2 and 8 back were on almost no route, and
+# the skip list's powers of two (32 to 1024) on none: that far back a full net costs less.
+SKIPS = (1, 4, 16)
+MAX_POWER_SKIP = 0         # farthest power-of-two patch (the skip list's 32, 64, ...); 0: none
+HISTORY_GAPS = (1, 2, 4)   # lossy links back whose base a lossy link's history may be
+
+
+def patch_distances(seq: int, skips=SKIPS, max_power: int = MAX_POWER_SKIP) -> list[int]:
+    """How far back net ``seq`` gets candidate patches from: the skips, and the skip list's
+    powers of two up to ``max_power`` (every 2^j dividing ``seq``, one extra patch per 16 nets
+    on average, giving a client far behind a route along the links it reads metadata by)."""
+    return [d for d in link_distances(seq, skips) if d in skips or d <= max_power]
+
+
+def keep_on_routes(seq: int, candidates: list[PatchEntry], earlier: list[PatchEntry]) -> list[PatchEntry]:
+    """The lossless ``candidates`` into net ``seq`` that some client would take.
+
+    A patch from net *k−d* is dropped when the patches already published
+    (``earlier``: every lossless patch between nets *k−d* and *k*) together
+    with the candidates kept from nearer nets rebuild net *k* from *k−d* for
+    fewer bytes: every route through the dropped patch then has a cheaper
+    one, whatever else the client holds. Candidates are decided nearest
+    first, so a decision only ever rests on patches that are kept. The patch
+    from *k−1* (plain and history versions) is always kept: the history
+    patch that follows it needs a route that arrives from *k−1*. Returns the
+    kept candidates in their given order.
+    """
+    kept: list[PatchEntry] = []
+    for entry in sorted(candidates, key=lambda p: (seq - p.base_seq, p.history is not None)):
+        back = seq - entry.base_seq
+        if back <= 1 or entry.lossy:
+            kept.append(entry)
+            continue
+        nearby = [p for p in earlier if p.base_seq >= entry.base_seq and not p.lossy]
+        index = RepositoryIndex(patches=nearby + [p for p in kept if not p.lossy])
+        try:
+            alternative = cheapest_route(index, {entry.result}, {entry.base}).cost
+        except NoRouteError:
+            alternative = None
+        if alternative is None or alternative >= entry.size:
+            kept.append(entry)
+    order = {id(p): i for i, p in enumerate(candidates)}
+    return sorted(kept, key=lambda p: order[id(p)])
