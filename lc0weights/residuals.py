@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import encodings as enc
+from . import weight_error as we
 from .errors import PatchFormatError
 from .proto.patch_pb2 import FLOAT_IMAGE, FLOAT_STEP, LINEAR16_REGRID, RAW_BYTES
 
@@ -43,10 +44,8 @@ class LayerTarget:
 def max_error(approx_codes, approx: LayerTarget, target_codes, target: LayerTarget) -> float:
     """The largest distance of any element of two layers of one encoding, under every
     engine decoding (what a tolerance promises); inf for a NaN against a number."""
-    if not len(target_codes):
-        return 0.0
-    return float(enc.worst_difference(target.encoding, approx_codes, (approx.min_bits, approx.max_bits),
-                                      target_codes, (target.min_bits, target.max_bits)).max())
+    return we.max_difference(target.encoding, approx_codes, (approx.min_bits, approx.max_bits),
+                             target_codes, (target.min_bits, target.max_bits))
 
 
 @dataclass
@@ -117,23 +116,26 @@ def linear16_quant_width(target: LayerTarget, tolerance: float | None) -> int:
     return int(min(2 * max(half, 0) + 1, MAX_QUANT_WIDTH))
 
 
+def _prediction_mode(base, target: LayerTarget) -> int:
+    """How regrid predicts: 0 no usable range (all 0), 1 from the base, 2 the code of 0.0."""
+    lo, hi = target.bounds
+    if not hi > lo or not np.isfinite(hi - lo):
+        return 0
+    return 1 if base is not None else 2
+
+
 def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Residuals:
-    c = codes.astype(np.int64)
-    p = regrid(base, target) if base is not None else _zero_prediction(target)
-    d = c - p
+    # One pass per element (weight_error): the prediction, the residual and, with a
+    # tolerance, the proof that the rebuilt code is within T under every LINEAR16
+    # decoding (tables of all 65,536 codes), with no whole-layer float temporaries.
+    # Same values as regrid() and encodings.worst_difference, bit for bit.
     w = linear16_quant_width(target, tolerance)
     step = (target.bounds[1] - target.bounds[0]) / 65535.0
+    tables = we.decode_tables(enc.LINEAR16, target.min_bits, target.max_bits) if w > 1 else None
+    values, rebuilt, escapes = we.linear16_quantise(codes, base, target.bounds, _prediction_mode(base, target),
+                                                    w, tables, float(tolerance or 0.0))
     if w == 1:
-        return Residuals(LINEAR16_REGRID, d, codes.astype(np.uint16), 1, 0, step)
-    q = np.floor_divide(d + w // 2, w)
-    k = p + q * w
-    ok = (k >= 0) & (k <= 65535)
-    k_safe = np.where(ok, k, c)
-    bounds = (target.min_bits, target.max_bits)
-    err = enc.worst_difference(enc.LINEAR16, k_safe, bounds, c, bounds)   # every engine decoding
-    bad = ~ok | (err > tolerance)
-    values, escapes = _append_escapes(q, bad, d)
-    rebuilt = np.where(bad, c, k).astype(np.uint16)
+        return Residuals(LINEAR16_REGRID, values, rebuilt, 1, 0, step)
     return Residuals(LINEAR16_REGRID, values, rebuilt, w, escapes, step * w)
 
 
