@@ -39,10 +39,10 @@ def decode_tables(encoding: int, min_bits: int = 0, max_bits: int = 0) -> np.nda
 @njit(cache=True, nogil=True, inline='always')
 def _distance(a, b):
     """|a - b| as worst_difference measures it: equal (NaN too) 0, NaN vs number inf."""
-    if a == b or (a != a and b != b):
+    if a == b or (np.isnan(a) and np.isnan(b)):
         return 0.0
     d = abs(a - b)
-    return np.inf if d != d else d
+    return np.inf if np.isnan(d) else d
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -107,7 +107,7 @@ def _rint(x):
 def _regrid_one(b, lo, hi, span):
     """One code of residuals.regrid: rint((b - lo) / (hi - lo) * 65535) clipped, same IEEE steps."""
     x = np.float64(b)
-    if x != x or x == -np.inf:
+    if np.isnan(x) or x == -np.inf:
         x = lo
     elif x == np.inf:
         x = hi
@@ -152,7 +152,7 @@ def _quantise_pass(codes, base, lo, hi, span, mode, w, tables, tolerance, rebuil
     escapes = 0
     for i in range(len(codes)):
         c = np.int64(codes[i])
-        q, k = _quantised(c, _prediction(base, i, lo, hi, span, mode), w)
+        _, k = _quantised(c, _prediction(base, i, lo, hi, span, mode), w)
         if 0 <= k <= 65535 and not _tabled_distance(tables, k, tables, c) > tolerance:
             rebuilt[i] = k
         else:

@@ -10,17 +10,14 @@ from .. import container
 from .. import encodings as enc
 from .. import residuals as res
 from ..codecs import codec_ids, get_codec
-from ..errors import (PatchFormatError,
-                      VerificationError)
+from ..errors import PatchFormatError
 from ..net import Layer, Net
 from ..proto import patch_pb2
-from .decode import apply_patch
+from . import selfcheck
 from .layers import LayerContext, paired_layer, target_of
 from .limits import INTRA_VALUES_PER_BYTE, WRITER
-from .measure import max_error
 from .parallel import bounded_map, worker_count
 from .skeleton import encode_skeleton, skeleton_limit, skeleton_stream
-
 
 DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
 # With a history net the context model predicts each step from the last one (cm2);
@@ -49,7 +46,7 @@ def _candidates(target: Net, layer: Layer, base: Net | None, base_layer, toleran
 
 
 def _encode_layer(job):
-    ctx, target, layer, codecs = job
+    ctx, target, layer, codecs, check = job
     base_layer = paired_layer(ctx.base, layer)
     best = None
     for r in _candidates(target, layer, ctx.base, base_layer, ctx.tolerance):
@@ -74,6 +71,9 @@ def _encode_layer(job):
                 chosen = patch_pb2.LayerPatch()
                 chosen.CopyFrom(lp)
                 best = (chosen, data, r.codes)
+    if check:   # selfcheck: the built-in check of make_patch, per layer in this worker
+        selfcheck.check_layer(ctx, layer, best[0], best[1],
+                              best[2] if ctx.tolerance else target.payload(layer))
     return best
 
 
@@ -98,8 +98,9 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     target's (the engine's decoding); ``None`` makes the rebuild byte-exact.
     ``codec`` forces one registered codec for every layer (default: the
     smallest per layer). ``history`` is the base's predecessor, used as
-    context; a client then needs it too. With ``verify`` the patch is applied
-    once before it is returned, and a lossy patch is checked weight by weight.
+    context; a client then needs it too. With ``verify`` every layer is decoded as a
+    reader decodes it, in the worker that encoded it, and the packed patch read
+    back as a reader reads it (``selfcheck``): what applying it would check.
     ``progress``, if given, wraps the iterator of encoded layers as
     ``progress(layers, layer_count)`` (in a progress bar, say).
     """
@@ -128,7 +129,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
     header.skeleton_size = len(stream)
 
-    jobs = [(ctx, target, layer, codecs) for layer in target.layers if layer.has_params]
+    jobs = [(ctx, target, layer, codecs, verify) for layer in target.layers if layer.has_params]
     sections, result = [skeleton_data], hashlib.sha256()
     lossless, pos = tolerance is None, 0
     encoded = bounded_map(_encode_layer, jobs, worker_count(workers), lambda job: job[2].nbytes)
@@ -146,11 +147,6 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
         header.result_id = result.digest()
     header.result_size = len(target.raw)
     patch = container.pack(header, sections)
-    if verify:
-        rebuilt = apply_patch(base, patch, history=history, workers=workers)
-        if not lossless:
-            error = max_error(Net(rebuilt), target)
-            if not error <= tolerance:
-                raise VerificationError(f"internal error: rebuilt weights are {error} from the "
-                                        f"target, over the tolerance {tolerance}")
+    if verify:   # with each layer's check in _encode_layer: what applying the patch checks
+        selfcheck.check_structure(patch, base, history, target)
     return patch
