@@ -60,16 +60,6 @@ class Residuals:
 
 # -- escapes ----------------------------------------------------------------------
 
-def _append_escapes(q: np.ndarray, bad: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, int]:
-    positions = np.flatnonzero(bad)
-    q = q.copy()
-    q[positions] = 0
-    gaps = np.diff(positions, prepend=-1) - 1
-    pairs = np.empty(2 * len(positions), np.int64)
-    pairs[0::2], pairs[1::2] = gaps, exact[positions]
-    return np.concatenate([q, pairs]), len(positions)
-
-
 def _split_escapes(values: np.ndarray, count: int, escapes: int):
     if len(values) != count + 2 * escapes:
         raise PatchFormatError("residual section has the wrong number of values")
@@ -84,7 +74,12 @@ def _split_escapes(values: np.ndarray, count: int, escapes: int):
 # -- LINEAR16: code minus the base re-gridded onto the target's min/max ------------
 
 def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
-    """Predict each u16 code from the base value on the target's new min/max."""
+    """Predict each u16 code from the base value on the target's new min/max.
+
+    The numpy statement of the prediction; encoder and decoder compute it per
+    element in ``weight_error`` (no float64 copy of the layer), and the tests
+    hold the two equal, bit for bit.
+    """
     lo, hi = target.bounds
     if base is None or not hi > lo or not np.isfinite(hi - lo):
         return np.zeros(target.count, np.int64)
@@ -99,11 +94,6 @@ def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
     np.rint(x, out=x)
     np.clip(x, 0, 65535, out=x)
     return x.astype(np.int64)
-
-
-def _zero_prediction(target: LayerTarget) -> np.ndarray:
-    """Intra LINEAR16: predict every code as the code of 0.0."""
-    return regrid(np.zeros(target.count, np.float32), target)
 
 
 def linear16_quant_width(target: LayerTarget, tolerance: float | None) -> int:
@@ -142,7 +132,7 @@ def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Resi
 def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escapes: int) -> np.ndarray:
     if not 1 <= quant_width <= MAX_QUANT_WIDTH:
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
-    p = regrid(base, target) if base is not None else _zero_prediction(target)
+    p = we.prediction(base, target.bounds, _prediction_mode(base, target), target.count)
     q, positions, exact = _split_escapes(values, target.count, escapes)
     k = p                                  # the prediction's buffer, reused
     k += q if quant_width == 1 else q * quant_width
@@ -175,28 +165,47 @@ def float_image_rebuild(values, base_codes, target: LayerTarget) -> np.ndarray:
 
 
 _MAX_STEPS = 1 << 40
+# Float layers are stepped a chunk at a time: float64 working arrays of 8 MB each,
+# however large the layer (every operation is per element, so chunking changes nothing).
+STEP_CHUNK = 1 << 20
 
 
-def _step_values(base_codes, target: LayerTarget) -> np.ndarray:
+def _step_values(base_codes, target: LayerTarget, start: int, stop: int) -> np.ndarray:
     if base_codes is None:
-        return np.zeros(target.count, np.float64)
-    b = target.decode(base_codes).astype(np.float64)
+        return np.zeros(stop - start, np.float64)
+    b = target.decode(base_codes[start:stop]).astype(np.float64)
     return np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def float_step_residuals(codes, base_codes, target: LayerTarget, tolerance: float) -> Residuals:
     step = 2.0 * tolerance
-    t = target.decode(codes).astype(np.float64)
-    b = _step_values(base_codes, target)
-    with np.errstate(invalid="ignore", over="ignore"):
-        qf = np.rint((t - b) / step)
-        finite = np.isfinite(t) & (np.abs(qf) < _MAX_STEPS)
-        q = np.where(finite, qf, 0).astype(np.int64)
-        k = enc.encode_float(target.encoding, b + q * step)
-        bad = ~finite | ~(np.abs(target.decode(k).astype(np.float64) - t) <= tolerance)
-    exact = enc.ordered_image(target.encoding, codes) - _image(target.encoding, base_codes)
-    values, escapes = _append_escapes(q, bad, exact)
-    rebuilt = np.where(bad, codes, k).astype(codes.dtype)
+    count = len(codes)
+    values = np.empty(count, np.int64)
+    rebuilt = np.empty(count, codes.dtype)
+    positions = []
+    for start in range(0, count, STEP_CHUNK):
+        stop = min(start + STEP_CHUNK, count)
+        chunk = codes[start:stop]
+        t = target.decode(chunk).astype(np.float64)
+        b = _step_values(base_codes, target, start, stop)
+        with np.errstate(invalid="ignore", over="ignore"):
+            qf = np.rint((t - b) / step)
+            finite = np.isfinite(t) & (np.abs(qf) < _MAX_STEPS)
+            q = np.where(finite, qf, 0).astype(np.int64)
+            k = enc.encode_float(target.encoding, b + q * step)
+            # The check, once per weight: a float layer has one decoding.
+            bad = ~finite | ~(np.abs(target.decode(k).astype(np.float64) - t) <= tolerance)
+        q[bad] = 0
+        values[start:stop] = q
+        rebuilt[start:stop] = np.where(bad, chunk, k)
+        positions.append(np.flatnonzero(bad) + start)
+    positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    base_at = _image(target.encoding, base_codes[positions]) if base_codes is not None else 0
+    exact = enc.ordered_image(target.encoding, codes[positions]) - base_at
+    escapes = len(positions)
+    values.resize(count + 2 * escapes, refcheck=False)      # grows in place where it can
+    values[count::2] = np.diff(positions, prepend=-1) - 1
+    values[count + 1::2] = exact
     return Residuals(FLOAT_STEP, values, rebuilt, 1, escapes, step)
 
 
@@ -206,12 +215,14 @@ def float_step_rebuild(values, base_codes, target: LayerTarget, tolerance: float
     q, positions, exact = _split_escapes(values, target.count, escapes)
     if len(q) and np.abs(q).max() >= _MAX_STEPS:
         raise PatchFormatError("float step out of range")
-    b = _step_values(base_codes, target)
-    with np.errstate(invalid="ignore", over="ignore"):
-        k = enc.encode_float(target.encoding, b + q * (2.0 * tolerance))
+    k = np.empty(target.count, np.uint32 if target.encoding == enc.FLOAT32 else np.uint16)
+    for start in range(0, target.count, STEP_CHUNK):
+        stop = min(start + STEP_CHUNK, target.count)
+        b = _step_values(base_codes, target, start, stop)
+        with np.errstate(invalid="ignore", over="ignore"):
+            k[start:stop] = enc.encode_float(target.encoding, b + q[start:stop] * (2.0 * tolerance))
     if escapes:
-        base_image = _image(target.encoding, base_codes)
-        base_at = base_image[positions] if base_codes is not None else 0
+        base_at = _image(target.encoding, base_codes[positions]) if base_codes is not None else 0
         fixed = float_image_rebuild(exact + base_at, None, LayerTarget(target.encoding, escapes))
         k[positions] = fixed
     return k

@@ -32,8 +32,9 @@ ALL_CODES = np.arange(65536, dtype=np.uint16)
 def decode_tables(encoding: int, min_bits: int = 0, max_bits: int = 0) -> np.ndarray:
     """(decodings, 65536) float64: every 16-bit code decoded under each engine decoding."""
     names = enc.LINEAR16_DECODINGS if encoding == enc.LINEAR16 else ("master",)
-    return np.stack([enc.decode(encoding, ALL_CODES, min_bits, max_bits, decoding=name).astype(np.float64)
-                     for name in names])
+    with np.errstate(invalid="ignore", over="ignore"):     # a non-finite range decodes to inf/NaN
+        return np.stack([enc.decode(encoding, ALL_CODES, min_bits, max_bits, decoding=name).astype(np.float64)
+                         for name in names])
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -122,12 +123,6 @@ def _regrid_one(b, lo, hi, span):
     return np.int64(x)
 
 
-@njit(cache=True, nogil=True)
-def regrid_into(out, base, lo, hi, span):
-    for i in range(len(out)):
-        out[i] = _regrid_one(base[i], lo, hi, span)
-
-
 @njit(cache=True, nogil=True, inline='always')
 def _prediction(base, i, lo, hi, span, mode):
     """mode 0: no usable range (0); 1: the base re-gridded; 2: the code of 0.0."""
@@ -136,6 +131,21 @@ def _prediction(base, i, lo, hi, span, mode):
     if mode == 1:
         return _regrid_one(base[i], lo, hi, span)
     return _regrid_one(np.float32(0.0), lo, hi, span)
+
+
+def prediction(base, bounds, mode: int, count: int) -> np.ndarray:
+    """residuals.regrid (mode 1: of ``base``; 2: of zeros; 0: all 0) as int64, without temporaries."""
+    out = np.empty(count, np.int64)
+    lo, hi = bounds
+    _prediction_pass(np.ascontiguousarray(base, np.float32) if mode == 1 else np.zeros(1, np.float32),
+                     lo, hi, hi - lo, mode, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _prediction_pass(base, lo, hi, span, mode, out):
+    for i in range(len(out)):
+        out[i] = _prediction(base, i, lo, hi, span, mode)
 
 
 @njit(cache=True, nogil=True, inline='always')
