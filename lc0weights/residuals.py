@@ -132,15 +132,14 @@ def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Resi
 def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escapes: int) -> np.ndarray:
     if not 1 <= quant_width <= MAX_QUANT_WIDTH:
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
-    p = we.prediction(base, target.bounds, _prediction_mode(base, target), target.count)
     q, positions, exact = _split_escapes(values, target.count, escapes)
-    k = p                                  # the prediction's buffer, reused
-    k += q if quant_width == 1 else q * quant_width
-    if escapes:
-        k[positions] += exact - q[positions] * quant_width
-    if len(k) and (k.min() < 0 or k.max() > 65535):
-        raise PatchFormatError("rebuilt LINEAR16 code out of range")
-    return k.astype(np.uint16)
+    # One pass, no int64 copy of the layer (weight_error); the same sums as p + q*w.
+    k, status = we.linear16_rebuild(q, positions, exact, base, target.bounds, _prediction_mode(base, target),
+                                    quant_width, target.count)
+    if status:
+        raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
+                               else "escape positions out of range")
+    return k
 
 
 # -- floats: order-preserving integer images, or value steps of 2T ------------------

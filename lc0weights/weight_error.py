@@ -30,11 +30,14 @@ ALL_CODES = np.arange(65536, dtype=np.uint16)
 
 
 def decode_tables(encoding: int, min_bits: int = 0, max_bits: int = 0) -> np.ndarray:
-    """(decodings, 65536) float64: every 16-bit code decoded under each engine decoding."""
+    """(65536, decodings) float32: every 16-bit code decoded under each engine decoding.
+
+    Code-major, so one element's decodings share a cache line (768 KB for LINEAR16).
+    """
     names = enc.LINEAR16_DECODINGS if encoding == enc.LINEAR16 else ("master",)
     with np.errstate(invalid="ignore", over="ignore"):     # a non-finite range decodes to inf/NaN
-        return np.stack([enc.decode(encoding, ALL_CODES, min_bits, max_bits, decoding=name).astype(np.float64)
-                         for name in names])
+        return np.ascontiguousarray(np.stack(
+            [enc.decode(encoding, ALL_CODES, min_bits, max_bits, decoding=name) for name in names], axis=1))
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -49,18 +52,20 @@ def _distance(a, b):
 @njit(cache=True, nogil=True, inline='always')
 def _tabled_distance(tables_a, ka, tables_b, kb):
     worst = 0.0
-    for d in range(tables_a.shape[0]):
-        x = _distance(tables_a[d, ka], tables_b[d, kb])
+    for d in range(tables_a.shape[1]):
+        x = _distance(np.float64(tables_a[ka, d]), np.float64(tables_b[kb, d]))
         if x > worst:
             worst = x
     return worst
 
 
 @njit(cache=True, nogil=True)
-def worst_tabled(tables_a, codes_a, tables_b, codes_b):
+def worst_tabled(tables_a, codes_a, tables_b, codes_b, same_tables):
     """The largest distance of two 16-bit code arrays decoded through their tables."""
     worst = 0.0
     for i in range(len(codes_a)):
+        if same_tables and codes_a[i] == codes_b[i]:
+            continue                       # one code, one value: distance 0 under every decoding
         x = _tabled_distance(tables_a, codes_a[i], tables_b, codes_b[i])
         if x > worst:
             worst = x
@@ -88,8 +93,11 @@ def max_difference(encoding: int, codes_a: np.ndarray, bounds_a: tuple[int, int]
                                    np.ascontiguousarray(codes_b, np.uint32).view(np.float32)))
     if encoding not in (enc.LINEAR16, enc.FLOAT16, enc.BFLOAT16):
         raise ValueError(f"cannot measure layer encoding {encoding}")
-    return float(worst_tabled(decode_tables(encoding, *bounds_a), np.ascontiguousarray(codes_a, np.uint16),
-                              decode_tables(encoding, *bounds_b), np.ascontiguousarray(codes_b, np.uint16)))
+    same = encoding != enc.LINEAR16 or tuple(bounds_a) == tuple(bounds_b)
+    tables_a = decode_tables(encoding, *bounds_a)
+    tables_b = tables_a if same else decode_tables(encoding, *bounds_b)
+    return float(worst_tabled(tables_a, np.ascontiguousarray(codes_a, np.uint16),
+                              tables_b, np.ascontiguousarray(codes_b, np.uint16), same))
 
 
 # -- LINEAR16 prediction and tolerance encoding -------------------------------------------
@@ -163,7 +171,7 @@ def _quantise_pass(codes, base, lo, hi, span, mode, w, tables, tolerance, rebuil
     for i in range(len(codes)):
         c = np.int64(codes[i])
         _, k = _quantised(c, _prediction(base, i, lo, hi, span, mode), w)
-        if 0 <= k <= 65535 and not _tabled_distance(tables, k, tables, c) > tolerance:
+        if k == c or 0 <= k <= 65535 and not _tabled_distance(tables, k, tables, c) > tolerance:
             rebuilt[i] = k
         else:
             rebuilt[i] = c
@@ -217,3 +225,34 @@ def linear16_quantise(codes, base, bounds, mode: int, width: int, tables, tolera
     values = np.empty(len(codes) + 2 * escapes, np.int64)
     _values_pass(codes, base, lo, hi, span, mode, width, rebuilt, values)
     return values, rebuilt, escapes
+
+
+@njit(cache=True, nogil=True)
+def _rebuild_pass(values, positions, exact, base, lo, hi, span, mode, w, out):
+    """out[i] = prediction + q*w, or prediction + exact at an escape. Returns 0, 1 for a
+    code out of range, 2 for escape positions not strictly increasing within the layer.
+
+    int64 arithmetic wraps as numpy's does, so hostile values give the same codes."""
+    j = 0
+    for i in range(len(out)):
+        p = _prediction(base, i, lo, hi, span, mode)
+        if j < len(positions) and positions[j] == i:
+            k = p + exact[j]
+            j += 1
+        else:
+            k = p + values[i] * w
+        if k < 0 or k > 65535:
+            return 1
+        out[i] = k
+    return 0 if j == len(positions) else 2
+
+
+def linear16_rebuild(values, positions, exact, base, bounds, mode: int, width: int, count: int):
+    """(rebuilt uint16 codes, status): status as :func:`_rebuild_pass`, the codes valid if 0."""
+    out = np.empty(count, np.uint16)
+    lo, hi = bounds
+    status = _rebuild_pass(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(positions, np.int64),
+                       np.ascontiguousarray(exact, np.int64),
+                       np.ascontiguousarray(base, np.float32) if mode == 1 else np.zeros(1, np.float32),
+                       lo, hi, hi - lo, mode, width, out)
+    return out, int(status)

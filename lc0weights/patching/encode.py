@@ -71,6 +71,7 @@ def _encode_layer(job):
                 chosen = patch_pb2.LayerPatch()
                 chosen.CopyFrom(lp)
                 best = (chosen, data, r.codes)
+    r = None    # the residuals' arrays go before the check decodes them again
     if check:   # selfcheck: the built-in check of make_patch, per layer in this worker
         selfcheck.check_layer(ctx, layer, best[0], best[1],
                               best[2] if ctx.tolerance else target.payload(layer))
