@@ -262,18 +262,20 @@ def cmd_verify(args) -> int:
                               progress=_byte_bar(args, "decoding")),
                   "rebuilt net")
     target = _load_net(args.target, args.max_size)
-    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt.id,
+    # apply_patch checked the rebuilt bytes against the patch's result id: no second hash.
+    rebuilt_id = info.result_id
+    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt_id,
               "target_id": target.id}
     if info.mode == "lossless":
-        ok = rebuilt.id == target.id
-        text = (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt.id} "
+        ok = rebuilt_id == target.id
+        text = (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt_id} "
                 f"{'equals' if ok else 'differs from'} target {target.id}")
     else:
         error = max_error(rebuilt, target)
         ok = error <= info.tolerance
         record["max_error"] = error
         text = (f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
-                f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt.id})")
+                f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt_id})")
     record["ok"] = ok
     if args.json:
         print(json.dumps(record, indent=1))

@@ -162,7 +162,9 @@ def worst_difference(encoding: int, codes_a: np.ndarray, bounds_a: tuple[int, in
 
     ``bounds_*`` are the (min, max) float32 bit patterns of LINEAR16 layers
     (ignored for the others). Elements that decode to the same value,
-    NaN included, differ by 0; a NaN against a number differs by inf.
+    NaN included, differ by 0; a NaN against a number, or an infinity against
+    a finite value, differs by inf. This is the statement of the measure;
+    :mod:`weight_error` computes it in one pass per layer.
     """
     names = LINEAR16_DECODINGS if encoding == LINEAR16 else ("master",)
     worst = np.zeros(len(codes_a), np.float64)
@@ -171,5 +173,5 @@ def worst_difference(encoding: int, codes_a: np.ndarray, bounds_a: tuple[int, in
         b = decode(encoding, codes_b, *bounds_b, decoding=name).astype(np.float64)
         with np.errstate(invalid="ignore"):
             d = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0, np.abs(a - b))
-        np.maximum(worst, np.nan_to_num(d, nan=np.inf), out=worst)
+        np.maximum(worst, np.nan_to_num(d, nan=np.inf, posinf=np.inf), out=worst)
     return worst

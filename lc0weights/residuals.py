@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import encodings as enc
+from . import weight_error as we
 from .errors import PatchFormatError
 from .proto.patch_pb2 import FLOAT_IMAGE, FLOAT_STEP, LINEAR16_REGRID, RAW_BYTES
 
@@ -43,10 +44,8 @@ class LayerTarget:
 def max_error(approx_codes, approx: LayerTarget, target_codes, target: LayerTarget) -> float:
     """The largest distance of any element of two layers of one encoding, under every
     engine decoding (what a tolerance promises); inf for a NaN against a number."""
-    if not len(target_codes):
-        return 0.0
-    return float(enc.worst_difference(target.encoding, approx_codes, (approx.min_bits, approx.max_bits),
-                                      target_codes, (target.min_bits, target.max_bits)).max())
+    return we.max_difference(target.encoding, approx_codes, (approx.min_bits, approx.max_bits),
+                             target_codes, (target.min_bits, target.max_bits))
 
 
 @dataclass
@@ -60,16 +59,6 @@ class Residuals:
 
 
 # -- escapes ----------------------------------------------------------------------
-
-def _append_escapes(q: np.ndarray, bad: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, int]:
-    positions = np.flatnonzero(bad)
-    q = q.copy()
-    q[positions] = 0
-    gaps = np.diff(positions, prepend=-1) - 1
-    pairs = np.empty(2 * len(positions), np.int64)
-    pairs[0::2], pairs[1::2] = gaps, exact[positions]
-    return np.concatenate([q, pairs]), len(positions)
-
 
 def _split_escapes(values: np.ndarray, count: int, escapes: int):
     if len(values) != count + 2 * escapes:
@@ -85,7 +74,12 @@ def _split_escapes(values: np.ndarray, count: int, escapes: int):
 # -- LINEAR16: code minus the base re-gridded onto the target's min/max ------------
 
 def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
-    """Predict each u16 code from the base value on the target's new min/max."""
+    """Predict each u16 code from the base value on the target's new min/max.
+
+    The numpy statement of the prediction; encoder and decoder compute it per
+    element in ``weight_error`` (no float64 copy of the layer), and the tests
+    hold the two equal, bit for bit.
+    """
     lo, hi = target.bounds
     if base is None or not hi > lo or not np.isfinite(hi - lo):
         return np.zeros(target.count, np.int64)
@@ -102,11 +96,6 @@ def regrid(base: np.ndarray | None, target: LayerTarget) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def _zero_prediction(target: LayerTarget) -> np.ndarray:
-    """Intra LINEAR16: predict every code as the code of 0.0."""
-    return regrid(np.zeros(target.count, np.float32), target)
-
-
 def linear16_quant_width(target: LayerTarget, tolerance: float | None) -> int:
     lo, hi = target.bounds
     step = (hi - lo) / 65535.0
@@ -117,38 +106,40 @@ def linear16_quant_width(target: LayerTarget, tolerance: float | None) -> int:
     return int(min(2 * max(half, 0) + 1, MAX_QUANT_WIDTH))
 
 
+def _prediction_mode(base, target: LayerTarget) -> int:
+    """How regrid predicts: 0 no usable range (all 0), 1 from the base, 2 the code of 0.0."""
+    lo, hi = target.bounds
+    if not hi > lo or not np.isfinite(hi - lo):
+        return 0
+    return 1 if base is not None else 2
+
+
 def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Residuals:
-    c = codes.astype(np.int64)
-    p = regrid(base, target) if base is not None else _zero_prediction(target)
-    d = c - p
+    # One pass per element (weight_error): the prediction, the residual and, with a
+    # tolerance, the proof that the rebuilt code is within T under every LINEAR16
+    # decoding (tables of all 65,536 codes), with no whole-layer float temporaries.
+    # Same values as regrid() and encodings.worst_difference, bit for bit.
     w = linear16_quant_width(target, tolerance)
     step = (target.bounds[1] - target.bounds[0]) / 65535.0
+    tables = we.decode_tables(enc.LINEAR16, target.min_bits, target.max_bits) if w > 1 else None
+    values, rebuilt, escapes = we.linear16_quantise(codes, base, target.bounds, _prediction_mode(base, target),
+                                                    w, tables, float(tolerance or 0.0))
     if w == 1:
-        return Residuals(LINEAR16_REGRID, d, codes.astype(np.uint16), 1, 0, step)
-    q = np.floor_divide(d + w // 2, w)
-    k = p + q * w
-    ok = (k >= 0) & (k <= 65535)
-    k_safe = np.where(ok, k, c)
-    bounds = (target.min_bits, target.max_bits)
-    err = enc.worst_difference(enc.LINEAR16, k_safe, bounds, c, bounds)   # every engine decoding
-    bad = ~ok | (err > tolerance)
-    values, escapes = _append_escapes(q, bad, d)
-    rebuilt = np.where(bad, c, k).astype(np.uint16)
+        return Residuals(LINEAR16_REGRID, values, rebuilt, 1, 0, step)
     return Residuals(LINEAR16_REGRID, values, rebuilt, w, escapes, step * w)
 
 
 def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escapes: int) -> np.ndarray:
     if not 1 <= quant_width <= MAX_QUANT_WIDTH:
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
-    p = regrid(base, target) if base is not None else _zero_prediction(target)
     q, positions, exact = _split_escapes(values, target.count, escapes)
-    k = p                                  # the prediction's buffer, reused
-    k += q if quant_width == 1 else q * quant_width
-    if escapes:
-        k[positions] += exact - q[positions] * quant_width
-    if len(k) and (k.min() < 0 or k.max() > 65535):
-        raise PatchFormatError("rebuilt LINEAR16 code out of range")
-    return k.astype(np.uint16)
+    # One pass, no int64 copy of the layer (weight_error); the same sums as p + q*w.
+    k, status = we.linear16_rebuild(q, positions, exact, base, target.bounds, _prediction_mode(base, target),
+                                    quant_width, target.count)
+    if status:
+        raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
+                               else "escape positions out of range")
+    return k
 
 
 # -- floats: order-preserving integer images, or value steps of 2T ------------------
@@ -173,28 +164,47 @@ def float_image_rebuild(values, base_codes, target: LayerTarget) -> np.ndarray:
 
 
 _MAX_STEPS = 1 << 40
+# Float layers are stepped a chunk at a time: float64 working arrays of 8 MB each,
+# however large the layer (every operation is per element, so chunking changes nothing).
+STEP_CHUNK = 1 << 20
 
 
-def _step_values(base_codes, target: LayerTarget) -> np.ndarray:
+def _step_values(base_codes, target: LayerTarget, start: int, stop: int) -> np.ndarray:
     if base_codes is None:
-        return np.zeros(target.count, np.float64)
-    b = target.decode(base_codes).astype(np.float64)
+        return np.zeros(stop - start, np.float64)
+    b = target.decode(base_codes[start:stop]).astype(np.float64)
     return np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def float_step_residuals(codes, base_codes, target: LayerTarget, tolerance: float) -> Residuals:
     step = 2.0 * tolerance
-    t = target.decode(codes).astype(np.float64)
-    b = _step_values(base_codes, target)
-    with np.errstate(invalid="ignore", over="ignore"):
-        qf = np.rint((t - b) / step)
-        finite = np.isfinite(t) & (np.abs(qf) < _MAX_STEPS)
-        q = np.where(finite, qf, 0).astype(np.int64)
-        k = enc.encode_float(target.encoding, b + q * step)
-        bad = ~finite | ~(np.abs(target.decode(k).astype(np.float64) - t) <= tolerance)
-    exact = enc.ordered_image(target.encoding, codes) - _image(target.encoding, base_codes)
-    values, escapes = _append_escapes(q, bad, exact)
-    rebuilt = np.where(bad, codes, k).astype(codes.dtype)
+    count = len(codes)
+    values = np.empty(count, np.int64)
+    rebuilt = np.empty(count, codes.dtype)
+    positions = []
+    for start in range(0, count, STEP_CHUNK):
+        stop = min(start + STEP_CHUNK, count)
+        chunk = codes[start:stop]
+        t = target.decode(chunk).astype(np.float64)
+        b = _step_values(base_codes, target, start, stop)
+        with np.errstate(invalid="ignore", over="ignore"):
+            qf = np.rint((t - b) / step)
+            finite = np.isfinite(t) & (np.abs(qf) < _MAX_STEPS)
+            q = np.where(finite, qf, 0).astype(np.int64)
+            k = enc.encode_float(target.encoding, b + q * step)
+            # The check, once per weight: a float layer has one decoding.
+            bad = ~finite | ~(np.abs(target.decode(k).astype(np.float64) - t) <= tolerance)
+        q[bad] = 0
+        values[start:stop] = q
+        rebuilt[start:stop] = np.where(bad, chunk, k)
+        positions.append(np.flatnonzero(bad) + start)
+    positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    base_at = _image(target.encoding, base_codes[positions]) if base_codes is not None else 0
+    exact = enc.ordered_image(target.encoding, codes[positions]) - base_at
+    escapes = len(positions)
+    values.resize(count + 2 * escapes, refcheck=False)      # grows in place where it can
+    values[count::2] = np.diff(positions, prepend=-1) - 1
+    values[count + 1::2] = exact
     return Residuals(FLOAT_STEP, values, rebuilt, 1, escapes, step)
 
 
@@ -204,12 +214,14 @@ def float_step_rebuild(values, base_codes, target: LayerTarget, tolerance: float
     q, positions, exact = _split_escapes(values, target.count, escapes)
     if len(q) and np.abs(q).max() >= _MAX_STEPS:
         raise PatchFormatError("float step out of range")
-    b = _step_values(base_codes, target)
-    with np.errstate(invalid="ignore", over="ignore"):
-        k = enc.encode_float(target.encoding, b + q * (2.0 * tolerance))
+    k = np.empty(target.count, np.uint32 if target.encoding == enc.FLOAT32 else np.uint16)
+    for start in range(0, target.count, STEP_CHUNK):
+        stop = min(start + STEP_CHUNK, target.count)
+        b = _step_values(base_codes, target, start, stop)
+        with np.errstate(invalid="ignore", over="ignore"):
+            k[start:stop] = enc.encode_float(target.encoding, b + q[start:stop] * (2.0 * tolerance))
     if escapes:
-        base_image = _image(target.encoding, base_codes)
-        base_at = base_image[positions] if base_codes is not None else 0
+        base_at = _image(target.encoding, base_codes[positions]) if base_codes is not None else 0
         fixed = float_image_rebuild(exact + base_at, None, LayerTarget(target.encoding, escapes))
         k[positions] = fixed
     return k

@@ -11,8 +11,7 @@ from .. import container
 from .. import encodings as enc
 from .. import residuals as res
 from ..codecs import codec_ids, get_codec
-from ..errors import (PatchFormatError,
-                      VerificationError)
+from ..errors import PatchFormatError, VerificationError
 from ..net import Layer, Net
 from ..proto import patch_pb2
 from .decode import apply_patch, check_patch
@@ -22,7 +21,6 @@ from .limits import INTRA_VALUES_PER_BYTE, WRITER
 from .measure import max_error
 from .parallel import bounded_map, worker_count
 from .skeleton import encode_skeleton, skeleton_limit, skeleton_stream
-
 
 DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
 # With a history net the context model predicts each step from the last one (cm2);
@@ -179,7 +177,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     ``codec`` forces one registered codec for every layer (default: the
     smallest per layer). ``history`` is the base's predecessor, used as
     context; a client then needs it too. With ``verify`` the patch is applied
-    once before it is returned, and a lossy patch is checked weight by weight.
+    once before it is returned (streamed and hashed when lossless), and a lossy
+    patch is checked weight by weight.
     ``progress``, if given, wraps the iterator of encoded layers as
     ``progress(layers, layer_count)`` (in a progress bar, say). Layers of more
     than ``chunk_size`` values are coded as independent chunks (format version
