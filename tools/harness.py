@@ -143,6 +143,50 @@ def machine_line() -> str:
             f"load average {load:.1f} when it started")
 
 
+def free_port() -> int:
+    """A TCP port free on loopback just now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChildServer:
+    """A server as a child process on a free loopback port: ``argv_for(port)`` starts it, up once
+    ``probe`` (a path under its URL) answers; stopped by its own pid on exit."""
+
+    def __init__(self, argv_for, probe: str = "", timeout: float = 60.0):
+        self.port, self.probe, self.timeout = free_port(), probe, timeout
+        self.proc = subprocess.Popen([str(a) for a in argv_for(self.port)], env=child_env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self):
+        import urllib.request
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + self.probe, timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError(f"server did not answer within {self.timeout:g} s")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class TokenBucket:
     """A link's capacity: ``take(n)`` blocks until n bytes fit in ``rate`` bytes per second.
 
