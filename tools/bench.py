@@ -41,8 +41,6 @@ import lzma
 import math
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +57,8 @@ from lc0weights import encodings as enc  # noqa: E402
 from lc0weights import residuals as res  # noqa: E402
 from lc0weights.codecs import codec_ids  # noqa: E402
 from lc0weights.codecs.varint_brotli import leb128, unleb128, unzigzag, zigzag  # noqa: E402
+
+import harness  # noqa: E402  (tools/, beside this file)
 
 DEFAULT_RUN = Path(os.environ.get("LC0WEIGHTS_SHARED", ROOT.parent / "shared")) / "data" / "runs" / "maia-distill"
 TOLERANCES = [("2^-17", 2.0 ** -17), ("2^-14", 2.0 ** -14), ("2^-10", 2.0 ** -10)]
@@ -343,12 +343,8 @@ def our_variants(has_history: bool):
 
 
 def run_ours(base, target, history, codec, tol):
-    start = time.perf_counter()
-    patch = make_patch(base, target, tolerance=tol, codec=codec, history=history, verify=False)
-    enc_s = time.perf_counter() - start
-    start = time.perf_counter()
-    rebuilt = apply_patch(base, patch, history=history)
-    dec_s = time.perf_counter() - start
+    patch, enc_s = harness.timed(make_patch, base, target, tolerance=tol, codec=codec, history=history, verify=False)
+    rebuilt, dec_s = harness.timed(apply_patch, base, patch, history=history)
     if tol is None:
         if hashlib.sha256(rebuilt).hexdigest() != target.id:
             raise SystemExit(f"lossless patch did not rebuild {target.source}")
@@ -405,8 +401,7 @@ def apply_in_subprocess(base_path: Path, patch: bytes, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "patch.lc0p"
         p.write_bytes(patch)
-        out = subprocess.run([sys.executable, "-c", _APPLY_CHILD, str(ROOT), str(base_path), str(p), str(workers)],
-                             capture_output=True, text=True)
+        out = harness.run([sys.executable, "-c", _APPLY_CHILD, ROOT, base_path, p, workers])
     if out.returncode:
         raise SystemExit(f"applying in a fresh process failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -418,12 +413,9 @@ def speed_rows(base: Net, target: Net, base_path: Path, codecs, modes, workers_l
     for label, codec in codecs:
         for mode, tol in modes:
             for w in workers_list:
-                start = time.perf_counter()
-                patch = make_patch(base, target, tolerance=tol, codec=codec, workers=w, verify=False)
-                enc_s = time.perf_counter() - start
-                start = time.perf_counter()
-                apply_patch(base, patch, workers=w)
-                dec_s = time.perf_counter() - start
+                patch, enc_s = harness.timed(make_patch, base, target, tolerance=tol, codec=codec, workers=w,
+                                             verify=False)
+                _, dec_s = harness.timed(apply_patch, base, patch, workers=w)
                 mem = apply_in_subprocess(base_path, patch, w)
                 rows.append({"codec": label, "mode": mode, "workers": w, "size": len(patch),
                              "enc_wps": n / enc_s, "dec_wps": n / dec_s, "enc_s": enc_s, "dec_s": dec_s,
@@ -479,18 +471,6 @@ def write_chart(path: Path, labels, results, methods, title):
     plt.close(fig)
 
 
-def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def method_table(methods, results, labels, raw_size, pbgz_total):
     rows = []
     for m in methods:
@@ -509,7 +489,7 @@ def method_table(methods, results, labels, raw_size, pbgz_total):
                      f"{8 * total / len(sizes) / results[0]['_weights']:.2f}",
                      "0 (exact)" if err == 0 else ("-" if err is None else f"{err:.3g}"),
                      f"{sum(encs):.1f}" if all(e for e in encs) else "-"])
-    return md_table(["method", "total bytes", "mean per pair", "vs .pb.gz", "bits/weight", "max error",
+    return harness.md_table(["method", "total bytes", "mean per pair", "vs .pb.gz", "bits/weight", "max error",
                      "encode s (all pairs)"], rows)
 
 
@@ -521,7 +501,7 @@ def per_pair_table(labels, results, columns):
                              for _, m in columns])
     rows.append(["**total**"] + [f"**{human(sum(results[i].get(m, {}).get('size') or 0 for i in range(len(labels))))}**"
                                  for _, m in columns])
-    return md_table(header, rows)
+    return harness.md_table(header, rows)
 
 
 def speed_table(rows):
@@ -532,7 +512,7 @@ def speed_table(rows):
                     f"{r['dec_wps'] / 1e6:.2f}", f"{r['rss_peak'] / 1e6:.0f}",
                     f"{extra / 1e6:.0f} ({extra / r['raw']:.2f}x)",
                     f"{r['traced_peak'] / 1e6:.0f} ({r['traced_peak'] / r['raw']:.2f}x)"])
-    return md_table(["codec", "mode", "workers", "patch bytes", "encode Mweights/s", "apply Mweights/s",
+    return harness.md_table(["codec", "mode", "workers", "patch bytes", "encode Mweights/s", "apply Mweights/s",
                      "apply peak RSS MB", "RSS above start MB (x raw)", "traced peak MB (x raw)"], out)
 
 
@@ -556,11 +536,10 @@ def bench_run(run_dir: Path, pairs: int | None, quick: bool, log):
         for name, fn, kind in PEERS:
             if quick and name in SLOW_PEERS:
                 continue
-            start = time.perf_counter()
-            size, err = fn(bytes(base.raw), bytes(target.raw), base_values=bv, target_values=tv)
+            (size, err), enc_s = harness.timed(fn, bytes(base.raw), bytes(target.raw), base_values=bv,
+                                               target_values=tv)
             if size is not None:
-                row[name] = {"size": size, "err": err if kind == "lossy" else 0.0,
-                             "enc_s": time.perf_counter() - start}
+                row[name] = {"size": size, "err": err if kind == "lossy" else 0.0, "enc_s": enc_s}
         for name, codec, tol, use_hist in our_variants(history is not None):
             if quick and use_hist:
                 continue
@@ -599,16 +578,14 @@ def history_note(labels, results):
         with_h = sum(results[i][m]["size"] for i in idx)
         without = sum(results[i][f"ours default {mode}"]["size"] for i in idx)
         rows.append([mode, len(idx), human(without), human(with_h), f"{100 * (with_h / without - 1):+.1f}%"])
-    return md_table(["mode", "pairs", "default", "default + history", "change"], rows) if rows else ""
+    return harness.md_table(["mode", "pairs", "default", "default + history", "change"], rows) if rows else ""
 
 
 def synthetic_large(log, quick: bool) -> tuple[list[dict], dict]:
     from lc0weights.synthetic import write_run
     blocks, filters, count = (20, 384, 3) if not quick else (10, 256, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        paths = write_run(tmp, count=count, blocks=blocks, filters=filters, seed=11)
-        gen_s = time.perf_counter() - start
+        paths, gen_s = harness.timed(write_run, tmp, count=count, blocks=blocks, filters=filters, seed=11)
         nets = [Net.load(p) for p in paths]
         info = {"blocks": blocks, "filters": filters, "count": count, "raw": len(nets[0].raw),
                 "weights": nets[0].weight_count, "gz": paths[1].stat().st_size, "gen_s": gen_s}
@@ -623,16 +600,6 @@ def synthetic_large(log, quick: bool) -> tuple[list[dict], dict]:
             info["second_pair_default_lossless"] = len(p)
         info["pair_default_lossless"] = next(r["size"] for r in rows if r["codec"] == "default" and r["mode"] == "lossless")
     return rows, info
-
-
-def replace_benchmarks(path: Path, body: str) -> None:
-    keep = ""
-    if path.exists():
-        text = path.read_text()
-        at = text.find(FOLLOW_SECTION)
-        if at >= 0:
-            keep = "\n" + text[at:]
-    atomic_text(path, body.rstrip() + "\n" + keep)
 
 
 # measured with the shared maia-distill run (13 nets) on 2 cores shared with other work
@@ -660,10 +627,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="lc0weights-bench-"))
-    command = ".venv/bin/python tools/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    command = harness.command_line("tools/bench.py", argv)
+    log = harness.log
 
     run_dir = args.run_dir.resolve()
     paths, nets, labels, results = bench_run(run_dir, args.pairs, args.quick, log)
@@ -729,10 +694,10 @@ def main(argv=None) -> int:
                    f"{large_info['weights']:,} weights, {large_info['raw']:,} bytes raw, .pb.gz "
                    f"{large_info['gz']:,} bytes; {large_info['count']} nets generated in {large_info['gen_s']:.0f} s "
                    "by `lc0weights.synthetic.write_run`.", "", speed_table(large_rows), ""]
-    atomic_text(args.out / f"bench-{name}.md", "\n".join(detail))
+    harness.write_text_atomic(args.out / f"bench-{name}.md", "\n".join(detail))
     summary = write_summary(args.out, name, command, env, labels, results, nets, raw_size, pbgz_total, speed,
                             large_rows, large_info)
-    replace_benchmarks(args.out / "BENCHMARKS.md", summary)
+    harness.write_head(args.out / "BENCHMARKS.md", summary, FOLLOW_SECTION)
     (args.out / f"bench-{name}.json").write_text(json.dumps(
         {"labels": labels, "results": results, "speed": speed, "large": large_rows, "large_info": large_info},
         indent=1, default=float))
@@ -771,7 +736,8 @@ def write_summary(out, name, command, env, labels, results, nets, raw_size, pbgz
              "checked (sha256 for lossless, every decoded weight for lossy).", "",
              f"![patch size per pair](bench-{name}.png)", "",
              "## Bytes to ship every net of the run after the first", "",
-             md_table(["method", "total bytes", "mean per pair", "smaller than .pb.gz by", "max error"], rows), "",
+             harness.md_table(["method", "total bytes", "mean per pair", "smaller than .pb.gz by", "max error"],
+                              rows), "",
              failures_section(labels, results),
              "The original scheme is lossy (truncation at 2^-17); SZ3 bounds the error of the float difference "
              "and its result is float, not a LINEAR16 net (re-quantising would add up to half a code step). Our "

@@ -49,6 +49,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402  (tools/, beside this file)
+
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights.errors import Lc0WeightsError  # noqa: E402
 from lc0weights.client import TransferPolicy, fetch, parse_index  # noqa: E402
@@ -191,27 +193,15 @@ class CountingHandler(RepositoryHandler):
                                                self.wfile.count - self._header_bytes))
 
 
-class CountingServer:
+class CountingServer(harness.ServerThread):
     """The repository on loopback; ``take()`` returns and forgets the exchanges logged so far."""
 
     def __init__(self, root: Path):
         self.handler = type("Counting", (CountingHandler,),
                             {"root": root.resolve(), "exchanges": [], "lock": threading.Lock()})
-        self.server = RepositoryServer(root)
-        self.server.RequestHandlerClass = self.handler
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        server = RepositoryServer(root)
+        server.RequestHandlerClass = self.handler
+        super().__init__(server)
 
     def take(self) -> list[Exchange]:
         with self.handler.lock:
@@ -280,13 +270,10 @@ class Schema1:
 def schema1_figures(repo: Repository, scratch: Path) -> Schema1:
     index = repo.read_index()
     data = index.to_json()
-    t0 = time.perf_counter()
-    text = parse_index(data).to_json()
-    t1 = time.perf_counter()
-    atomic_write(scratch / "index.json", text)
-    t2 = time.perf_counter()
+    text, parse_rewrite_s = harness.timed(lambda: parse_index(data).to_json())
+    _, write_s = harness.timed(atomic_write, scratch / "index.json", text)
     (scratch / "index.json").unlink()
-    return Schema1(len(index.nets), len(data), len(gzip.compress(data, 6)), t1 - t0, t2 - t1)
+    return Schema1(len(index.nets), len(data), len(gzip.compress(data, 6)), parse_rewrite_s, write_s)
 
 
 @dataclass
@@ -327,9 +314,8 @@ def publish_phase(report: Report, work: Path, key: SigningKey) -> None:
         for seq, (net, gz) in enumerate(tiny_run(nets, report.seed)):
             if seq == 0:
                 report.net_bytes = (len(net.raw), len(gz))
-            t0 = time.perf_counter()
-            published = publish_net(repo, net, gz, f"step-{seq:06d}.pb.gz", codec=CODEC)
-            report.publish_s.append(time.perf_counter() - t0)
+            published, seconds = harness.timed(publish_net, repo, net, gz, f"step-{seq:06d}.pb.gz", codec=CODEC)
+            report.publish_s.append(seconds)
             report.patches_per_net.append(len(published.patches))
             for p in published.patches:
                 report.patch_bytes.setdefault(seq - p.base_seq, []).append(p.size)
@@ -343,7 +329,7 @@ def publish_phase(report: Report, work: Path, key: SigningKey) -> None:
             if seq + 1 == 1000 and nets > 1000:
                 report.schema1.append(schema1_figures(repo, work))
             if seq % 1000 == 999:
-                print(f"  published {seq + 1} nets, {time.monotonic() - started:.0f} s", file=sys.stderr)
+                harness.log(f"  published {seq + 1} nets, {time.monotonic() - started:.0f} s")
         report.publish_wall_s = time.monotonic() - started
     report.schema1.append(schema1_figures(repo, work))
     report.record_sizes = [repo.link_to(s).size for s in range(max(0, nets - 1000), nets)]
@@ -455,15 +441,10 @@ def _patch_share(r: Report, distance: int) -> str:
     return f"{100 * statistics.median(sizes) / r.net_bytes[1]:.0f}%" if sizes and r.net_bytes[1] else "-"
 
 
-def _exchange_line(e: Exchange) -> str:
-    return (f"| `{e.path}` | {e.status} | {e.request_bytes:,} | {e.header_bytes:,} | {e.body_bytes:,} "
-            f"| {e.wire_bytes:,} |")
-
-
 def _exchanges_table(exchanges) -> list[str]:
-    lines = ["| request | status | request bytes | response header bytes | body bytes | total |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [_exchange_line(e) for e in exchanges]
+    lines = harness.md_table(["request", "status", "request bytes", "response header bytes", "body bytes", "total"],
+                             [[f"`{e.path}`", e.status, f"{e.request_bytes:,}", f"{e.header_bytes:,}",
+                               f"{e.body_bytes:,}", f"{e.wire_bytes:,}"] for e in exchanges]).splitlines()
     if len(exchanges) > 1:
         lines.append(f"| all {len(exchanges)} | | {sum(e.request_bytes for e in exchanges):,} "
                      f"| {sum(e.header_bytes for e in exchanges):,} | {sum(e.body_bytes for e in exchanges):,} "
@@ -519,13 +500,12 @@ def render(r: Report) -> str:
             "metadata does not depend on the route; with these tiny nets a patch from one net back "
             f"is already {_patch_share(r, 1)} of the full net and chains of patches soon cost more "
             "than the net itself, hence the full downloads further back.", "",
-            "| behind | trust state | metadata bytes | metadata requests | metadata on the wire | "
-            "route | patches | all bytes |", "|---:|---|---:|---:|---:|---|---:|---:|"]
-    for d, fresh, followed in r.catch_up:
-        for f in (fresh, followed):
-            if f is not None:
-                out.append(f"| {d:,} | {f.label} | {f.metadata_bytes:,} | {len(f.metadata)} | "
-                           f"{f.metadata_wire:,} | {f.route} | {f.patches} | {f.bytes_downloaded:,} |")
+            harness.md_table(["behind", "trust state", "metadata bytes", "metadata requests", "metadata on the wire",
+                              "route", "patches", "all bytes"],
+                             [[f"{d:,}", f.label, f"{f.metadata_bytes:,}", len(f.metadata), f"{f.metadata_wire:,}",
+                               f.route, f.patches, f"{f.bytes_downloaded:,}"]
+                              for d, fresh, followed in r.catch_up for f in (fresh, followed) if f is not None],
+                             "rlrrrlrr")]
     if r.catch_up:
         d, fresh, followed = r.catch_up[-1]
         worst = max(fresh.metadata_bytes, followed.metadata_bytes if followed else 0)
@@ -556,12 +536,11 @@ def render(r: Report) -> str:
         out += ["", "The same clients with the descent the client used before link plans (longest link "
                 "first; `PLAN_LIMIT = -1`): from an odd-numbered record the longest link is 16 back and "
                 "lands on an odd number again, so the power-of-two links are never reached.", "",
-                "| behind | trust state | metadata bytes | record reads | route |", "|---:|---|---:|---:|---|"]
-        for d, fresh, followed in longest:
-            for f in (fresh, followed):
-                if f is not None:
-                    reads = sum(1 for e in f.metadata if e.path.startswith("/records/"))
-                    out.append(f"| {d:,} | {f.label} | {f.metadata_bytes:,} | {reads} | {f.route} |")
+                harness.md_table(["behind", "trust state", "metadata bytes", "record reads", "route"],
+                                 [[f"{d:,}", f.label, f"{f.metadata_bytes:,}",
+                                   sum(1 for e in f.metadata if e.path.startswith("/records/")), f.route]
+                                  for d, fresh, followed in longest for f in (fresh, followed) if f is not None],
+                                 "rlrrl")]
     out.append("")
 
     m = getattr(r, "many_held", None)
@@ -580,8 +559,8 @@ def render(r: Report) -> str:
             windows.append((f"nets {mark - WINDOW // 2:,}-{mark + WINDOW // 2 - 1:,}",
                             s[mark - WINDOW // 2:mark + WINDOW // 2]))
     windows.append((f"last 50 (nets {n - WINDOW:,}-{n - 1:,})", s[-WINDOW:]))
-    out += ["| publishes | median ms per net | max ms |", "|---|---:|---:|"]
-    out += [f"| {label} | {_median_ms(v)} | {1000 * max(v):.0f} |" for label, v in windows if v]
+    out += [harness.md_table(["publishes", "median ms per net", "max ms"],
+                             [[label, _median_ms(v), f"{1000 * max(v):.0f}"] for label, v in windows if v])]
     counts = r.patches_per_net
     out += ["", "- Each publish writes the same few files whatever the history (the net, its patches, its "
             "record, one line of `.state/sequence`, the timestamp), each fsynced; with nets this small "
@@ -598,10 +577,11 @@ def render(r: Report) -> str:
             "schema-1 client reads it whole on every poll (it sends no `If-None-Match`), so its size is "
             "both the poll cost and the catch-up cost; a server may gzip it. A schema-1 publish parsed "
             "and rewrote it once per net.", "",
-            "| nets | index bytes | gzip -6 bytes | bytes per net | parse + serialise ms | atomic write ms |",
-            "|---:|---:|---:|---:|---:|---:|"]
-    out += [f"| {x.nets:,} | {x.raw_bytes:,} | {x.gzip_bytes:,} | {x.raw_bytes / x.nets:,.0f} | "
-            f"{1000 * x.parse_rewrite_s:.0f} | {1000 * x.write_s:.0f} |" for x in r.schema1]
+            harness.md_table(["nets", "index bytes", "gzip -6 bytes", "bytes per net", "parse + serialise ms",
+                              "atomic write ms"],
+                             [[f"{x.nets:,}", f"{x.raw_bytes:,}", f"{x.gzip_bytes:,}", f"{x.raw_bytes / x.nets:,.0f}",
+                               f"{1000 * x.parse_rewrite_s:.0f}", f"{1000 * x.write_s:.0f}"] for x in r.schema1],
+                             "rrrrrr")]
     if r.schema1 and r.poll and r.catch_up:
         x = r.schema1[-1]
         poll_wire = r.poll.metadata_wire + sum(e.wire_bytes for e in r.poll.others)
@@ -611,18 +591,6 @@ def render(r: Report) -> str:
                 f"{worst:,} bytes of metadata vs the same {x.raw_bytes:,}."]
     out.append("")
     return "\n".join(out)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` into the Markdown file, replacing a section with the same heading."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    heading = section.splitlines()[0]
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    atomic_write(path, text.encode())
 
 
 def main(argv=None) -> int:
@@ -670,7 +638,7 @@ def main(argv=None) -> int:
     section = render(report)
     print(section)
     if args.markdown:
-        write_section(Path(args.markdown), section)
+        harness.write_section(Path(args.markdown), section)
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench  # noqa: E402
+import harness  # noqa: E402
 from lc0weights import Net, apply_patch, make_patch  # noqa: E402
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights.patching import encode as patch_module  # noqa: E402
@@ -174,7 +174,7 @@ def tables(name: str, labels, results: dict, nncodec: bool) -> list[str]:
             nnc, tcm = sum(r["nnc"] for r in rows), sum(r["nnc_tcm"] for r in rows)
             total += [fmt(nnc), fmt(tcm), ratio(tot["new"], tcm)]
         body.append(total)
-        out += [f"### {name}, {mode}", "", bench.md_table(head, body), ""]
+        out += [f"### {name}, {mode}", "", harness.md_table(head, body), ""]
     return out
 
 
@@ -193,18 +193,7 @@ def summary(all_results: dict, nncodec: bool) -> list[str]:
                 err = max(r["nnc_err"] for r in rows)
                 line += [fmt(tcm), ratio(t["new"], tcm), f"{err:.3g}"]
             body.append(line)
-    return [bench.md_table(head, body), ""]
-
-
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else ""
-    at = old.find(SECTION)
-    if at >= 0:
-        end = old.find("\n## ", at + len(SECTION))
-        new = old[:at] + text.rstrip() + "\n" + (old[end:] if end >= 0 else "")
-    else:
-        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    bench.atomic_text(path, new)
+    return [harness.md_table(head, body), ""]
 
 
 # measured on the two shared runs, three modes, on 2 cores shared with other work
@@ -234,11 +223,8 @@ def main(argv=None) -> int:
     nncodec = not args.no_nncodec
     if nncodec and not bench.nncodec_available():
         ap.error("NNCodec is not installed (pip install --no-deps nncodec==2.1.3 pybind11), or pass --no-nncodec")
-    command = ".venv/bin/python tools/bench_temporal.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    command = harness.command_line("tools/bench_temporal.py", argv)
+    log = harness.log
 
     all_results, detail = {}, []
     for run in args.runs:
@@ -268,7 +254,7 @@ def main(argv=None) -> int:
             *summary(all_results, nncodec), *detail]
     print("\n".join(text))
     if args.out:
-        write_section(args.out, "\n".join(text))
+        harness.write_section(args.out, "\n".join(text))
         log(f"wrote {args.out}")
     return 0
 

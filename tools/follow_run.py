@@ -23,11 +23,12 @@ import argparse
 import logging
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import harness  # noqa: E402  (tools/, beside this file)
 
 from lc0weights.client import TransferPolicy, fetch  # noqa: E402
 from lc0weights.settings import parse_tolerance  # noqa: E402
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="lc0weights-follow-") as tmp:
         tmp = Path(tmp)
         repo = Repository.create(tmp / "repo")
-        server = RepositoryServer(repo.root)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
+        with harness.ServerThread(RepositoryServer(repo.root)) as server:
             for i, path in enumerate(paths):
                 net, gz = load_net_file(path)
                 t0 = time.monotonic()
@@ -72,18 +71,14 @@ def main(argv=None) -> int:
                 if i % args.every == 0 or i == len(paths) - 1:
                     occasional.append(fetch(server.url, cache_dir=tmp / "occasional", policy=policy,
                                             tolerance=args.tolerance))
-        finally:
-            server.shutdown()
-            server.server_close()
 
     print(f"Run: `{Path(args.run_dir).name}`, {len(paths)} nets; codec: {args.codec or 'smallest per layer'}"
           + (f"; clients fetch with tolerance {args.tolerance:g}" if args.tolerance else "") + ".\n")
-    print("| net | patches published | publish s | route | history patch | downloaded bytes "
-          "| of which metadata | full .pb.gz bytes | fetch s |")
-    print("|---|---:|---:|---|---|---:|---:|---:|---:|")
-    for name, npatches, publish_s, r in rows:
-        print(f"| {name} | {npatches} | {publish_s:.1f} | {r.route} | {'yes' if r.history_patches else ''} | "
-              f"{r.bytes_downloaded:,} | {r.metadata_bytes:,} | {r.full_size:,} | {r.seconds:.2f} |")
+    print(harness.md_table(["net", "patches published", "publish s", "route", "history patch", "downloaded bytes",
+                            "of which metadata", "full .pb.gz bytes", "fetch s"],
+                           [[name, npatches, f"{publish_s:.1f}", r.route, "yes" if r.history_patches else "",
+                             f"{r.bytes_downloaded:,}", f"{r.metadata_bytes:,}", f"{r.full_size:,}", f"{r.seconds:.2f}"]
+                            for name, npatches, publish_s, r in rows], "lrrllrrrr"))
     follow = sum(r.bytes_downloaded for *_, r in rows)
     full = sum(r.full_size for *_, r in rows)
     after_first = sum(r.bytes_downloaded for *_, r in rows[1:])
@@ -134,20 +129,14 @@ def mirror_mode(args) -> int:
     policy = TransferPolicy(progress=False)
 
     def start_mirror(upstream, own, client_cache):
-        server = MirrorServer(Mirror(upstream, cache_dir=own, client_cache=client_cache, policy=policy))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    def stop_mirror(server):
-        server.shutdown()
-        server.server_close()
+        return harness.ServerThread(MirrorServer(Mirror(upstream, cache_dir=own, client_cache=client_cache,
+                                                        policy=policy))).start()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lc0weights-mirror-run-") as tmp:
         tmp = Path(tmp)
         repo = Repository.create(tmp / "repo")
-        upstream = RepositoryServer(repo.root)
-        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        upstream = harness.ServerThread(RepositoryServer(repo.root)).start()
         persistent = start_mirror(upstream.url, tmp / "mirror-b", None)
         try:
             for i, path in enumerate(paths):
@@ -157,7 +146,7 @@ def mirror_mode(args) -> int:
                 fresh = start_mirror(upstream.url, tmp / f"mirror-a-{i}", tmp / "client-a")
                 client_a = StandInClient(tmp / "client-a", fresh.url)
                 client_a.get_network(net.id)
-                stop_mirror(fresh)
+                fresh.stop()
                 a = records.served[-1]
                 # B: a client with no cache (a new container each time); the mirror keeps its cache.
                 shutil.rmtree(tmp / "client-b", ignore_errors=True)
@@ -168,17 +157,15 @@ def mirror_mode(args) -> int:
                 assert StandInClient.check(tmp / "client-b" / net.id, net.id)
                 rows.append((path.name, len(gz), a, b))
         finally:
-            stop_mirror(persistent)
-            upstream.shutdown()
-            upstream.server_close()
+            persistent.stop()
+            upstream.stop()
 
     print(f"Run: `{Path(args.run_dir).name}`, {len(paths)} nets; codec: {args.codec or 'smallest per layer'}; "
           "stand-in lczero-client through `lc0weights mirror`, loopback.\n")
-    print("| net | full .pb.gz bytes | A: route | A: upstream bytes | B: route | B: upstream bytes | B: s |")
-    print("|---|---:|---|---:|---|---:|---:|")
-    for name, full, a, b in rows:
-        print(f"| {name} | {full:,} | {a['route']} | {a['upstream']:,} | {b['route']} | {b['upstream']:,} | "
-              f"{b['seconds']:.2f} |")
+    print(harness.md_table(["net", "full .pb.gz bytes", "A: route", "A: upstream bytes", "B: route",
+                            "B: upstream bytes", "B: s"],
+                           [[name, f"{full:,}", a["route"], f"{a['upstream']:,}", b["route"], f"{b['upstream']:,}",
+                             f"{b['seconds']:.2f}"] for name, full, a, b in rows], "lrlrlrr"))
     full = sum(r[1] for r in rows)
     full_after = sum(r[1] for r in rows[1:])
     print()

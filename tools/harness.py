@@ -1,4 +1,17 @@
-"""Shared benchmark plumbing: child processes measured one by one, Markdown tables and sections.
+"""Shared benchmark plumbing: run a peer and time it, serve on loopback, write Markdown into BENCHMARKS.md.
+
+Each bench file keeps only what it measures; what they all do lives here:
+
+- measuring: ``run`` (a child process: wall, its own CPU and peak RSS),
+  ``timed`` (a call in this process: its result and wall seconds);
+- serving: ``ServerThread`` (an in-process HTTP server on a thread),
+  ``ChildServer`` (a server as a child process), ``ThrottledProxy`` (a link
+  of a given rate in front of either);
+- reporting: ``command_line`` (how the bench was run, for the section's
+  first line), ``md_table``, ``write_section`` (one ``## `` section of a
+  Markdown file, replaced in place), ``write_head`` (everything before a
+  heading), ``write_text_atomic``, ``machine_line``, ``log``, ``mb``,
+  ``seconds``.
 
 Benchmarks drive the command lines as a user would, so each measurement is
 one child process: ``run`` starts it, waits for it with ``os.wait4`` and so
@@ -100,21 +113,52 @@ def _communicate(proc: subprocess.Popen, timeout: float | None):
     return results["out"], results["err"]
 
 
+def timed(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and the wall seconds it took, as ``(result, seconds)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def log(msg) -> None:
+    """Progress for the person running the bench: stderr, at once (stdout may be the report)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def command_line(script: str, argv=None) -> str:
+    """How a bench was run, as a user would type it: ``.venv/bin/python tools/x.py ARGS`` (``argv`` default: sys.argv)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([".venv/bin/python", script] + [shlex.quote(str(a)) for a in args])
+
+
 def shell_line(argv) -> str:
     """A command as one would type it: this Python shown as ``python``, paths kept short."""
     words = ["python" if a == sys.executable else a for a in map(str, argv)]
     return " ".join(shlex.quote(w) for w in words)
 
 
-def md_table(header, rows) -> str:
+def md_table(header, rows, align: str | None = None) -> str:
+    """A Markdown table; ``align`` is one letter a column, ``l`` or ``r`` (default: the first left, the rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write by temp file and rename: a reader sees the old text or the new, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_section(path: Path, section: str) -> None:
-    """Put ``section`` (starting with its ``## heading``) into a Markdown file, replacing one of that heading."""
+    """Put ``section`` (starting with its ``## heading``) into a Markdown file, replacing one of that heading.
+
+    The old section runs to the next ``## `` heading or the end; a new one goes at the end.
+    """
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     heading = section.splitlines()[0]
@@ -123,9 +167,19 @@ def write_section(path: Path, section: str) -> None:
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
     else:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
+
+
+def write_head(path: Path, head: str, keep_from: str) -> None:
+    """Replace what comes before the line ``keep_from`` (a heading) with ``head``; all of it if absent."""
+    path = Path(path)
+    keep = ""
+    if path.exists():
+        text = path.read_text()
+        at = text.find(keep_from)
+        if at >= 0:
+            keep = "\n" + text[at:]
+    write_text_atomic(path, head.rstrip() + "\n" + keep)
 
 
 def mb(n: float) -> str:
@@ -141,6 +195,78 @@ def machine_line() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"Python {platform.python_version()}, {os.cpu_count()} cores ({platform.machine()}), "
             f"load average {load:.1f} when it started")
+
+
+class ServerThread:
+    """An in-process server (``socketserver`` style, with a ``url``) answering on a daemon thread
+    while in a ``with``; shut down and closed on leaving it."""
+
+    def __init__(self, server):
+        import threading
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback just now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChildServer:
+    """A server as a child process on a free loopback port: ``argv_for(port)`` starts it, up once
+    ``probe`` (a path under its URL) answers; stopped by its own pid on exit."""
+
+    def __init__(self, argv_for, probe: str = "", timeout: float = 60.0):
+        self.port, self.probe, self.timeout = free_port(), probe, timeout
+        self.proc = subprocess.Popen([str(a) for a in argv_for(self.port)], env=child_env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self):
+        import urllib.request
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + self.probe, timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError(f"server did not answer within {self.timeout:g} s")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class TokenBucket:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench  # noqa: E402
+import harness  # noqa: E402
 from lc0weights import Net  # noqa: E402
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights import residuals as res  # noqa: E402
@@ -153,28 +153,18 @@ def report(run: Path, steps: int, weights: int) -> list[str]:
     fractions = modelled_fractions(swa_snapshots(info, weights), steps)
     head = (["pair", "H0 residuals"] + [f"H0 errors, {s} step{'s' if s > 1 else ''}" for s in range(1, steps + 1)]
             + [f"model: left, {s} step{'s' if s > 1 else ''}" for s in range(1, steps + 1)])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
-    sums = np.zeros(steps + 1)
+    rows, sums = [], np.zeros(steps + 1)
     for k in range(2, len(nets)):
         h = measured_pair(nets, k, steps)
         if k > steps:
             sums += np.array(h)
-        lines.append("| " + " | ".join([f"{labels[k - 1]}→{labels[k]}"] + [_num(v, ",.0f") for v in h]
-                                       + [_num(v, ".3f") for v in fractions[k - 2]]) + " |")
+        rows.append([f"{labels[k - 1]}→{labels[k]}"] + [_num(v, ",.0f") for v in h]
+                    + [_num(v, ".3f") for v in fractions[k - 2]])
+    lines = harness.md_table(head, rows).splitlines()
     first = labels[steps] + "→" + labels[steps + 1]
     lines.append(f"| total from {first} | " + " | ".join(f"{v:,.0f}" for v in sums)
                  + " |" + " |" * steps)
     return lines
-
-
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    path.write_text(old[:start] + text + (old[end + 1:] if end >= 0 else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,14 +188,13 @@ def main(argv=None) -> int:
     for run in args.run_dirs:
         if not (run / "run_info.json").is_file():
             ap.error(f"{run} has no run_info.json")
-    text = [SECTION, "", "Produced by `python tools/temporal_limit.py "
-            + shlex.join(argv if argv is not None else sys.argv[1:]) + "`.", "", METHOD, ""]
+    text = [SECTION, "", f"Produced by `{harness.command_line('tools/temporal_limit.py', argv)}`.", "", METHOD, ""]
     for run in args.run_dirs:
         lines = [f"### {run.name}", "", *report(run, args.steps, args.weights), ""]
         print("\n".join(lines), flush=True)
         text += lines
     if args.out:
-        write_section(args.out, "\n".join(text) + "\n")
+        harness.write_section(args.out, "\n".join(text) + "\n")
     return 0
 
 

@@ -1,0 +1,149 @@
+"""Publishing one net in steady state, for tools/bench_scale.py: the setup it needs and its cost per candidate.
+
+For net ``seq`` service/publish.py codes these candidates: a lossless patch
+from ``seq - d`` for each d of SKIPS (1, 2, 4, 8, 16; from 32 up, also each
+power of two dividing ``seq``); the predecessor's patch again with the net
+before it as history (from seq 2); with a tolerance, the next link of the
+lossy chain, checked by rebuilding it, and that link coded with the base 1,
+2 or 4 links back (HISTORY_GAPS) as history, the smallest of those checked
+too. So the set stops growing at seq = max(SKIPS) = 16, the 17th net (the
+lossy part at seq 5: four links behind it); after that only nets at
+multiples of 32 add one patch per power of two, 1/16 of a patch per net on
+average.
+
+The setup publishes only what the last net's candidates read, through
+service.publish with ``skips=()`` and no history: the nets themselves (the
+lossless candidates and the history patch are made from them, not from
+their patches), and for the ``max(HISTORY_GAPS)`` nets before the last one
+the plain links of the lossy chain (and the lossy nets the publisher keeps
+for them), which the last net's lossy candidates start from and take their
+histories from. Then the last net goes through the CLI as a user would
+publish it, with a timer around each candidate (``PROFILED``: the same
+``service.cli.main``, make_patch and apply_patch wrapped).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from service.publish import HISTORY_GAPS, SKIPS
+
+PY = sys.executable
+STEADY_COUNT = max(SKIPS) + 1           # nets in a run whose last one has the full candidate set
+STEADY_CANDIDATES = {"lossless": len(SKIPS), "lossless with history": 1, "lossy": 1,
+                     "lossy with history": len(HISTORY_GAPS), "lossy rebuild (check)": 2}
+
+SETUP = """
+import datetime, logging, sys
+from lc0weights.repository.keys import SigningKey
+from lc0weights.settings import parse_tolerance
+from service.publish import publish
+from service.repository import Repository
+logging.basicConfig(level=logging.ERROR)
+repo_dir, key, tolerance, chained, *paths = sys.argv[1:]
+repo = Repository.create(repo_dir, SigningKey.load(key), datetime.timedelta(days=7))
+split = len(paths) - int(chained)
+publish(repo, paths[:split], skips=(), history=False)
+publish(repo, paths[split:], tolerance=parse_tolerance(tolerance), skips=(), history=False)
+"""
+
+PROFILED = """
+import json, sys, time
+import service.publish as publisher
+from service.cli import main
+calls = []
+def timed(fn, kind):
+    def wrapper(*args, **kw):
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = fn(*args, **kw)
+        calls.append({"kind": kind, "lossy": kw.get("tolerance") is not None,
+                      "history": kw.get("history") is not None,
+                      "cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall})
+        return out
+    return wrapper
+publisher.make_patch = timed(publisher.make_patch, "encode")
+publisher.apply_patch = timed(publisher.apply_patch, "rebuild")
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump(calls, f)
+sys.exit(code)
+"""
+
+
+def setup_argv(repo: Path, key: Path, tolerance: str, paths) -> list:
+    """A child publishing ``paths`` (every net but the last) as the last net's publish needs them."""
+    before = list(paths[:-1])
+    return [PY, "-c", SETUP, repo, key, tolerance, min(len(before), max(HISTORY_GAPS)), *before]
+
+
+def profiled_argv(timings: Path, server_args) -> list:
+    """``lc0weights-server ARGS`` with each candidate timed into ``timings`` (JSON)."""
+    return [PY, "-c", PROFILED, timings, *server_args]
+
+
+def candidate_name(call: dict) -> str:
+    if call["kind"] == "rebuild":
+        return "lossy rebuild (check)"
+    return ("lossy" if call["lossy"] else "lossless") + (" with history" if call["history"] else "")
+
+
+def candidate_counts(calls: list[dict]) -> dict:
+    counts = dict.fromkeys(STEADY_CANDIDATES, 0)
+    for call in calls:
+        counts[candidate_name(call)] = counts.get(candidate_name(call), 0) + 1
+    return counts
+
+
+def longest_chain(calls: list[dict]) -> float:
+    """CPU seconds of the longest run of dependent work: an encode, and for a lossy one its check.
+
+    The calls come in the publisher's order: each lossy encode's check follows
+    it (the plain link's at once, the history version's after every history
+    encode, checking the smallest: taken here as the largest, to err high).
+    """
+    encodes = [c for c in calls if c["kind"] == "encode"]
+    rebuilds = [c["cpu"] for c in calls if c["kind"] == "rebuild"]
+    longest = max((c["cpu"] for c in encodes), default=0.0)
+    plain = [c["cpu"] for c in encodes if c["lossy"] and not c["history"]]
+    with_history = [c["cpu"] for c in encodes if c["lossy"] and c["history"]]
+    if plain and rebuilds:
+        longest = max(longest, plain[0] + rebuilds[0])
+    if with_history and len(rebuilds) > 1:
+        longest = max(longest, max(with_history) + rebuilds[1])
+    return longest
+
+
+def profile_lines(calls: list[dict], wall: float, cpu: float, startup_cpu: float, weights: int,
+                  bt4_weights: float) -> list[str]:
+    """The section's lines on the candidates: what was coded, what each cost, what 16 cores would take."""
+    counts = candidate_counts(calls)
+    per_kind = {}
+    for call in calls:
+        per_kind.setdefault(candidate_name(call), []).append(call["cpu"])
+    steady = all(counts.get(k, 0) >= n for k, n in STEADY_CANDIDATES.items())
+    lines = [(f"Candidates coded by this publish (steady state: "
+              f"{'; '.join(f'{n} {k}' for k, n in STEADY_CANDIDATES.items())}); CPU each:"), ""]
+    for kind, cpus in per_kind.items():
+        lines.append(f"- {kind}: {len(cpus)} x, {', '.join(f'{c:.2f}' for c in cpus)} s CPU")
+    if not steady:
+        missing = {k: n - counts.get(k, 0) for k, n in STEADY_CANDIDATES.items() if counts.get(k, 0) < n}
+        lines.append(f"- NOT steady state: the steady state adds {'; '.join(f'{n} {k}' for k, n in missing.items())} "
+                     f"(run at least --count {STEADY_COUNT})")
+    in_candidates = sum(c["cpu"] for c in calls)
+    serial = max(cpu - in_candidates, 0.0)
+    chain = longest_chain(calls)
+    scale = bt4_weights / weights
+    bt4_serial = max(serial - startup_cpu, 0.0) * scale + startup_cpu
+    lines += ["", (f"On 16 cores: the candidates are independent (a lossy one's check follows it), so with a "
+                   f"core or more each, the publish takes the CPU outside the candidates ({serial:.1f} s here, "
+                   f"start-up included: reading, hashing, writing, signing) plus the longest chain "
+                   f"({chain:.1f} s CPU) = about {serial + chain:.1f} s on an idle machine, against "
+                   f"{wall:.1f} s wall on 2 cores here ({cpu:.1f} s CPU, {in_candidates:.1f} s of it in "
+                   f"candidates); scaled to a BT4 net by weight count: about {bt4_serial + chain * scale:.0f} s "
+                   f"on 16 cores, {(bt4_serial + in_candidates * scale / 2):.0f} s on 2 idle cores.")]
+    return lines
+
+
+def read_calls(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())
