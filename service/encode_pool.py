@@ -20,8 +20,9 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lc0weights import encodings as enc
@@ -74,6 +75,7 @@ class Encoded:
     sha256: str = ""
     result: str = ""              # id of the net the patch rebuilds
     rebuilt: str | None = None    # scratch raw file of that net (lossy patches only)
+    cpu_seconds: float = 0.0      # the job's CPU, encode and check (its process runs one job at a time)
 
 
 class Scratch:
@@ -109,6 +111,12 @@ class Scratch:
 
 def encode_job(job: Job) -> Encoded:
     """Make one candidate patch into the scratch folder, and check that it rebuilds its net."""
+    started = time.process_time()
+    done = _encode_job(job)
+    return replace(done, cpu_seconds=time.process_time() - started)
+
+
+def _encode_job(job: Job) -> Encoded:
     scratch = Path(job.target).parent
     target = MappedNet(job.target)
     base = MappedNet(job.base) if job.base else None

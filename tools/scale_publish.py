@@ -1,15 +1,13 @@
 """Publishing one net in steady state, for tools/bench_scale.py: the setup it needs and its cost per candidate.
 
-For net ``seq`` service/publish.py codes these candidates: a lossless patch
-from ``seq - d`` for each d of SKIPS (1, 2, 4, 8, 16; from 32 up, also each
-power of two dividing ``seq``); the predecessor's patch again with the net
-before it as history (from seq 2); with a tolerance, the next link of the
-lossy chain, checked by rebuilding it, and that link coded with the base 1,
-2 or 4 links back (HISTORY_GAPS) as history, the smallest of those checked
-too. So the set stops growing at seq = max(SKIPS) = 16, the 17th net (the
-lossy part at seq 5: four links behind it); after that only nets at
-multiples of 32 add one patch per power of two, 1/16 of a patch per net on
-average.
+For net ``seq`` service/publish.py codes these candidates (service/patch_policy.py):
+a lossless patch from ``seq - d`` for each d of SKIPS (1, 4, 16); the
+predecessor's patch again with the net before it as history (from seq 2);
+with a tolerance, the next link of the lossy chain, and that link coded with
+the base 1, 2 or 4 links back (HISTORY_GAPS) as history. Each candidate is
+one job of the publisher's worker pool, and a job checks its own patch by
+rebuilding it. So the set stops growing at seq = max(SKIPS) = 16, the 17th
+net (the lossy part at seq 5: four links behind it).
 
 The setup publishes only what the last net's candidates read, through
 service.publish with ``skips=()`` and no history: the nets themselves (the
@@ -18,8 +16,8 @@ their patches), and for the ``max(HISTORY_GAPS)`` nets before the last one
 the plain links of the lossy chain (and the lossy nets the publisher keeps
 for them), which the last net's lossy candidates start from and take their
 histories from. Then the last net goes through the CLI as a user would
-publish it, with a timer around each candidate (``PROFILED``: the same
-``service.cli.main``, make_patch and apply_patch wrapped).
+publish it, each candidate's CPU taken from the publisher's jobs (``PROFILED``:
+the same ``service.cli.main``, with the pool's results recorded).
 """
 from __future__ import annotations
 
@@ -32,7 +30,7 @@ from service.publish import HISTORY_GAPS, SKIPS
 PY = sys.executable
 STEADY_COUNT = max(SKIPS) + 1           # nets in a run whose last one has the full candidate set
 STEADY_CANDIDATES = {"lossless": len(SKIPS), "lossless with history": 1, "lossy": 1,
-                     "lossy with history": len(HISTORY_GAPS), "lossy rebuild (check)": 2}
+                     "lossy with history": len(HISTORY_GAPS)}
 
 SETUP = """
 import datetime, logging, sys
@@ -49,21 +47,19 @@ publish(repo, paths[split:], tolerance=parse_tolerance(tolerance), skips=(), his
 """
 
 PROFILED = """
-import json, sys, time
+import json, sys
 import service.publish as publisher
 from service.cli import main
 calls = []
-def timed(fn, kind):
-    def wrapper(*args, **kw):
-        cpu, wall = time.process_time(), time.perf_counter()
-        out = fn(*args, **kw)
-        calls.append({"kind": kind, "lossy": kw.get("tolerance") is not None,
-                      "history": kw.get("history") is not None,
-                      "cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall})
-        return out
+def recorded(run_jobs):
+    def wrapper(jobs, *args, **kw):
+        done = run_jobs(jobs, *args, **kw)
+        for job, result in zip(jobs, done):
+            calls.append({"kind": "encode", "lossy": job.tolerance is not None,
+                          "history": job.history is not None, "cpu": result.cpu_seconds})
+        return done
     return wrapper
-publisher.make_patch = timed(publisher.make_patch, "encode")
-publisher.apply_patch = timed(publisher.apply_patch, "rebuild")
+publisher.run_jobs = recorded(publisher.run_jobs)
 code = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump(calls, f)
@@ -83,8 +79,6 @@ def profiled_argv(timings: Path, server_args) -> list:
 
 
 def candidate_name(call: dict) -> str:
-    if call["kind"] == "rebuild":
-        return "lossy rebuild (check)"
     return ("lossy" if call["lossy"] else "lossless") + (" with history" if call["history"] else "")
 
 
@@ -96,22 +90,8 @@ def candidate_counts(calls: list[dict]) -> dict:
 
 
 def longest_chain(calls: list[dict]) -> float:
-    """CPU seconds of the longest run of dependent work: an encode, and for a lossy one its check.
-
-    The calls come in the publisher's order: each lossy encode's check follows
-    it (the plain link's at once, the history version's after every history
-    encode, checking the smallest: taken here as the largest, to err high).
-    """
-    encodes = [c for c in calls if c["kind"] == "encode"]
-    rebuilds = [c["cpu"] for c in calls if c["kind"] == "rebuild"]
-    longest = max((c["cpu"] for c in encodes), default=0.0)
-    plain = [c["cpu"] for c in encodes if c["lossy"] and not c["history"]]
-    with_history = [c["cpu"] for c in encodes if c["lossy"] and c["history"]]
-    if plain and rebuilds:
-        longest = max(longest, plain[0] + rebuilds[0])
-    if with_history and len(rebuilds) > 1:
-        longest = max(longest, max(with_history) + rebuilds[1])
-    return longest
+    """CPU seconds of the dearest candidate: each is one job (its check included), all independent."""
+    return max((c["cpu"] for c in calls), default=0.0)
 
 
 def profile_lines(calls: list[dict], wall: float, cpu: float, startup_cpu: float, weights: int,
