@@ -21,11 +21,12 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lc0weights import encodings as enc
+from lc0weights.console import counting_bar
 from lc0weights.errors import NetFormatError, VerificationError
 from lc0weights.net import GZIP_MAGIC, MAGIC, Layer, Net
 from lc0weights.patching.decode import apply_patch_to_file
@@ -163,11 +164,14 @@ def run_jobs(jobs: list[Job], workers: int | None = None) -> list[Encoded]:
     threads = max(1, cores // processes)
     jobs = [_with_threads(job, threads) for job in jobs]
     if processes == 1:
-        return [encode_job(job) for job in jobs]
+        return list(counting_bar(map(encode_job, jobs), len(jobs), "encoding", unit="patch"))
     dearest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)
     pool = _pool(processes)
     try:
         futures = {i: pool.submit(encode_job, jobs[i]) for i in dearest_first}
+        # The bar counts patches as they finish; results still come back in the jobs' order.
+        for _ in counting_bar(as_completed(futures.values()), len(jobs), "encoding", unit="patch"):
+            pass
         return [futures[i].result() for i in range(len(jobs))]
     except BaseException:
         _close_pool()                 # a failed or interrupted publish leaves no worker running
