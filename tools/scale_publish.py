@@ -111,7 +111,9 @@ def profile_lines(calls: list[dict], wall: float, cpu: float, startup_cpu: float
         lines.append(f"- NOT steady state: the steady state adds {'; '.join(f'{n} {k}' for k, n in missing.items())} "
                      f"(run at least --count {STEADY_COUNT})")
     in_candidates = sum(c["cpu"] for c in calls)
-    serial = max(cpu - in_candidates, 0.0)
+    # The candidates ran in the pool's worker processes, whose CPU the publish's own wait4 does not
+    # count (they are the pool's children): what it counts is the work outside the candidates.
+    serial = cpu
     chain = longest_chain(calls)
     scale = bt4_weights / weights
     bt4_serial = max(serial - startup_cpu, 0.0) * scale + startup_cpu
@@ -119,8 +121,8 @@ def profile_lines(calls: list[dict], wall: float, cpu: float, startup_cpu: float
                    f"core or more each, the publish takes the CPU outside the candidates ({serial:.1f} s here, "
                    f"start-up included: reading, hashing, writing, signing) plus the longest chain "
                    f"({chain:.1f} s CPU) = about {serial + chain:.1f} s on an idle machine, against "
-                   f"{wall:.1f} s wall on 2 cores here ({cpu:.1f} s CPU, {in_candidates:.1f} s of it in "
-                   f"candidates); scaled to a BT4 net by weight count: about {bt4_serial + chain * scale:.0f} s "
+                   f"{wall:.1f} s wall on 2 cores here ({cpu:.1f} s CPU in the publishing process, "
+                   f"{in_candidates:.1f} s in candidates); scaled to a BT4 net by weight count: about {bt4_serial + chain * scale:.0f} s "
                    f"on 16 cores, {(bt4_serial + in_candidates * scale / 2):.0f} s on 2 idle cores.")]
     return lines
 
