@@ -26,7 +26,6 @@ from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields
 
-from .migrate import migrate_if_needed
 from .repository import Repository, utc_text_now
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,6 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
     a client holding both nets takes it.
     """
     with repo.lock():
-        migrate_if_needed(repo)
         if repo.known(net.id):
             log.info("%s (%s) is already published", source or net.id[:16], net.id[:16])
             return Published(net.id, source, False)

@@ -21,7 +21,7 @@ LAYERS = [
     ("patch", ("lc0weights.container", "lc0weights.patching", "lc0weights.patch")),
     ("repository format", ("lc0weights.repository",)),
     ("client", ("lc0weights.client",)),
-    ("publisher", ("service.repository", "service.publish", "service.migrate", "service.watch",
+    ("publisher", ("service.repository", "service.publish", "service.watch",
                    "service.prune", "service.sweep")),
     ("serving", ("lc0weights.serving", "service.serve")),
     ("command line", ("lc0weights.cli", "lc0weights.client_cli", "service.cli")),

@@ -26,7 +26,7 @@ import heapq
 from dataclasses import dataclass
 
 from ..repository.errors import NoRouteError
-from ..repository.index import NetEntry, PatchEntry, RepositoryIndex
+from ..repository.index import Catalogue, NetEntry, PatchEntry
 from .link_rate import Rates
 
 NOTHING = ""  # the start node for full downloads
@@ -85,7 +85,7 @@ class TimeCosts:
     the same size.
     """
 
-    def __init__(self, index: RepositoryIndex, rates: Rates):
+    def __init__(self, index: Catalogue, rates: Rates):
         self.index = index
         self.rates = rates
         self._typical = max((n.raw_size for n in index.nets), default=0)
@@ -125,7 +125,7 @@ class TimeCosts:
         return seconds + self.finish(bool(route.steps) and isinstance(route.steps[-1], PatchEntry), route.goal)
 
 
-def route_costs(prefer: str, index: RepositoryIndex, rates: Rates | None):
+def route_costs(prefer: str, index: Catalogue, rates: Rates | None):
     """The weights for ``prefer`` ("time" or "bytes"); time needs ``rates``."""
     if prefer == "bytes":
         return ByteCosts()
@@ -134,7 +134,7 @@ def route_costs(prefer: str, index: RepositoryIndex, rates: Rates | None):
     raise ValueError(f"prefer must be one of {', '.join(PREFER)} (time needs rates), not {prefer!r}")
 
 
-def cheapest_route(index: RepositoryIndex, goals, held, exclude=frozenset(), costs=None) -> Route:
+def cheapest_route(index: Catalogue, goals, held, exclude=frozenset(), costs=None) -> Route:
     """Cheapest route to any id in ``goals`` from ``held`` ids or from nothing.
 
     ``costs`` weighs the route (:class:`ByteCosts`, the default, or
