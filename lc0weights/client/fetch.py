@@ -105,6 +105,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
+        estimate = plan.estimate(catalogue, route)
         # 5. store. Replaces whatever sat under the name (never writing through it); a full
         # download stores the repository's own gzip file.
         published = getattr(result, "published_gz", None)
@@ -127,7 +128,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks,
-        prefer=prefer, estimate=plan.estimate(catalogue, route))
+        prefer=prefer, estimate=estimate)
 
 
 def trust_state_dir(cache: NetCache) -> Path:
