@@ -86,17 +86,18 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     published = None
     source = source or open_source(location, policy)
     cache = NetCache(cache_dir, client_layout, have)
+    held = cache.held_ids()             # the walk's input: the nets the client holds
     book = rates if rates is not None else RateBook.load(cache.root)
     plan = _Plan(prefer, book, link_name(source))
     updater = Updater(source, trust, trust_state_dir(cache))
     try:
-        held = cache.held_ids()
         # 1. catalogue: the signed metadata, read once.
         catalogue, target, ready = read_catalogue(updater, cache, held, net, tolerance)
         metadata_bytes = updater.metadata_bytes
         # 2-4. route, objects, rebuild: the cheapest route, then the next while one fails.
         if ready is not None:
             result, route, fallbacks = ready, Route(start=target, steps=(), cost=0), []
+            plan.estimate(catalogue, route)
         else:
             _declare_largest(source, catalogue)
             cache.root.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,6 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
-        estimate = plan.estimate(catalogue, route)
         # 5. store. Replaces whatever sat under the name (never writing through it); a full
         # download stores the repository's own gzip file.
         published = getattr(result, "published_gz", None)
@@ -128,7 +128,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks,
-        prefer=prefer, estimate=estimate)
+        prefer=prefer, estimate=plan.chosen)
 
 
 def trust_state_dir(cache: NetCache) -> Path:
@@ -183,19 +183,22 @@ class _Plan:
             raise ValueError(f"prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
         self.prefer, self.book, self.link = prefer, book, link
         self.rates = None               # the rates the last route was chosen with
+        self.chosen: dict = {}          # the estimate of the last route chosen
 
     def costs(self, catalogue: Catalogue):
         self.rates = self.book.rates(self.link)
         return route_costs(self.prefer, catalogue, self.rates)
 
     def estimate(self, catalogue: Catalogue, route: Route) -> dict:
-        """What fetch --json reports: the route's bytes and estimated seconds, and the rates behind them.
+        """What fetch --json reports, kept as :attr:`chosen`: the route's bytes and estimated
+        seconds, and the rates behind them.
 
         The rates are those the route was chosen with, not the ones its own transfers updated.
         """
         rates = self.rates or self.book.rates(self.link)
-        return {"bytes": route.cost, "seconds": round(TimeCosts(catalogue, rates).route_seconds(route), 3),
-                "link": self.link[len("link "):], "rates": rates.to_dict()}
+        self.chosen = {"bytes": route.cost, "seconds": round(TimeCosts(catalogue, rates).route_seconds(route), 3),
+                       "link": self.link[len("link "):], "rates": rates.to_dict()}
+        return self.chosen
 
 
 def obtain(catalogue: Catalogue, goals, held: set[str], source, cache: NetCache,
@@ -216,6 +219,8 @@ def obtain(catalogue: Catalogue, goals, held: set[str], source, cache: NetCache,
             if not fallbacks:
                 raise
             break
+        if plan is not None:
+            plan.estimate(catalogue, route)
         if not route.steps:                      # the cache already holds it
             net = cache.load(route.start)
             if net is not None:
