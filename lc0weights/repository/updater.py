@@ -378,7 +378,7 @@ class Updater:
             for p in record.patches:
                 if p.lossy:
                     self.state.learn(Link(record.seq, record.net.id, 0, "0" * 64), p.result)
-        return self._index(), target.net.id
+        return self._catalogue(), target.net.id
 
     def _starts(self, held, below: int) -> list[tuple[str, int]]:
         """The held nets worth routing from: the few newest before ``below``.
@@ -423,7 +423,7 @@ class Updater:
         ts = self.timestamp
         if ts.latest is not None:
             self._walk_back(self.record(ts.latest), ts.horizon)
-        return self._index()
+        return self._catalogue()
 
     def _walk_back(self, record: Record, seq: int) -> None:
         while record.seq > seq:
@@ -431,7 +431,7 @@ class Updater:
             if record is None:
                 return
 
-    def _index(self) -> Catalogue:
+    def _catalogue(self) -> Catalogue:
         horizon = self.timestamp.horizon
         records = sorted(self._records.values(), key=lambda r: r.seq)
         return Catalogue(nets=[r.net for r in records],
