@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from lc0weights.repository.index import net_object_path
 from lc0weights.repository.metadata import record_path
 
-from .migrate import migrate_if_needed
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ def prune(repo: Repository, keep: int) -> PruneReport:
     if keep < 1:
         raise ValueError("keep at least one net")
     with repo.lock():
-        migrate_if_needed(repo)
         ts = repo.read_timestamp()
         if ts is None or ts.latest is None:
             return PruneReport(0, 0, 0)

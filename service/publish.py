@@ -27,7 +27,6 @@ from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.wire import iter_fields
 
 from .encode_pool import Encoded, Job, MappedNet, Scratch, run_jobs
-from .migrate import migrate_if_needed
 from .patch_policy import HISTORY_GAPS, MAX_POWER_SKIP, SKIPS, keep_on_routes, patch_distances
 from .repository import Repository, utc_text_now
 
@@ -105,7 +104,6 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
     net, gz = loaded
     loaded.clear()
     with repo.lock():
-        migrate_if_needed(repo)
         if repo.known(net.id):
             log.info("%s (%s) is already published", source or net.id[:16], net.id[:16])
             return Published(net.id, source, False)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from lc0weights.repository.errors import RepositoryError, UntrustedError
-from lc0weights.repository.index import INDEX_NAME, NetEntry, RepositoryIndex, parse_index
+from lc0weights.repository.index import Catalogue, NetEntry
 from lc0weights.repository.keys import SigningKey
 from lc0weights.repository.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
                                               open_envelope, parse_record, parse_root,
@@ -60,7 +60,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def is_repository(path: Path) -> bool:
     """Whether ``path`` holds a repository (its documents, or a publisher's state)."""
-    return any((path / name).exists() for name in (TIMESTAMP_NAME, ROOT_NAME, INDEX_NAME, STATE_DIR))
+    return any((path / name).exists() for name in (TIMESTAMP_NAME, ROOT_NAME, STATE_DIR))
 
 
 def fsync_dir(path: Path) -> None:
@@ -125,7 +125,7 @@ class Repository:
         repo = cls(root, key, expires)
         if not repo.root.is_dir():
             raise RepositoryError(f"{repo.root}: no such repository folder")
-        if not any((repo.root / name).is_file() for name in (TIMESTAMP_NAME, INDEX_NAME, ROOT_NAME)):
+        if not any((repo.root / name).is_file() for name in (TIMESTAMP_NAME, ROOT_NAME)):
             raise RepositoryError(f"{repo.root}: not a repository (no {TIMESTAMP_NAME}); publish a net first")
         return repo
 
@@ -133,10 +133,6 @@ class Repository:
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
-
-    @property
-    def index_path(self) -> Path:
-        return self.root / INDEX_NAME
 
     def object_file(self, rel_path: str) -> Path:
         return self.root / rel_path
@@ -279,14 +275,12 @@ class Repository:
         link = self.link_to(seq)
         return parse_record(self.object_file(link.path).read_bytes(), link, self.repository_id())
 
-    def read_index(self) -> RepositoryIndex:
+    def read_index(self) -> Catalogue:
         """Every net still served and every patch, as one view (operators, tests, ``check``)."""
         ts = self.read_timestamp()
         if ts is None:
-            if self.index_path.is_file():
-                return parse_index(self.index_path.read_bytes())
-            return RepositoryIndex()
-        index = RepositoryIndex(updated=self._updated())
+            return Catalogue()
+        index = Catalogue()
         if ts.latest is None:
             return index
         previous = None
@@ -299,13 +293,6 @@ class Repository:
         index.latest = ts.latest.id
         index.retired = [self.net_at(s) for s in range(ts.horizon)]
         return index
-
-    def _updated(self) -> str:
-        try:
-            mtime = (self.root / TIMESTAMP_NAME).stat().st_mtime
-        except FileNotFoundError:
-            return ""
-        return utc_text(_dt.datetime.fromtimestamp(int(mtime), _dt.timezone.utc))
 
     # -- writing the metadata ------------------------------------------------------------
     def write_record(self, record: Record) -> Link:

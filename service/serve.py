@@ -1,7 +1,7 @@
 """``serve``: a small static HTTP server for a repository (GET and HEAD).
 
 Only the repository's own documents and objects are served, by exact name:
-``root.json``, ``timestamp.json`` and ``index.json`` at the top, and
+``root.json`` and ``timestamp.json`` at the top, and
 ``records/<64 hex>.json``, ``nets/<64 hex>.pb.gz``, ``patches/<64 hex>.lc0patch``.
 Anything else is a 404, whatever exists on disk. Files are opened one path
 component at a time with ``O_NOFOLLOW`` from the repository root, so a
@@ -41,8 +41,8 @@ __all__ = ["RepositoryHandler", "RepositoryServer", "ServerLimits", "parse_range
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
 OBJECT_CACHE = "public, max-age=31536000, immutable"
-INDEX_CACHE = "no-cache"
-DOCUMENTS = ("root.json", "timestamp.json", "index.json")
+DOCUMENT_CACHE = "no-cache"
+DOCUMENTS = ("root.json", "timestamp.json")
 OBJECT_SUFFIXES = {"records": ".json", "nets": ".pb.gz", "patches": ".lc0patch"}
 _OBJECT_PATH = re.compile(r"/(records|nets|patches)/([0-9a-f]{64})(\.json|\.pb\.gz|\.lc0patch)\Z")
 
@@ -192,7 +192,7 @@ class RepositoryHandler(BoundedHandler):
     def _validators(self, etag: str, target: Target):
         self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Cache-Control", INDEX_CACHE if target.is_document else OBJECT_CACHE)
+        self.send_header("Cache-Control", DOCUMENT_CACHE if target.is_document else OBJECT_CACHE)
 
 
 def _matches(header: str | None, etag: str) -> bool:

@@ -1,7 +1,6 @@
 """Helpers for distribution tests: small published repositories and a fault-injecting server."""
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -68,7 +67,6 @@ class FaultyHandler(RepositoryHandler):
     faults: dict = {}
     calls: dict = {}
     ranges: dict = {}
-    index_body: bytes | None = None
     hang_seconds = 3.0
     lock = threading.Lock()
 
@@ -86,8 +84,6 @@ class FaultyHandler(RepositoryHandler):
     def do_GET(self):
         path = self.path.split("?")[0]
         fault = self._next_fault(path)
-        if path == "/index.json" and self.index_body is not None and fault == "ok":
-            return self._raw(200, self.index_body)
         if fault == "404":
             return self._raw(404, b"not here")
         file = self._resolve()
@@ -160,13 +156,3 @@ def cache_files(folder: Path) -> list[str]:
     """The names in a cache folder, the client's trust state aside."""
     return sorted(p.name for p in folder.iterdir() if p.name not in CACHE_STATE)
 
-
-def legacy_index(repo) -> dict:
-    """The repository as a schema-1 ``index.json`` document (what older publishers wrote)."""
-    return json.loads(repo.read_index().to_json())
-
-
-def legacy_handler(doc: dict, **attrs):
-    """A server that hides the signed metadata and serves ``doc`` as a schema-1 index."""
-    faults = {"/timestamp.json": ["always:404"], **attrs.pop("faults", {})}
-    return faulty_handler(index_body=json.dumps(doc).encode(), faults=faults, **attrs)

@@ -1,7 +1,7 @@
 import pytest
 
 from lc0weights.repository.errors import NoRouteError
-from lc0weights.repository.index import (NetEntry, PatchEntry, RepositoryIndex, net_object_path,
+from lc0weights.repository.index import (NetEntry, PatchEntry, Catalogue, net_object_path,
                                            patch_object_path)
 from lc0weights.client.route import cheapest_route
 
@@ -9,7 +9,7 @@ N = [f"{i:x}" * 64 for i in range(1, 8)]   # seven net ids
 FULL = 1000
 
 
-def chain_index(patch_size=300, skip_size=400) -> RepositoryIndex:
+def chain_index(patch_size=300, skip_size=400) -> Catalogue:
     """Seven nets; patches from each predecessor and from two back."""
     nets = [NetEntry(n, net_object_path(n), FULL, "0" * 64, 1500, None, "", None) for n in N]
     patches = []
@@ -18,7 +18,7 @@ def chain_index(patch_size=300, skip_size=400) -> RepositoryIndex:
             if i - back >= 0:
                 sha = f"{i:02x}{back:02x}".ljust(64, "0")
                 patches.append(PatchEntry(N[i - back], N[i], N[i], patch_object_path(sha), size, sha))
-    return RepositoryIndex(nets=nets, patches=patches, latest=N[-1])
+    return Catalogue(nets=nets, patches=patches, latest=N[-1])
 
 
 def test_empty_cache_downloads_the_full_net():
@@ -75,7 +75,7 @@ def test_lossy_goal_follows_the_lossy_chain():
     assert cheapest_route(index, {N[6]}, {N[5]}).goal == N[6]     # lossy only when accepted
 
 
-def with_history_patch(size=50) -> RepositoryIndex:
+def with_history_patch(size=50) -> Catalogue:
     """The chain plus a small history patch N5 -> N6 that also needs N4."""
     index = chain_index()
     sha = "ab".ljust(64, "0")

@@ -446,9 +446,9 @@ def test_connection_refused_is_named(tmp_path):
     sock, port = _refusing_port()
     with sock:
         with pytest.raises(DownloadError) as err:
-            HttpSource(f"http://127.0.0.1:{port}/", policy(retries=1)).read_index()
+            HttpSource(f"http://127.0.0.1:{port}/", policy(retries=1)).read_document("timestamp.json", 1000)
     message = str(err.value)
-    assert f"cannot read the index: connection refused by 127.0.0.1:{port} (waited " in message
+    assert f"cannot read timestamp.json: connection refused by 127.0.0.1:{port} (waited " in message
     assert "over 2 attempts); is the server running" in message and "\n" not in message
 
 
@@ -548,9 +548,9 @@ def test_local_documents_are_read_but_never_through_a_link_out_of_the_root(tmp_p
         source.read_document("timestamp.json", 1000)
     with pytest.raises(DownloadError, match="larger than the 5 bytes allowed"):
         source.read_document("root.json", 5)
-    os.mkfifo(repo / "index.json")                            # would block a plain open() for ever
+    os.mkfifo(repo / "fifo.json")                             # would block a plain open() for ever
     with pytest.raises(DownloadError, match="not a regular file; refused"):
-        source.read_index()
+        source.read_document("fifo.json", 1000)
     with pytest.raises(DownloadError, match="No such file"):
         source.read_document("missing.json", 1000)
 

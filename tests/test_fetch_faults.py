@@ -11,7 +11,7 @@ from lc0weights.repository.errors import (DownloadError, IntegrityError, NoRoute
 
 from conftest import run_paths
 from repo_fixtures import (FaultyHandler, cache_files, copy_into_cache, faulty_handler, leftovers,
-                           legacy_handler, legacy_index, publish_run, serving)
+                           publish_run, serving)
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
 
@@ -128,30 +128,17 @@ def test_when_every_object_fails_the_client_fails_cleanly(repo, nets, held_cache
     assert (held_cache / f"{nets[1].id}.pb.gz").read_bytes() == before
 
 
-def test_index_that_lies_about_a_net_id_never_lands_in_the_cache(repo, nets, tmp_path):
-    doc = legacy_index(repo)
-    # Claim the third net's object is the second net: it hashes to the wrong id.
-    doc["nets"][1].update(path=doc["nets"][2]["path"], size=doc["nets"][2]["size"],
-                          sha256=doc["nets"][2]["sha256"])
-    doc["nets"][2]["path"] = "nets/" + "0" * 64 + ".pb.gz"
-    doc["latest"] = doc["nets"][1]["id"]
-    doc["patches"] = []
-    handler = legacy_handler(doc)
-    cache = tmp_path / "cache"
+def test_a_repository_without_signed_metadata_is_refused_before_any_object_is_requested(repo, tmp_path):
+    # What a repository written before signing looks like to a client now: no timestamp.json.
+    handler = faulty_handler(faults={"/timestamp.json": ["always:404"]})
     with serving(repo.root, handler) as srv:
-        with pytest.raises(NoRouteError):
-            fetch(srv.url, cache_dir=cache, policy=FAST)
-    assert cache_files(cache) == [] and leftovers(cache) == []
-
-
-def test_hostile_index_is_refused_before_any_object_is_requested(repo, tmp_path):
-    doc = legacy_index(repo)
-    doc["nets"][-1]["path"] = "../../../etc/passwd"
-    handler = legacy_handler(doc)
-    with serving(repo.root, handler) as srv:
-        with pytest.raises(RepositoryIndexError, match="unsafe object path"):
+        with pytest.raises(RepositoryIndexError) as info:
             fetch(srv.url, cache_dir=tmp_path / "cache", policy=FAST)
-    assert set(handler.calls) == {"/timestamp.json", "/index.json"}
+    message = str(info.value)
+    assert "no signed metadata (timestamp.json)" in message and "lc0weights-server publish" in message
+    assert "\n" not in message
+    assert set(handler.calls) == {"/timestamp.json"}
+    assert leftovers(tmp_path / "cache") == []
 
 
 def test_object_larger_than_the_index_declares_is_refused(repo, nets, tmp_path):

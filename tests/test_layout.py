@@ -22,7 +22,7 @@ LAYERS = [
     ("patch", ("lc0weights.container", "lc0weights.patching", "lc0weights.patch")),
     ("repository format", ("lc0weights.repository",)),
     ("client", ("lc0weights.client",)),
-    ("publisher", ("service.repository", "service.publish", "service.migrate", "service.watch",
+    ("publisher", ("service.repository", "service.publish", "service.watch",
                    "service.encode_pool", "service.patch_policy",
                    "service.prune", "service.sweep")),
     ("serving", ("lc0weights.serving", "service.serve")),

@@ -1,104 +1,86 @@
+"""The catalogue's entries and queries, and the strict reading of a record's patch entries."""
 import copy
-import json
 
 import pytest
 
 from lc0weights import Lc0WeightsError
-from lc0weights.repository.index import (NetEntry, PatchEntry, RepositoryIndex, SCHEMA,
-                                           net_object_path, parse_index, patch_object_path)
-from lc0weights.repository.errors import RepositoryIndexError
+from lc0weights.repository.errors import RepositoryIndexError, UntrustedError
+from lc0weights.repository.index import (Catalogue, NetEntry, PatchEntry, net_object_path, parse_patch_entry,
+                                           patch_object_path, resolve_prefix)
+from lc0weights.repository.strict import Strict
 
 A, B, C, P1, P2 = ("a" * 64, "b" * 64, "c" * 64, "1" * 64, "2" * 64)
 
 
-def sample_index() -> RepositoryIndex:
+def sample_catalogue() -> Catalogue:
     nets = [NetEntry(A, net_object_path(A), 100, "d" * 64, 150, 400000, "2024-01-01T00:00:00Z", None, "a.pb.gz"),
             NetEntry(B, net_object_path(B), 100, "e" * 64, 150, 400100, "2024-01-01T00:01:00Z", A, "b.pb.gz")]
-    patches = [PatchEntry(A, B, B, patch_object_path(P1), 10, P1),
-               PatchEntry(A, B, C, patch_object_path(P2), 5, P2, "tolerance", 0.001)]
-    return RepositoryIndex(nets=nets, patches=patches, latest=B)
+    patches = [PatchEntry(A, B, B, patch_object_path(P1), 10, P1, base_seq=0),
+               PatchEntry(A, B, C, patch_object_path(P2), 5, P2, "tolerance", 0.001, base_seq=0)]
+    return Catalogue(nets=nets, patches=patches, latest=B)
 
 
-def test_index_round_trips_through_json():
-    index = sample_index()
-    again = parse_index(index.to_json())
-    assert again.nets == index.nets and again.patches == index.patches and again.latest == B
-    assert json.loads(index.to_json())["schema"] == SCHEMA
+def test_catalogue_queries():
+    catalogue = sample_catalogue()
+    assert catalogue.net(B).predecessor == A and catalogue.net(C) is None
+    assert catalogue.patch(A, B).size == 10 and catalogue.patch(A, C).lossy and catalogue.patch(B, A) is None
+    assert catalogue.lossy_results(B) == [C] and catalogue.lossy_results(B, 0.01) == []
 
 
-def test_resolve_latest_and_prefixes():
-    index = sample_index()
-    assert index.resolve("latest") == B
-    assert index.resolve(A[:16]) == A
-    with pytest.raises(RepositoryIndexError):
-        index.resolve(A[:15])       # 60 bits: too short to resist a brute-forced collision
-    with pytest.raises(RepositoryIndexError):
-        index.resolve("f" * 64)
-    with pytest.raises(RepositoryIndexError):
-        index.resolve("a")          # too short to be meant as an id
-    assert index.lossy_results(B) == [C]
+def test_prefixes_resolve_to_one_id_of_at_least_64_bits():
+    ids = [A, B]
+    assert resolve_prefix(A[:16], ids) == A
+    for wanted in (A[:15], "f" * 64, "a", "x" * 16):        # 60 bits, unknown, short, not hex
+        with pytest.raises(RepositoryIndexError):
+            resolve_prefix(wanted, ids)
+    with pytest.raises(RepositoryIndexError, match="ambiguous"):
+        resolve_prefix("a" * 16, [A, "a" * 63 + "f"])
 
 
-def _doc():
-    return json.loads(sample_index().to_json())
+def _patch_docs():
+    return [p.to_dict() for p in sample_catalogue().patches]
 
 
-def _hostile(mutate):
-    doc = _doc()
-    mutate(doc)
-    return json.dumps(doc).encode()
+def _read(doc):
+    return parse_patch_entry(Strict("records/x.json", UntrustedError), doc, "patches[0]")
+
+
+def test_patch_entries_round_trip():
+    assert [_read(d) for d in _patch_docs()] == sample_catalogue().patches
 
 
 HOSTILE = {
-    "id not hex": lambda d: d["nets"][0].__setitem__("id", "../../etc/passwd"),
-    "id uppercase": lambda d: d["nets"][0].__setitem__("id", A.upper()),
-    "id too short": lambda d: d["patches"][0].__setitem__("base", "ab"),
-    "path climbs out": lambda d: d["nets"][0].__setitem__("path", "nets/../../secret"),
-    "absolute path": lambda d: d["patches"][0].__setitem__("path", "/etc/passwd"),
-    "hidden path": lambda d: d["patches"][0].__setitem__("path", ".state/lock"),
-    "backslash path": lambda d: d["patches"][0].__setitem__("path", "nets\\..\\x"),
-    "huge size": lambda d: d["nets"][1].__setitem__("size", 1 << 50),
-    "negative size": lambda d: d["patches"][0].__setitem__("size", -1),
-    "size as string": lambda d: d["patches"][0].__setitem__("size", "10"),
-    "size as bool": lambda d: d["patches"][0].__setitem__("size", True),
-    "size as float": lambda d: d["nets"][0].__setitem__("raw_size", 1.5),
-    "nets not a list": lambda d: d.__setitem__("nets", {"a": 1}),
-    "net not an object": lambda d: d["nets"].__setitem__(0, "x"),
-    "schema from the future": lambda d: d.__setitem__("schema", SCHEMA + 1),
-    "schema missing": lambda d: d.pop("schema"),
-    "latest unknown": lambda d: d.__setitem__("latest", "f" * 64),
-    "duplicate net": lambda d: d["nets"].append(copy.deepcopy(d["nets"][0])),
-    "unknown mode": lambda d: d["patches"][0].__setitem__("mode", "magic"),
-    "lossless result differs": lambda d: d["patches"][0].__setitem__("result", C),
-    "tolerance not positive": lambda d: d["patches"][1].__setitem__("tolerance", -1),
-    "tolerance not a number": lambda d: d["patches"][1].__setitem__("tolerance", "0.1"),
-    "patch target unknown": lambda d: d["patches"][0].__setitem__("target", "f" * 64),
-    "steps negative": lambda d: d["nets"][0].__setitem__("training_steps", -5),
+    "id too short": lambda d: d.__setitem__("base", "ab"),
+    "id uppercase": lambda d: d.__setitem__("base", A.upper()),
+    "absolute path": lambda d: d.__setitem__("path", "/etc/passwd"),
+    "path climbs out": lambda d: d.__setitem__("path", "patches/../../secret"),
+    "hidden path": lambda d: d.__setitem__("path", ".state/lock"),
+    "backslash path": lambda d: d.__setitem__("path", "nets\\..\\x"),
+    "negative size": lambda d: d.__setitem__("size", -1),
+    "huge size": lambda d: d.__setitem__("size", 1 << 50),
+    "size as string": lambda d: d.__setitem__("size", "10"),
+    "size as bool": lambda d: d.__setitem__("size", True),
+    "unknown mode": lambda d: d.__setitem__("mode", "magic"),
+    "lossless result differs": lambda d: d.__setitem__("result", C),
+    "base is the result": lambda d: d.__setitem__("base", B),
+    "not an object": lambda d: d.clear() or d.__setitem__("x", []),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_index_is_refused_with_one_clear_error(case):
-    with pytest.raises(RepositoryIndexError) as info:
-        parse_index(_hostile(HOSTILE[case]))
+def test_hostile_patch_entry_is_refused_with_one_clear_error(case):
+    doc = copy.deepcopy(_patch_docs()[0])
+    HOSTILE[case](doc)
+    with pytest.raises(UntrustedError) as info:
+        _read(doc)
     assert isinstance(info.value, Lc0WeightsError)
     message = str(info.value)
-    assert message.startswith("refusing repository index") and "\n" not in message
+    assert message.startswith("refusing records/x.json") and "\n" not in message
 
 
-@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b"\"x\"", b"[" * 100000, b"{\"schema\": 1.0}"])
-def test_garbage_is_refused(data):
-    with pytest.raises(RepositoryIndexError):
-        parse_index(data)
-
-
-def test_oversized_index_is_refused_before_parsing():
-    with pytest.raises(RepositoryIndexError, match="limit"):
-        parse_index(b" " * ((64 << 20) + 1))
-
-
-def test_unknown_fields_are_ignored_for_forward_compatibility():
-    doc = _doc()
-    doc["mirrors"] = ["https://example.org"]
-    doc["nets"][0]["comment"] = "extra"
-    assert parse_index(json.dumps(doc).encode()).latest == B
+@pytest.mark.parametrize("tolerance", [-1, 0, "0.1", None])
+def test_lossy_entry_needs_a_positive_tolerance(tolerance):
+    doc = copy.deepcopy(_patch_docs()[1])
+    doc["tolerance"] = tolerance
+    with pytest.raises(UntrustedError):
+        _read(doc)

@@ -15,7 +15,7 @@ from lc0weights.client import TransferPolicy, fetch
 from lc0weights.client.link_rate import (DEFAULT_GUNZIP, DEFAULT_GZIP, DEFAULT_LINK, DEFAULT_REBUILD,
                                          MAX_FILE_BYTES, MAX_LINKS, RATES_NAME, RateBook, Rates, link_name)
 from lc0weights.client.route import ByteCosts, TimeCosts, cheapest_route
-from lc0weights.repository.index import NetEntry, PatchEntry, RepositoryIndex, net_object_path, \
+from lc0weights.repository.index import NetEntry, PatchEntry, Catalogue, net_object_path, \
     patch_object_path
 
 from conftest import run_paths
@@ -27,7 +27,7 @@ GZ, RAW = 334 * MB, 450 * MB            # an lc0-sized net: .pb.gz and raw proto
 FAST = TransferPolicy(timeout=5.0, retries=2, backoff=0.01, progress=False)
 
 
-def lc0_index(patch_share=0.4, skip_share=0.5, direct_share=None) -> RepositoryIndex:
+def lc0_index(patch_share=0.4, skip_share=0.5, direct_share=None) -> Catalogue:
     """Seven lc0-sized nets, patches from one and two back (and optionally 2 -> 6 directly)."""
     nets = [NetEntry(n, net_object_path(n), GZ, "0" * 64, RAW, None, "", None) for n in N]
     patches = []
@@ -42,7 +42,7 @@ def lc0_index(patch_share=0.4, skip_share=0.5, direct_share=None) -> RepositoryI
             add(i - 2, i, skip_share)
     if direct_share is not None:
         add(2, 6, direct_share)
-    return RepositoryIndex(nets=nets, patches=patches, latest=N[-1])
+    return Catalogue(nets=nets, patches=patches, latest=N[-1])
 
 
 # -- which route, given rates ------------------------------------------------------------------

@@ -37,7 +37,6 @@ def build_repository(root: Path) -> Path:
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "root.json").write_bytes(b'{"signed": "root"}\n')
     (root / "timestamp.json").write_bytes(b'{"signed": "timestamp"}\n')
-    (root / "index.json").write_bytes(b'{"schema": 1}\n')
     (root / "records" / f"{NET_ID}.json").write_bytes(b'{"record": 1}\n')
     (root / "nets" / f"{NET_ID}.pb.gz").write_bytes(b"\x1f\x8b net bytes")
     (root / "patches" / f"{SHA}.lc0patch").write_bytes(OBJECT)
@@ -151,7 +150,7 @@ def peak_rss_kb(pid: int) -> int:
 OUTSIDE_LAYOUT = [
     "README.txt", "nets/notes.txt", f"patches/{SHA}.lc0patch.bak", f"records/{NET_ID.upper()}.json",
     f"nets/{NET_ID}.json", f"records/{NET_ID}.pb.gz", f"other/{NET_ID}.json", f"nets/{NET_ID[:-1]}.pb.gz",
-    f"patches/.{SHA}.lc0patch.abc.tmp", ".state/lock", "index.json.bak", "nets/sub/index.json"]
+    f"patches/.{SHA}.lc0patch.abc.tmp", ".state/lock", "index.json", "index.json.bak", "nets/sub/index.json"]
 
 
 @pytest.fixture
@@ -173,7 +172,7 @@ def shared(tmp_path_factory):
 # -- only the layout, never through a symlink ----------------------------------------------------
 def test_every_layout_name_is_served_with_its_caching(shared):
     repo, port = shared
-    for name in ("root.json", "timestamp.json", "index.json"):
+    for name in ("root.json", "timestamp.json"):
         status, headers, body = get(port, f"/{name}")
         assert status == 200 and body == (repo / name).read_bytes()
         assert headers["cache-control"] == "no-cache"
@@ -213,15 +212,15 @@ def test_symlinks_out_of_the_repository_are_not_followed(repo, tmp_path):
     other_id = "cd" * 32
     (outside / "records" / f"{other_id}.json").write_bytes(SECRET)
     (repo / "rootlink").symlink_to("/")
-    (repo / "index.json").unlink()
-    (repo / "index.json").symlink_to(outside / "secret")            # a document
+    (repo / "timestamp.json").unlink()
+    (repo / "timestamp.json").symlink_to(outside / "secret")            # a document
     (repo / "nets" / f"{other_id}.pb.gz").symlink_to(outside / "secret")  # an object
     (repo / "patches" / f"{'ee' * 32}.lc0patch").symlink_to("/etc/passwd")
     (repo / "records").rename(repo / "records-real")
     (repo / "records").symlink_to(outside / "records")              # a whole folder
     with in_process(repo) as srv:
         port = srv.server_address[1]
-        for path in ("/index.json", f"/nets/{other_id}.pb.gz", f"/patches/{'ee' * 32}.lc0patch",
+        for path in ("/timestamp.json", f"/nets/{other_id}.pb.gz", f"/patches/{'ee' * 32}.lc0patch",
                      f"/records/{other_id}.json", "/rootlink/etc/passwd", "/rootlink/etc/shadow"):
             status, _, body = get(port, path)
             assert status == 404 and SECRET not in body and b"root:" not in body, path
@@ -238,40 +237,40 @@ def test_a_fifo_with_an_object_name_is_a_404_not_a_hang(repo):
 def test_oversized_heads_get_431_or_414(shared):
     port = shared[1]
     many = "".join(f"X-H{i}: v\r\n" for i in range(65))
-    assert request(port, f"GET /index.json HTTP/1.1\r\n{many}\r\n".encode())[0] == 431
+    assert request(port, f"GET /timestamp.json HTTP/1.1\r\n{many}\r\n".encode())[0] == 431
     long_line = "X-Big: " + "a" * 9000
-    assert request(port, f"GET /index.json HTTP/1.1\r\n{long_line}\r\n\r\n".encode())[0] == 431
+    assert request(port, f"GET /timestamp.json HTTP/1.1\r\n{long_line}\r\n\r\n".encode())[0] == 431
     huge = "".join(f"X-H{i}: {'b' * 4000}\r\n" for i in range(6))     # 24 KB in all
-    assert request(port, f"GET /index.json HTTP/1.1\r\n{huge}\r\n".encode())[0] == 431
+    assert request(port, f"GET /timestamp.json HTTP/1.1\r\n{huge}\r\n".encode())[0] == 431
     assert request(port, f"GET /{'a' * 3000} HTTP/1.1\r\n\r\n".encode())[0] == 414
-    assert request(port, b"GET /index.json\r\n\r\n")[0] == 400          # HTTP/0.9 style
-    assert request(port, b"GET /index.json HTTP/2.0\r\n\r\n")[0] == 505
-    assert request(port, b"GET /index.json HTTP/1.1\r\n folded\r\n\r\n")[0] == 400
-    assert get(port, "/index.json")[0] == 200
+    assert request(port, b"GET /timestamp.json\r\n\r\n")[0] == 400          # HTTP/0.9 style
+    assert request(port, b"GET /timestamp.json HTTP/2.0\r\n\r\n")[0] == 505
+    assert request(port, b"GET /timestamp.json HTTP/1.1\r\n folded\r\n\r\n")[0] == 400
+    assert get(port, "/timestamp.json")[0] == 200
 
 
 def test_a_body_on_get_is_drained_not_parsed_as_a_second_request(shared):
     smuggled = b"GET /patches/" + SHA.encode() + b".lc0patch HTTP/1.1\r\nHost: x\r\n\r\n"
     port = shared[1]
     with closing(connect(port)) as s:
-        s.sendall(b"GET /index.json HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+        s.sendall(b"GET /timestamp.json HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
                   + smuggled)
         status, headers, body = read_response(s)
-        assert status == 200 and body == b'{"schema": 1}\n' and headers["connection"] == "close"
+        assert status == 200 and body == b'{"signed": "timestamp"}\n' and headers["connection"] == "close"
         assert read_response(s)[0] == 0                  # nothing answered the smuggled request
     for head in ("Content-Length: 1000000", "Transfer-Encoding: chunked",
                  "Content-Length: 1\r\nContent-Length: 2", "Content-Length: -1"):
-        status, headers, _ = request(port, f"GET /index.json HTTP/1.1\r\n{head}\r\n\r\n".encode())
+        status, headers, _ = request(port, f"GET /timestamp.json HTTP/1.1\r\n{head}\r\n\r\n".encode())
         assert status in (413, 400) and headers["connection"] == "close", head
-    assert request(port, b"POST /index.json HTTP/1.1\r\nContent-Length: 0\r\n\r\n")[:1] == (405,)
+    assert request(port, b"POST /timestamp.json HTTP/1.1\r\nContent-Length: 0\r\n\r\n")[:1] == (405,)
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(shared):
     with closing(connect(shared[1])) as s:
-        s.sendall(b"GET /index.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.sendall(b"GET /timestamp.json HTTP/1.1\r\nHost: x\r\n\r\n"
                   b"HEAD /root.json HTTP/1.1\r\nHost: x\r\n\r\n"
                   b"GET /patches/" + SHA.encode() + b".lc0patch HTTP/1.1\r\nRange: bytes=0-9\r\n\r\n")
-        assert read_response(s)[2] == b'{"schema": 1}\n'
+        assert read_response(s)[2] == b'{"signed": "timestamp"}\n'
         status, headers, _ = read_response(s, to_head=True)
         assert status == 200 and headers["content-length"] == str(len(b'{"signed": "root"}\n'))
         assert read_response(s)[::2] == (206, OBJECT[:10])
@@ -297,7 +296,7 @@ def test_giant_and_malformed_ranges(shared, header, status, start, end):
         assert body == OBJECT[start:end + 1]
     else:
         assert headers["content-range"] == f"bytes */{len(OBJECT)}"
-    assert get(port, "/index.json")[0] == 200            # and the server carries on
+    assert get(port, "/timestamp.json")[0] == 200            # and the server carries on
 
 
 def test_parse_range_never_builds_giant_integers():
@@ -309,7 +308,7 @@ def test_parse_range_never_builds_giant_integers():
 
 # -- slow and numerous clients ------------------------------------------------------------------
 def test_a_client_trickling_its_head_is_cut_at_the_deadline(repo):
-    head = b"GET /index.json HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(60)) + b"\r\n"
+    head = b"GET /timestamp.json HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(60)) + b"\r\n"
     with in_process(repo, request_timeout=1.0) as srv:
         with closing(connect(srv.server_address[1])) as s:
             started = time.monotonic()
@@ -336,7 +335,7 @@ def test_slowloris_flood_neither_exhausts_descriptors_nor_locks_out_other_client
         try:
             for i in range(200):                   # more than the descriptor limit, from 15 addresses
                 s = connect(port, source=f"127.0.0.{2 + i % 15}")
-                s.sendall(b"GET /index.json HTTP/1.1\r\nX-a: ")
+                s.sendall(b"GET /timestamp.json HTTP/1.1\r\nX-a: ")
                 flood.append(s)
             time.sleep(0.3)
             assert descriptors(pid) <= idle_fds + 16 + 32 + 2    # slots, waiting room, one refusal
@@ -344,7 +343,7 @@ def test_slowloris_flood_neither_exhausts_descriptors_nor_locks_out_other_client
             status, deadline = 0, time.monotonic() + 15
             while status != 200 and time.monotonic() < deadline:
                 try:
-                    status = get(port, "/index.json", source="127.0.0.200")[0]
+                    status = get(port, "/timestamp.json", source="127.0.0.200")[0]
                 except OSError:
                     status = 0
                 if status != 200:
@@ -365,10 +364,10 @@ def test_one_address_cannot_take_every_slot(repo):
         hogs = [connect(port, source="127.0.0.9") for _ in range(10)]
         try:
             for s in hogs:
-                s.sendall(b"GET /index.json HTTP/1.1\r\n")
+                s.sendall(b"GET /timestamp.json HTTP/1.1\r\n")
             time.sleep(0.2)
             assert sum(closed_by_server(s) for s in hogs) == 2       # 4 served, 4 waiting, 2 refused
-            assert get(port, "/index.json", source="127.0.0.10")[0] == 200
+            assert get(port, "/timestamp.json", source="127.0.0.10")[0] == 200
         finally:
             for s in hogs:
                 s.close()
@@ -402,7 +401,7 @@ def test_a_client_that_never_reads_loses_its_slot(repo):
         try:
             stuck.sendall(f"GET /nets/{big_id}.pb.gz HTTP/1.1\r\n\r\n".encode())
             time.sleep(0.3)                            # it holds the only slot, reading nothing
-            assert get(port, "/index.json", source="127.0.0.31")[0] == 200
+            assert get(port, "/timestamp.json", source="127.0.0.31")[0] == 200
         finally:
             stuck.close()
 
@@ -420,14 +419,14 @@ def test_descriptor_limit_shrinks_the_caps():
 def test_huge_header_floods_take_bounded_memory(repo):
     header = b"X-Big: " + b"h" * (64 * 1024 - 9) + b"\r\n"
     with child_server(repo, nofile=256, max_connections=64, max_per_client=64) as (pid, port):
-        get(port, "/index.json")
+        get(port, "/timestamp.json")
         before = peak_rss_kb(pid)
         statuses = []
 
         def attack():
             try:
                 with closing(connect(port, timeout=10)) as s:
-                    s.sendall(b"GET /index.json HTTP/1.1\r\n")
+                    s.sendall(b"GET /timestamp.json HTTP/1.1\r\n")
                     for _ in range(98):            # 6.4 MB of headers, if the server would read them
                         s.sendall(header)
                     statuses.append(read_response(s)[0])
@@ -441,7 +440,7 @@ def test_huge_header_floods_take_bounded_memory(repo):
         grown_mb = (peak_rss_kb(pid) - before) / 1024
         assert len(statuses) == 40 and set(statuses) <= {431, "reset"}, statuses
         assert grown_mb < 40, f"server grew by {grown_mb:.0f} MB"
-        assert get(port, "/index.json")[0] == 200
+        assert get(port, "/timestamp.json")[0] == 200
 
 
 # -- the nginx front documented in docs/SECURITY.md -----------------------------------------------
@@ -504,7 +503,7 @@ def test_the_documented_nginx_front_serves_exactly_the_layout(tmp_path):
                 assert proc.poll() is None, proc.stderr.read().decode()[-1000:]
                 assert time.monotonic() < deadline, "nginx did not start"
                 time.sleep(0.05)
-        for name in ("root.json", "timestamp.json", "index.json"):
+        for name in ("root.json", "timestamp.json"):
             status, headers, body = get(port, f"/{name}")
             assert status == 200 and body == (root / name).read_bytes()
             assert headers["cache-control"] == "no-cache"

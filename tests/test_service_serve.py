@@ -18,7 +18,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     repo = Repository.create(root)
     repo.write_object(f"patches/{SHA}.lc0patch", OBJECT)
-    (root / "index.json").write_bytes(b'{"schema": 1}\n')
+    (root / "timestamp.json").write_bytes(b'{"signed": "timestamp"}\n')
     (root / ".state" / "secret").write_bytes(b"private")
     (root.parent / "outside.txt").write_bytes(b"outside")
     with serving(root) as srv:
@@ -37,11 +37,11 @@ def test_object_is_served_with_its_hash_as_etag_and_cached_forever(server):
     assert r.headers["Accept-Ranges"] == "bytes"
 
 
-def test_index_is_revalidated_and_has_its_own_etag(server):
-    r = requests.get(url(server, "/index.json"))
+def test_top_document_is_revalidated_and_has_its_own_etag(server):
+    r = requests.get(url(server, "/timestamp.json"))
     assert r.headers["Cache-Control"] == "no-cache"
     assert r.headers["ETag"] == f'"{hashlib.sha256(r.content).hexdigest()}"'
-    again = requests.get(url(server, "/index.json"), headers={"If-None-Match": r.headers["ETag"]})
+    again = requests.get(url(server, "/timestamp.json"), headers={"If-None-Match": r.headers["ETag"]})
     assert again.status_code == 304 and again.content == b""
 
 

@@ -1,8 +1,7 @@
-"""Keys, signing on the publisher's side, re-signing before expiry, and schema-1 repositories."""
+"""Keys, signing on the publisher's side, re-signing before expiry, and folders without signed metadata."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import stat
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net
-from lc0weights.client import TransferPolicy, check_repository, fetch
-from lc0weights.repository.errors import UntrustedError
+from lc0weights.client import TransferPolicy, fetch
+from lc0weights.repository.errors import RepositoryIndexError, UntrustedError
 from lc0weights.repository.keys import PublicKey, SigningKey, read_trust
 from service.publish import publish
 from lc0weights.repository.metadata import link_distances
@@ -23,7 +22,7 @@ from service.repository import Repository
 from service.watch import Watcher
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, legacy_index
+from repo_fixtures import FAST_CODEC
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = TransferPolicy(timeout=5.0, retries=1, backoff=0.01, progress=False)
@@ -118,27 +117,16 @@ def test_far_behind_reads_a_logarithmic_number_of_records(tmp_path):
     assert result.metadata_bytes < 14 * record_size, (result.metadata_bytes, record_size)
 
 
-def test_schema_1_repositories_are_read_unsigned_and_migrated_by_the_next_publish(tmp_path):
+def test_a_folder_without_signed_metadata_is_refused_with_what_to_do(tmp_path):
+    # Objects but no timestamp.json: what a repository from before signing left behind.
     signed = Repository.create(tmp_path / "new")
-    publish(signed, run_paths()[:3], codec=FAST_CODEC, skips=(1, 2))
-    legacy = tmp_path / "legacy"
-    (legacy / "nets").mkdir(parents=True)
-    shutil.copytree(signed.root / "nets", legacy / "nets", dirs_exist_ok=True)
-    shutil.copytree(signed.root / "patches", legacy / "patches")
-    doc = legacy_index(signed)
-    (legacy / "index.json").write_text(json.dumps(doc))
-    ids = [Net.load(p).id for p in run_paths()[:4]]
-
-    result = fetch(str(legacy), cache_dir=tmp_path / "a", policy=POLICY)
-    assert result.net_id == ids[2]
+    publish(signed, run_paths()[:2], codec=FAST_CODEC, skips=(1,))
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(signed.root / "nets", unsigned / "nets")
+    (unsigned / "index.json").write_text("{}")             # never read
+    with pytest.raises(RepositoryIndexError) as info:
+        fetch(str(unsigned), cache_dir=tmp_path / "a", policy=POLICY)
+    assert "no signed metadata" in str(info.value) and "lc0weights-server publish" in str(info.value)
     with pytest.raises(UntrustedError, match="no signed metadata"):
-        fetch(str(legacy), cache_dir=tmp_path / "b", policy=POLICY, trust=SigningKey.generate().public)
-
-    key = SigningKey.generate()
-    publish(Repository.create(legacy, key), run_paths()[3:4], codec=FAST_CODEC, skips=(1, 2))
-    assert not (legacy / "index.json").exists()
-    migrated = Repository(legacy).read_index()
-    assert [n.id for n in migrated.nets] == ids
-    assert {(p["base"], p["target"]) for p in doc["patches"]} <= {(p.base, p.target) for p in migrated.patches}
-    report = check_repository(str(legacy), POLICY, trust=key.public)
-    assert report.ok, report.failures
+        fetch(str(unsigned), cache_dir=tmp_path / "b", policy=POLICY, trust=SigningKey.generate().public)
+    assert not any((tmp_path / "a").glob("*.pb.gz")) and not any((tmp_path / "b").glob("*.pb.gz"))

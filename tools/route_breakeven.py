@@ -19,15 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lc0weights.client.link_rate import Rate, RateBook, Rates  # noqa: E402
 from lc0weights.client.route import TimeCosts, cheapest_route  # noqa: E402
-from lc0weights.repository.index import (NetEntry, PatchEntry, RepositoryIndex,  # noqa: E402
+from lc0weights.repository.index import (Catalogue, NetEntry, PatchEntry,  # noqa: E402
                                            net_object_path, patch_object_path)
 
 OLD, NEW = "a" * 64, "b" * 64
 
 
-def two_nets(gz: int, raw: int, patch: int) -> RepositoryIndex:
+def two_nets(gz: int, raw: int, patch: int) -> Catalogue:
     nets = [NetEntry(i, net_object_path(i), gz, "0" * 64, raw, None, "", None) for i in (OLD, NEW)]
-    return RepositoryIndex(nets=nets, patches=[PatchEntry(OLD, NEW, NEW, patch_object_path("c" * 64), patch,
+    return Catalogue(nets=nets, patches=[PatchEntry(OLD, NEW, NEW, patch_object_path("c" * 64), patch,
                                                           "c" * 64)], latest=NEW)
 
 

@@ -8,12 +8,12 @@ from .check import CheckReport, check_repository
 from .download import HttpSource, LocalSource, TransferPolicy, open_source
 from ..repository.errors import DownloadError, IntegrityError, NoRouteError, RepositoryError, RepositoryIndexError
 from .fetch import FetchResult, fetch
-from ..repository.index import NetEntry, PatchEntry, RepositoryIndex, parse_index
+from ..repository.index import Catalogue, NetEntry, PatchEntry
 from .route import Route, cheapest_route
 
 __all__ = [
     "NetCache", "default_cache_dir", "CheckReport", "check_repository", "HttpSource",
     "LocalSource", "TransferPolicy", "open_source", "DownloadError", "IntegrityError",
     "NoRouteError", "RepositoryError", "RepositoryIndexError", "FetchResult", "fetch",
-    "NetEntry", "PatchEntry", "RepositoryIndex", "parse_index", "Route", "cheapest_route",
+    "Catalogue", "NetEntry", "PatchEntry", "Route", "cheapest_route",
 ]

@@ -32,7 +32,6 @@ from ..patch import apply_patch
 from .download import TransferPolicy, open_source
 from .engine import checked_net
 from .receive import fetch_full_net
-from ..repository.index import parse_index
 from ..repository.metadata import MAX_TOP_BYTES, ROOT_NAME, open_envelope, parse_root
 from ..repository.updater import Updater, pinned_key
 
@@ -67,14 +66,14 @@ def check_repository(location: str, policy: TransferPolicy | None = None, trust=
     report = CheckReport()
     with tempfile.TemporaryDirectory(prefix="lc0weights-check-") as tmp:
         try:
-            index, horizon = _read_metadata(source, trust, Path(tmp) / "state", report)
+            catalogue, horizon = _read_metadata(source, trust, Path(tmp) / "state", report)
         except Lc0WeightsError as e:
             report.fail("metadata", str(e) + _online_key_hint(source, trust))
             return report
         budget = getattr(source, "budget", None)
         if budget is not None:
-            budget.cover(sum(n.size for n in index.nets) + sum(p.size for p in index.patches))
-        _check_objects(index, source, Path(tmp), report, horizon)
+            budget.cover(sum(n.size for n in catalogue.nets) + sum(p.size for p in catalogue.patches))
+        _check_objects(catalogue, source, Path(tmp), report, horizon)
     return report
 
 
@@ -98,15 +97,15 @@ def _online_key_hint(source, trust) -> str:
     return ""
 
 
-def behind_horizon(p, horizon: int | None, retired) -> set[str]:
+def behind_horizon(p, horizon: int) -> set[str]:
     """The inputs of patch ``p`` that came from nets pruned from the repository.
 
     A history patch made against net ``base_seq`` takes net ``base_seq - 1`` as
     history; a lossy link from net ``base_seq`` starts from the lossy net the link
     into ``base_seq`` rebuilt, from ``base_seq - 1``. When that net is behind the
-    horizon, so is the input. Retired ids (schema 1 indexes) count too.
+    horizon, so is the input.
     """
-    pruned = {i for i in (p.base, p.history) if i is not None and i in retired}
+    pruned: set[str] = set()
     if horizon and p.base_seq is not None and p.base_seq - 1 < horizon:
         if p.history is not None:
             pruned.add(p.history)
@@ -118,23 +117,22 @@ def behind_horizon(p, horizon: int | None, retired) -> set[str]:
 def _read_metadata(source, trust, state_dir: Path, report: CheckReport):
     updater = Updater(source, trust, state_dir)
     try:
-        if updater.refresh() is None:
-            return parse_index(source.read_index()), None
-        index = updater.read_all()
+        updater.refresh()
+        catalogue = updater.read_all()
         for record in updater.records():
             for link in record.links:
                 known = updater.links.get(link.seq)
                 if known is not None and known != link:
                     report.fail("metadata", f"record {record.seq} links to record {link.seq} by a "
                                             "length or sha256 that record does not have")
-        return index, updater.timestamp.horizon
+        return catalogue, updater.timestamp.horizon
     finally:
         updater.close()
 
 
-def _check_objects(index, source, store: Path, report: CheckReport, horizon: int | None = None) -> None:
+def _check_objects(catalogue, source, store: Path, report: CheckReport, horizon: int = 0) -> None:
     have: set[str] = set()
-    total = len(index.nets) + len(index.patches)
+    total = len(catalogue.nets) + len(catalogue.patches)
     bar = counting_bar(iter(range(total)), total, "checking", unit="object")     # one bar for everything
 
     def tick() -> None:
@@ -147,7 +145,7 @@ def _check_objects(index, source, store: Path, report: CheckReport, horizon: int
     def load(net_id: str) -> Net:
         return Net((store / net_id).read_bytes(), net_id)
 
-    for entry in index.nets:
+    for entry in catalogue.nets:
         tick()
         report.nets += 1
         try:
@@ -157,15 +155,14 @@ def _check_objects(index, source, store: Path, report: CheckReport, horizon: int
         except Lc0WeightsError as e:
             report.fail("net", f"{entry.id[:16]}... ({entry.path}): {e}")
 
-    retired = set(index.retired)
     pruned: set[str] = set()            # nets only pruned nets rebuild: no client can get them now
-    for p in index.patches:
-        pruned |= behind_horizon(p, horizon, retired) - have
+    for p in catalogue.patches:
+        pruned |= behind_horizon(p, horizon) - have
 
     def inputs(p):
         return [p.base] + ([p.history] if p.history is not None else [])
 
-    pending = list(index.patches)
+    pending = list(catalogue.patches)
     while pending:
         ready = [p for p in pending if all(i in have for i in inputs(p))]
         orphans = [p for p in pending if p not in ready and all(i in have or i in pruned for i in inputs(p))]

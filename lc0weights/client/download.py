@@ -47,7 +47,6 @@ import urllib3
 from ..console import progress_bar
 from .deadline import Deadline, DeadlineAdapter, DeadlineExceeded
 from ..repository.errors import DownloadError, IntegrityError, NotFoundError
-from ..repository.index import INDEX_NAME, MAX_INDEX_BYTES
 from .network_failures import Failure, classify
 from .staging import (PARTIAL_MIN_AGE, TEMP_MIN_AGE, StagedFile, check_free_space, sweep_stale,
                       work_folder)
@@ -70,7 +69,7 @@ _SAFE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-
 
 
 class DocumentReply(NamedTuple):
-    """A top document (root.json, timestamp.json, index.json) as read, or "not modified"."""
+    """A top document (root.json, timestamp.json) as read, or "not modified"."""
 
     data: bytes | None           # None when not_modified
     etag: str | None             # the server's ETag for these bytes (or the one sent, on a 304)
@@ -246,7 +245,7 @@ class HttpSource:
         when given.
         """
         url = self.url(name)
-        what = "the index" if name == INDEX_NAME else name
+        what = name
         _checked_size(max_bytes, what)
         headers = {"Cache-Control": "no-cache"}
         if etag:
@@ -279,10 +278,6 @@ class HttpSource:
                 return DocumentReply(bytes(data), r.headers.get("ETag"), False, read[0])
 
         return self._retrying(url, what, deadline, attempt)
-
-    def read_index(self) -> bytes:
-        """The legacy schema-1 index (index.json)."""
-        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
 
     # -- objects --------------------------------------------------------------
     def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
@@ -444,7 +439,7 @@ class LocalSource:
                       seconds: float | None = None) -> DocumentReply:
         """The document's bytes (a local file is never "not modified"); ``etag`` and ``seconds`` are ignored."""
         f = self._file(name)
-        what = "the index" if name == INDEX_NAME else name
+        what = name
         _checked_size(max_bytes, what)
         with self._open(f, what) as fin:
             data = fin.read(max_bytes + 1)
@@ -452,9 +447,6 @@ class LocalSource:
         if len(data) > max_bytes:
             raise DownloadError(f"{f}: {what} is larger than the {max_bytes:,} bytes allowed; refused")
         return DocumentReply(data, None, False, len(data))
-
-    def read_index(self) -> bytes:
-        return self.read_document(INDEX_NAME, MAX_INDEX_BYTES).data
 
     def fetch_object(self, path: str, dest: Path, size: int, sha256: str, desc: str = "",
                      partial_dir=None, tap=None) -> int:

@@ -1,11 +1,22 @@
 """The client: bring the cache up to a published net with as few bytes as possible.
 
-Read the index, list the nets the cache holds, take the cheapest route (patches
-from a held net, or a full download; cheapest in bytes, or with ``prefer="time"``
-in estimated seconds, see :mod:`.route` and :mod:`.link_rate`), check every object's sha256 before
-using it and every rebuilt net's id after, and write the result atomically.
+A fetch walks five stages once, top to bottom, each in its own module:
+
+1. catalogue (:mod:`..repository.updater`): the signed timestamp, root and the
+   records a route needs, checked against the pinned key, as one
+   :class:`~..repository.index.Catalogue`;
+2. route (:mod:`.route`): the cheapest way from the nets held to the wanted
+   one, in bytes or (``prefer="time"``) in estimated seconds at the rates
+   :mod:`.link_rate` measured;
+3. objects (:mod:`.download` through :mod:`.receive`): each patch or net,
+   its sha256 checked against the signed record as it arrives;
+4. rebuild (:mod:`.receive`, :mod:`.engine`): each patch decoded while it
+   downloads, and every rebuilt net's id checked;
+5. store (:mod:`.cache`): the verified net written atomically.
+
 A route that fails part-way (corrupt patch, vanished object, server error) is
-dropped and the next cheapest route is tried, down to the full net.
+dropped and the next cheapest route is tried, down to the full net: stages 2
+to 4 repeat, never stage 1. docs/ARCHITECTURE.md tells the walk.
 """
 from __future__ import annotations
 
@@ -19,16 +30,16 @@ from pathlib import Path
 
 from ..errors import Lc0WeightsError
 from ..net import Net, atomic_file, write_net_file
+from ..repository.errors import NoRouteError
+from ..repository.index import Catalogue, NetEntry
+from ..repository.updater import Updater
 from .cache import NetCache
 from .download import TransferPolicy, open_source
 from .engine import checked_net
-from ..repository.errors import NoRouteError
-from ..repository.index import NetEntry, parse_index
 from .link_rate import RateBook, link_name, timing
 from .receive import apply_while_downloading, fetch_full_net
-from .route import PREFER, TimeCosts, cheapest_route, route_costs
+from .route import PREFER, Route, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
-from ..repository.updater import Updater
 
 log = logging.getLogger(__name__)
 MAX_ROUTE_ATTEMPTS = 6
@@ -46,7 +57,7 @@ class FetchResult:
     patches: int
     history_patches: int             # of which patches that also needed the net before their base
     bytes_downloaded: int            # every byte read from the source, metadata included
-    metadata_bytes: int              # of which metadata (timestamp, root, records, or a schema-1 index)
+    metadata_bytes: int              # of which metadata (timestamp, root, records)
     full_size: int                   # size of the full .pb.gz of the target (0: held, not looked up)
     seconds: float
     fallbacks: list[str] = field(default_factory=list)  # routes that failed, with why
@@ -75,29 +86,28 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     published = None
     source = source or open_source(location, policy)
     cache = NetCache(cache_dir, client_layout, have)
+    held = cache.held_ids()             # the walk's input: the nets the client holds
     book = rates if rates is not None else RateBook.load(cache.root)
     plan = _Plan(prefer, book, link_name(source))
     updater = Updater(source, trust, trust_state_dir(cache))
     try:
-        held = cache.held_ids()
-        index, target = read_catalog(updater, held, net, tolerance)
-        _declare_largest(source, index)
-        cache.root.mkdir(parents=True, exist_ok=True)
-        try:
-            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache, plan)
-        except NoRouteError:
-            if index.nets or updater.timestamp is None:
-                raise
-            # The copy held under the wanted net's name is not that net: read the records after all.
-            index, target = updater.catalog(net, held - {target}, tolerance)
-            _declare_largest(source, index)
-            result, route, fallbacks = obtain(index, _goals(index, target, tolerance), source, cache, plan)
+        # 1. catalogue: the signed metadata, read once.
+        catalogue, target, ready = read_catalogue(updater, cache, held, net, tolerance)
         metadata_bytes = updater.metadata_bytes
+        # 2-4. route, objects, rebuild: the cheapest route, then the next while one fails.
+        if ready is not None:
+            result, route, fallbacks = ready, Route(start=target, steps=(), cost=0), []
+            plan.estimate(catalogue, route)
+        else:
+            _declare_largest(source, catalogue)
+            cache.root.mkdir(parents=True, exist_ok=True)
+            result, route, fallbacks = obtain(catalogue, _goals(catalogue, target, tolerance), held,
+                                              source, cache, plan)
         if result is None:
             raise NoRouteError(f"cannot fetch {target[:16]}... from {source}: every route failed "
                                f"(last: {fallbacks[-1] if fallbacks else 'none tried'})")
-        # Replaces whatever sat under the name (never writing through it); a full download
-        # stores the repository's own gzip file.
+        # 5. store. Replaces whatever sat under the name (never writing through it); a full
+        # download stores the repository's own gzip file.
         published = getattr(result, "published_gz", None)
         if out is not None:
             _write_out(out, result, published)
@@ -110,7 +120,7 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         book.save()
         if published is not None:
             published.unlink(missing_ok=True)      # kept: an equal verified file was there already
-    target_entry = index.net(target)          # None when the net was held: no record was read
+    target_entry = catalogue.net(target)      # None when the net was held: no record was read
     return FetchResult(
         net_id=result.id, target_id=target, path=str(path), out=None if out is None else str(out),
         route=route.describe(), start=route.start, patches=route.patch_count,
@@ -118,39 +128,51 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         bytes_downloaded=source.bytes_downloaded, metadata_bytes=metadata_bytes,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks,
-        prefer=prefer, estimate=plan.estimate(index, route))
-
-
-def _declare_largest(source, index) -> None:
-    """Size the fetch's byte budget by the largest object it may need."""
-    budget = getattr(source, "budget", None)
-    if budget is not None:
-        budget.declare(max([n.size for n in index.nets] + [p.size for p in index.patches], default=0))
-
-
-def _goals(index, target: str, tolerance: float | None) -> set[str]:
-    """The wanted net, and with a tolerance every published lossy net standing for it."""
-    goals = {target}
-    if tolerance is not None:
-        goals |= {p.result for p in index.patches
-                  if p.lossy and p.target == target and p.tolerance <= tolerance}
-    return goals
+        prefer=prefer, estimate=plan.chosen)
 
 
 def trust_state_dir(cache: NetCache) -> Path:
     return cache.root / ".lc0weights-trust"
 
 
-def read_catalog(updater: Updater, held, net: str = "latest", tolerance=None):
-    """The verified nets and patches a route to ``net`` may use, and that net's id.
+# -- 1. catalogue -------------------------------------------------------------------------------
+def read_catalogue(updater: Updater, cache: NetCache, held: set[str], net: str = "latest",
+                   tolerance: float | None = None) -> tuple[Catalogue, str, Net | None]:
+    """The verified nets and patches a route to ``net`` may use, that net's id, and the net
+    itself when the cache already holds it (else None).
 
-    A repository with signed metadata goes through the :class:`Updater`'s
-    checks; a schema-1 ``index.json`` is read only when no key is pinned.
+    A poll with nothing new reads no record: the updater lists nothing, since
+    the wanted net is held. That copy is checked here, and if it is not the
+    net (truncated, replaced) the records are read after all, as for a
+    client that never held it, so no later stage comes back for them.
     """
-    if updater.refresh() is not None:
-        return updater.catalog(net, held, tolerance)
-    index = parse_index(updater.counted(updater.source.read_index))
-    return index, index.resolve(net)
+    updater.refresh()
+    catalogue, target = updater.catalog(net, held, tolerance)
+    if catalogue.nets:
+        return catalogue, target, None
+    ready = cache.load(target)
+    if ready is not None:
+        return catalogue, target, ready
+    held.discard(target)
+    catalogue, target = updater.catalog(net, held, tolerance)
+    return catalogue, target, None
+
+
+# -- 2. route -------------------------------------------------------------------------------------
+def _goals(catalogue: Catalogue, target: str, tolerance: float | None) -> set[str]:
+    """The wanted net, and with a tolerance every published lossy net standing for it."""
+    goals = {target}
+    if tolerance is not None:
+        goals |= {p.result for p in catalogue.patches
+                  if p.lossy and p.target == target and p.tolerance <= tolerance}
+    return goals
+
+
+def _declare_largest(source, catalogue: Catalogue) -> None:
+    """Size the fetch's byte budget by the largest object it may need."""
+    budget = getattr(source, "budget", None)
+    if budget is not None:
+        budget.declare(max([n.size for n in catalogue.nets] + [p.size for p in catalogue.patches], default=0))
 
 
 class _Plan:
@@ -161,38 +183,44 @@ class _Plan:
             raise ValueError(f"prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
         self.prefer, self.book, self.link = prefer, book, link
         self.rates = None               # the rates the last route was chosen with
+        self.chosen: dict = {}          # the estimate of the last route chosen
 
-    def costs(self, index):
+    def costs(self, catalogue: Catalogue):
         self.rates = self.book.rates(self.link)
-        return route_costs(self.prefer, index, self.rates)
+        return route_costs(self.prefer, catalogue, self.rates)
 
-    def estimate(self, index, route) -> dict:
-        """What fetch --json reports: the route's bytes and estimated seconds, and the rates behind them.
+    def estimate(self, catalogue: Catalogue, route: Route) -> dict:
+        """What fetch --json reports, kept as :attr:`chosen`: the route's bytes and estimated
+        seconds, and the rates behind them.
 
         The rates are those the route was chosen with, not the ones its own transfers updated.
         """
         rates = self.rates or self.book.rates(self.link)
-        return {"bytes": route.cost, "seconds": round(TimeCosts(index, rates).route_seconds(route), 3),
-                "link": self.link[len("link "):], "rates": rates.to_dict()}
+        self.chosen = {"bytes": route.cost, "seconds": round(TimeCosts(catalogue, rates).route_seconds(route), 3),
+                       "link": self.link[len("link "):], "rates": rates.to_dict()}
+        return self.chosen
 
 
-def obtain(index, goals, source, cache: NetCache, plan: _Plan | None = None):
-    """Reach any of ``goals`` from what ``cache`` holds; return (net or None, route, failures).
+def obtain(catalogue: Catalogue, goals, held: set[str], source, cache: NetCache,
+           plan: _Plan | None = None):
+    """Reach any of ``goals`` from the ``held`` nets; return (net or None, route, failures).
 
-    Each failed route is recorded and its failing object excluded, so the next
-    try takes the next cheapest route, ending with a full download.
+    Each failed route is recorded and its failing object excluded (a held net
+    that fails to load is dropped from ``held``), so the next try takes the
+    next cheapest route, ending with a full download.
     """
-    held = cache.held_ids()
     fallbacks: list[str] = []
     exclude: set[str] = set()
     route = None
     for _ in range(MAX_ROUTE_ATTEMPTS):
         try:
-            route = cheapest_route(index, goals, held, exclude, plan and plan.costs(index))
+            route = cheapest_route(catalogue, goals, held, exclude, plan and plan.costs(catalogue))
         except NoRouteError:
             if not fallbacks:
                 raise
             break
+        if plan is not None:
+            plan.estimate(catalogue, route)
         if not route.steps:                      # the cache already holds it
             net = cache.load(route.start)
             if net is not None:
@@ -200,7 +228,7 @@ def obtain(index, goals, source, cache: NetCache, plan: _Plan | None = None):
             held.discard(route.start)
             continue
         try:
-            return _follow(route, source, cache, index, plan), route, fallbacks
+            return _follow(route, source, cache, catalogue, plan), route, fallbacks
         except _BadBase as e:
             held.discard(e.net_id)
             fallbacks.append(f"{route.describe()}: {e}")
@@ -225,6 +253,7 @@ class _StepFailed(Lc0WeightsError):
         self.object_path = object_path
 
 
+# -- 3-4. objects and rebuild ----------------------------------------------------------------------
 def sweep_cache(root: Path) -> None:
     """Remove what killed fetches left: work folders and temp files after an hour, partials after a week.
 
@@ -235,10 +264,14 @@ def sweep_cache(root: Path) -> None:
         sweep_stale(root / PARTIAL_DIR, TEMP_MIN_AGE, PARTIAL_MIN_AGE)
 
 
-def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) -> Net:
+def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _Plan | None = None) -> Net:
     """Download and apply each step of ``route``; return the verified final net.
 
-    The net before the current one is kept too: a history patch needs it.
+    A full net is taken whole (:func:`.receive.fetch_full_net`); a patch is
+    decoded while it downloads (:func:`.receive.apply_while_downloading`) and
+    the net it rebuilds checked (:func:`.engine.checked_net`). The nets a step
+    starts from come from the cache's holdings. The net before the current
+    one is kept too: a history patch needs it.
     """
     current, previous = None, None
     book = plan and plan.book
@@ -268,7 +301,7 @@ def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) ->
                         raise _BadBase(step.history)
                 # The rebuilt net is the size of its target (a lossy one too): refuse
                 # a patch that declares more before anything is allocated for it.
-                entry = index.net(step.target)
+                entry = catalogue.net(step.target)
                 # Decoded while it downloads; returned only once the patch and the net check out.
                 # The download and the decoding are timed apart (link and rebuild rates).
                 raw = apply_while_downloading(source, step, where, partial_dir, desc, current, history,
@@ -285,6 +318,7 @@ def _follow(route, source, cache: NetCache, index, plan: _Plan | None = None) ->
     return current
 
 
+# -- 5. store ------------------------------------------------------------------------------------
 def _keep_published(net: Net, root: Path) -> None:
     """Move a downloaded net's published gzip out of the work folder before it is removed.
 

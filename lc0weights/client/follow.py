@@ -35,13 +35,11 @@ from .cache import NetCache, default_cache_dir
 from .client_cache import net_files, place_net, remove_lock_if_free
 from .download import DocumentReply, HttpSource, TransferPolicy, open_source
 from ..repository.errors import DownloadError, NotFoundError
-from ..repository.index import INDEX_NAME, MAX_INDEX_BYTES
-from ..repository.metadata import MAX_TOP_BYTES
+from ..repository.metadata import MAX_TOP_BYTES, TIMESTAMP_NAME
 from .transfer_policy import TransferStopped
 
 log = logging.getLogger(__name__)
 
-TOP_DOCUMENTS = ("timestamp.json", INDEX_NAME)   # the signed layout's poll document, then the legacy index
 STOP_GRACE_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 600.0
 
@@ -85,31 +83,26 @@ class TopDocumentPoller:
 
     def _poll_dir(self):
         root = self.source.root
-        for name in ([self.name] if self.name else TOP_DOCUMENTS):
-            try:
-                st = (root / name).stat()
-            except OSError:
-                continue
-            self.name = name
-            return (st.st_ino, st.st_size, st.st_mtime_ns)
-        raise DownloadError(f"{root}: no repository document to poll")
+        try:
+            st = (root / TIMESTAMP_NAME).stat()
+        except OSError:
+            raise DownloadError(f"{root}: no repository document to poll") from None
+        self.name = TIMESTAMP_NAME
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _poll_http(self):
         self.reply = None
-        for name in ([self.name] if self.name else TOP_DOCUMENTS):
-            limit = MAX_INDEX_BYTES if name == INDEX_NAME else MAX_TOP_BYTES
-            try:
-                reply = self.source.read_document(name, limit, self.seen)
-            except NotFoundError:
-                if self.name is None:
-                    continue                 # no signed metadata: try the legacy index
-                raise
-            self.name = name
-            if reply.not_modified:
-                return self.seen
-            self.reply = reply
-            return reply.etag                # None (no ETag): every poll counts as a change
-        raise DownloadError(f"{self.source}: no repository document to poll (HTTP 404)")
+        try:
+            reply = self.source.read_document(TIMESTAMP_NAME, MAX_TOP_BYTES, self.seen)
+        except NotFoundError:
+            if self.name is None:
+                raise DownloadError(f"{self.source}: no repository document to poll (HTTP 404)") from None
+            raise
+        self.name = TIMESTAMP_NAME
+        if reply.not_modified:
+            return self.seen
+        self.reply = reply
+        return reply.etag                # None (no ETag): every poll counts as a change
 
 
 class PrimedSource:
@@ -147,10 +140,6 @@ class PrimedSource:
         return (self._take(name, max_bytes)
                 or self._source.read_document(name, max_bytes, etag, **({} if seconds is None else
                                                                         {"seconds": seconds})))
-
-    def read_index(self) -> bytes:
-        reply = self._take(INDEX_NAME, MAX_INDEX_BYTES)
-        return reply.data if reply is not None else self._source.read_index()
 
 
 def prune(cache: NetCache, keep: int, current: str) -> list[str]:

@@ -26,7 +26,7 @@ import heapq
 from dataclasses import dataclass
 
 from ..repository.errors import NoRouteError
-from ..repository.index import NetEntry, PatchEntry, RepositoryIndex
+from ..repository.index import Catalogue, NetEntry, PatchEntry
 from .link_rate import Rates
 
 NOTHING = ""  # the start node for full downloads
@@ -80,18 +80,18 @@ class ByteCosts:
 class TimeCosts:
     """Estimated seconds of a route's parts, from the repository's sizes and the client's rates.
 
-    Sizes of nets not in the index (a held net whose record was not read)
-    are taken as the largest net the index lists: nets of one run are all
+    Sizes of nets not in the catalogue (a held net whose record was not read)
+    are taken as the largest net the catalogue lists: nets of one run are all
     the same size.
     """
 
-    def __init__(self, index: RepositoryIndex, rates: Rates):
-        self.index = index
+    def __init__(self, catalogue: Catalogue, rates: Rates):
+        self.catalogue = catalogue
         self.rates = rates
-        self._typical = max((n.raw_size for n in index.nets), default=0)
+        self._typical = max((n.raw_size for n in catalogue.nets), default=0)
 
     def raw_size(self, net_id: str | None) -> int:
-        entry = self.index.net(net_id) if net_id else None
+        entry = self.catalogue.net(net_id) if net_id else None
         return entry.raw_size if entry is not None else self._typical
 
     def _read(self, net_id: str) -> float:
@@ -125,16 +125,16 @@ class TimeCosts:
         return seconds + self.finish(bool(route.steps) and isinstance(route.steps[-1], PatchEntry), route.goal)
 
 
-def route_costs(prefer: str, index: RepositoryIndex, rates: Rates | None):
+def route_costs(prefer: str, catalogue: Catalogue, rates: Rates | None):
     """The weights for ``prefer`` ("time" or "bytes"); time needs ``rates``."""
     if prefer == "bytes":
         return ByteCosts()
     if prefer == "time" and rates is not None:
-        return TimeCosts(index, rates)
+        return TimeCosts(catalogue, rates)
     raise ValueError(f"prefer must be one of {', '.join(PREFER)} (time needs rates), not {prefer!r}")
 
 
-def cheapest_route(index: RepositoryIndex, goals, held, exclude=frozenset(), costs=None) -> Route:
+def cheapest_route(catalogue: Catalogue, goals, held, exclude=frozenset(), costs=None) -> Route:
     """Cheapest route to any id in ``goals`` from ``held`` ids or from nothing.
 
     ``costs`` weighs the route (:class:`ByteCosts`, the default, or
@@ -148,10 +148,10 @@ def cheapest_route(index: RepositoryIndex, goals, held, exclude=frozenset(), cos
     goals = set(goals)
     held = set(held)
     edges: dict[str, list] = {}
-    for n in index.nets:
+    for n in catalogue.nets:
         if n.path not in exclude:
             edges.setdefault(NOTHING, []).append((n.id, n))
-    for p in index.patches:
+    for p in catalogue.patches:
         if p.path not in exclude:
             edges.setdefault(p.base, []).append((p.result, p))
 

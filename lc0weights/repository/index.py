@@ -1,24 +1,18 @@
-"""The repository index: the one mutable file of a published repository.
+"""The catalogue: the nets and patches of a repository, as its signed records list them.
 
-It lists every net (as a full ``.pb.gz`` object) and every patch between nets,
-with sizes and hashes, and names the latest net. ``docs/REPOSITORY.md`` is the
-exact specification. Reading is strict on purpose: an index comes from the
-network, so anything unexpected (ids that are not 64 hex digits, paths that
-climb out of the repository, absurd sizes, wrong types) refuses the whole
-index with one :class:`RepositoryIndexError` before any of it is used.
+A :class:`NetEntry` is a published net (a full ``.pb.gz`` object), a
+:class:`PatchEntry` a patch between nets, with sizes and hashes; a
+:class:`Catalogue` holds the entries a route may use. They come only from
+signed metadata (``docs/REPOSITORY.md``): records are read strictly by
+:mod:`.metadata`, whose patch entries :func:`parse_patch_entry` checks.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from .errors import RepositoryIndexError
 from .strict import Strict, show
 
-SCHEMA = 1
-FORMAT = "lc0weights-repository"
-INDEX_NAME = "index.json"
-MAX_INDEX_BYTES = 64 << 20          # a generous bound; real indexes are kilobytes
 MODES = ("lossless", "tolerance")
 
 
@@ -97,26 +91,24 @@ class PatchEntry:
 
 
 @dataclass
-class RepositoryIndex:
+class Catalogue:
+    """The nets and patches a route may use, and the latest net: what the signed metadata lists.
+
+    The client builds it from the records it verified (:meth:`.updater.Updater.catalog`),
+    the publisher from every record it holds (``Repository.read_index``); the route
+    search (:mod:`lc0weights.client.route`) reads only this.
+    """
+
     nets: list[NetEntry] = field(default_factory=list)
     patches: list[PatchEntry] = field(default_factory=list)
     latest: str | None = None
-    retired: list[str] = field(default_factory=list)   # ids once published, since pruned
-    updated: str = ""
+    retired: list[str] = field(default_factory=list)   # ids pruned behind the horizon (publisher's view)
 
-    # -- queries ------------------------------------------------------------
     def net(self, net_id: str) -> NetEntry | None:
         for entry in self.nets:
             if entry.id == net_id:
                 return entry
         return None
-
-    def has_net(self, net_id: str) -> bool:
-        return self.net(net_id) is not None
-
-    def known(self, net_id: str) -> bool:
-        """Published now or in the past (the watcher must not publish it again)."""
-        return self.has_net(net_id) or net_id in self.retired
 
     def patch(self, base: str, result: str) -> PatchEntry | None:
         for p in self.patches:
@@ -129,54 +121,10 @@ class RepositoryIndex:
         return [p.result for p in self.patches
                 if p.lossy and p.target == target and (tolerance is None or p.tolerance == tolerance)]
 
-    def resolve(self, wanted: str) -> str:
-        """A net id from ``latest``, a full id, or a unique id prefix of 16+ digits."""
-        if wanted == "latest":
-            if self.latest is None:
-                raise RepositoryIndexError("the repository has no nets yet")
-            return self.latest
-        return resolve_prefix(wanted, [n.id for n in self.nets])
-
-    # -- serialisation --------------------------------------------------------
-    def to_json(self) -> bytes:
-        doc = {
-            "schema": SCHEMA,
-            "format": FORMAT,
-            "updated": self.updated,
-            "latest": self.latest,
-            "nets": [n.to_dict() for n in self.nets],
-            "patches": [p.to_dict() for p in self.patches],
-            "retired": list(self.retired),
-        }
-        return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "RepositoryIndex":
-        return parse_index(data)
-
 
 # -- strict reading -----------------------------------------------------------
-_INDEX = Strict("repository index")
-
-
-def _parse_net(doc, where: str) -> NetEntry:
-    v = _INDEX
-    doc = v.object(doc, where)
-    return NetEntry(
-        id=v.hex64(doc.get("id"), f"{where}.id"),
-        path=v.path(doc.get("path"), f"{where}.path"),
-        size=v.count(doc.get("size"), f"{where}.size"),
-        sha256=v.hex64(doc.get("sha256"), f"{where}.sha256"),
-        raw_size=v.count(doc.get("raw_size"), f"{where}.raw_size"),
-        training_steps=v.opt_count(doc.get("training_steps"), f"{where}.training_steps", 1 << 62),
-        published=v.string(doc.get("published", ""), f"{where}.published", 64),
-        predecessor=v.opt_hex64(doc.get("predecessor"), f"{where}.predecessor"),
-        source=v.string(doc.get("source", ""), f"{where}.source"),
-    )
-
-
 def parse_patch_entry(v: Strict, doc, where: str, target: str | None = None) -> PatchEntry:
-    """A patch entry of the index or of a record (a record's patches all rebuild its own net)."""
+    """A patch entry of a record: every patch a record lists rebuilds the record's own net."""
     doc = v.object(doc, where)
     mode = doc.get("mode", "lossless")
     if mode not in MODES:
@@ -208,37 +156,3 @@ def parse_patch_entry(v: Strict, doc, where: str, target: str | None = None) -> 
         v.fail(where, "a patch's base, history and result must be three different nets")
     return entry
 
-
-def parse_index(data: bytes) -> RepositoryIndex:
-    """Read and validate an index; raise :class:`RepositoryIndexError` on anything wrong."""
-    v = _INDEX
-    doc = v.object(v.load_json(data, MAX_INDEX_BYTES), "index.json")
-    schema = doc.get("schema")
-    if type(schema) is not int:
-        v.fail("schema", f"expected an integer schema version, found {show(schema)}")
-    if schema != SCHEMA:
-        v.fail("schema", f"version {schema} is not supported by this build (it reads {SCHEMA})")
-    if doc.get("format", FORMAT) != FORMAT:
-        v.fail("format", f"expected {FORMAT!r}, found {show(doc.get('format'))}")
-    nets = [_parse_net(n, f"nets[{i}]") for i, n in enumerate(v.list(doc.get("nets", []), "nets"))]
-    patches = [parse_patch_entry(v, p, f"patches[{i}]")
-               for i, p in enumerate(v.list(doc.get("patches", []), "patches"))]
-    retired = [v.hex64(r, f"retired[{i}]") for i, r in enumerate(v.list(doc.get("retired", []), "retired"))]
-    latest = v.opt_hex64(doc.get("latest"), "latest")
-
-    ids = [n.id for n in nets]
-    if len(set(ids)) != len(ids):
-        v.fail("nets", "the same net id is listed twice")
-    if latest is None and nets:
-        v.fail("latest", "missing while nets are listed")
-    if latest is not None and latest not in ids:
-        v.fail("latest", f"{latest} is not one of the listed nets")
-    id_set = set(ids)
-    for i, p in enumerate(patches):
-        if p.target not in id_set:
-            v.fail(f"patches[{i}].target", f"{p.target} is not one of the listed nets")
-    paths = [n.path for n in nets] + [p.path for p in patches]
-    if len(set(paths)) != len(paths):
-        v.fail("paths", "two entries share one object path")
-    return RepositoryIndex(nets=nets, patches=patches, latest=latest, retired=retired,
-                           updated=v.string(doc.get("updated", ""), "updated", 64))

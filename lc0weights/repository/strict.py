@@ -1,6 +1,6 @@
 """Strict reading of JSON documents that come from the network.
 
-Every repository document (the schema-1 index, root, timestamp, records) is
+Every repository document (root, timestamp, records) is
 read through a :class:`Strict` reader: each value is checked for type, range
 and form where it is read, and the first surprise refuses the whole document
 with one line naming the document, the field and what was found.

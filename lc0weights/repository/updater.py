@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..net import atomic_write
 from .errors import DownloadError, NotFoundError, RepositoryIndexError, UntrustedError
-from .index import RepositoryIndex, resolve_prefix
+from .index import Catalogue, resolve_prefix
 from .keys import PublicKey, read_trust
 from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Link, Record,
                        Root, Timestamp, link_hops, open_envelope, parse_record, parse_root,
@@ -155,14 +155,16 @@ class Updater:
         self.metadata_bytes = 0                   # read from the source for metadata, over all steps
 
     # -- steps 1-5: the top documents -------------------------------------------------------
-    def refresh(self) -> Timestamp | None:
-        """The verified timestamp, or None for a repository without one (schema 1, unsigned only)."""
+    def refresh(self) -> Timestamp:
+        """The verified timestamp; a source without one is refused (it is no repository of ours)."""
         data = self._top_document(TIMESTAMP_NAME)
         if data is None:
             if self.key is not None:
                 raise UntrustedError(f"{self.source} has no signed metadata ({TIMESTAMP_NAME}); "
                                      "refusing it because a --trust key is pinned")
-            return None
+            raise RepositoryIndexError(f"{self.source} has no signed metadata ({TIMESTAMP_NAME}): not a "
+                                       "repository, or one written before signing; its publisher must run "
+                                       "a current `lc0weights-server publish` (or `resign`)")
         envelope = open_envelope("timestamp", data, TIMESTAMP_NAME)
         now = utc_now()
         if self.key is None:
@@ -350,14 +352,14 @@ class Updater:
         return None
 
     # -- what the route search needs ------------------------------------------------------------
-    def catalog(self, wanted: str, held, tolerance: float | None = None) -> tuple[RepositoryIndex, str]:
+    def catalog(self, wanted: str, held, tolerance: float | None = None) -> tuple[Catalogue, str]:
         """The nets and patches a route to ``wanted`` can use, and the wanted net's id."""
         ts = self.timestamp
         if ts.latest is None:
             raise RepositoryIndexError("the repository has no nets yet")
         if wanted in ("latest", ts.latest.id) and ts.latest.id in set(held):
             # A poll with nothing new: no record is needed.
-            return RepositoryIndex(latest=ts.latest.id), ts.latest.id
+            return Catalogue(latest=ts.latest.id), ts.latest.id
         top = self.record(ts.latest)
         target = top if wanted == "latest" else self._find(top, wanted)
         lossy_targets = {p.result for p in target.patches if p.lossy}
@@ -376,7 +378,7 @@ class Updater:
             for p in record.patches:
                 if p.lossy:
                     self.state.learn(Link(record.seq, record.net.id, 0, "0" * 64), p.result)
-        return self._index(), target.net.id
+        return self._catalogue(), target.net.id
 
     def _starts(self, held, below: int) -> list[tuple[str, int]]:
         """The held nets worth routing from: the few newest before ``below``.
@@ -416,12 +418,12 @@ class Updater:
                                        "(or no longer served)")
         return found
 
-    def read_all(self) -> RepositoryIndex:
+    def read_all(self) -> Catalogue:
         """Every record from the latest down to the horizon, one link at a time (for ``check``)."""
         ts = self.timestamp
         if ts.latest is not None:
             self._walk_back(self.record(ts.latest), ts.horizon)
-        return self._index()
+        return self._catalogue()
 
     def _walk_back(self, record: Record, seq: int) -> None:
         while record.seq > seq:
@@ -429,10 +431,10 @@ class Updater:
             if record is None:
                 return
 
-    def _index(self) -> RepositoryIndex:
+    def _catalogue(self) -> Catalogue:
         horizon = self.timestamp.horizon
         records = sorted(self._records.values(), key=lambda r: r.seq)
-        return RepositoryIndex(nets=[r.net for r in records],
+        return Catalogue(nets=[r.net for r in records],
                                patches=[p for r in records for p in r.patches if p.base_seq >= horizon],
                                latest=None if self.timestamp.latest is None else self.timestamp.latest.id)
 
