@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lc0weights.client.route import cheapest_route
 from lc0weights.repository.errors import NoRouteError
-from lc0weights.repository.index import PatchEntry, RepositoryIndex
+from lc0weights.repository.index import PatchEntry, Catalogue
 from lc0weights.repository.metadata import link_distances
 
 # Chosen with tools/simulate_publishing.py on maia-swa-sized steps (docs/BENCHMARKS.md, "Publishing at
@@ -50,7 +50,7 @@ def keep_on_routes(seq: int, candidates: list[PatchEntry], earlier: list[PatchEn
             kept.append(entry)
             continue
         nearby = [p for p in earlier if p.base_seq >= entry.base_seq and not p.lossy]
-        index = RepositoryIndex(patches=nearby + [p for p in kept if not p.lossy])
+        index = Catalogue(patches=nearby + [p for p in kept if not p.lossy])
         try:
             alternative = cheapest_route(index, {entry.result}, {entry.base}).cost
         except NoRouteError:

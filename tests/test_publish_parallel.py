@@ -7,7 +7,7 @@ import pytest
 from lc0weights import Net
 from lc0weights.client.route import cheapest_route
 from lc0weights.patching.encode import PatchTooLarge, make_patch
-from lc0weights.repository.index import PatchEntry, RepositoryIndex
+from lc0weights.repository.index import PatchEntry, Catalogue
 from service.encode_pool import Job, Scratch, encode_job
 from service.patch_policy import keep_on_routes
 from service.publish import publish
@@ -44,7 +44,7 @@ def test_parallel_publish_writes_what_a_sequential_one_does(tmp_path):
     assert not (repos[2].state_dir / "publishing").exists()      # the scratch folder is gone
     # Every lossless patch kept is the cheapest way to its net for a client holding what it needs.
     index = repos[2].read_index()
-    lossless = RepositoryIndex(patches=[p for p in index.patches if not p.lossy])
+    lossless = Catalogue(patches=[p for p in index.patches if not p.lossy])
     for p in lossless.patches:
         held = {p.base} | ({p.history} if p.history else set())
         assert cheapest_route(lossless, {p.result}, held).cost == p.size, p
@@ -85,7 +85,7 @@ def test_the_prune_rule_drops_only_patches_no_client_takes():
     cheap = _patch(10, 2, 69)
     assert keep_on_routes(10, [d1, cheap], earlier) == [d1, cheap]
     # Each patch kept is on the cheapest route of a client holding its base.
-    index = RepositoryIndex(patches=earlier + kept)
+    index = Catalogue(patches=earlier + kept)
     for p in kept:
         assert cheap not in kept and cheapest_route(index, {p.result}, {p.base}).steps == (p,)
     # A history patch makes the route through the predecessor cheaper: the far patch goes.

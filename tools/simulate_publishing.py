@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lc0weights.client.route import cheapest_route  # noqa: E402
-from lc0weights.repository.index import NetEntry, PatchEntry, RepositoryIndex  # noqa: E402
+from lc0weights.repository.index import NetEntry, PatchEntry, Catalogue  # noqa: E402
 from service.patch_policy import MAX_POWER_SKIP, SKIPS, keep_on_routes, patch_distances  # noqa: E402
 
 DEFAULT_RUN = next((p for p in (ROOT.parent / "shared/data/runs/maia-swa",
@@ -140,11 +140,11 @@ class SimulatedRun:
         earlier = [p for s in range(k - 1, earliest, -1) for p in self.patches[s]]
         return keep_on_routes(k, candidates, earlier)
 
-    def index(self, low: int, high: int) -> RepositoryIndex:
+    def index(self, low: int, high: int) -> Catalogue:
         """Nets low..high: the full objects and the patches among them."""
         nets = [NetEntry(_id(k), f"n/{k}", self.full, "", 0, None, "", None) for k in range(low, high + 1)]
         patches = [p for k in range(low, high + 1) for p in self.patches[k] if p.base_seq >= low]
-        return RepositoryIndex(nets=nets, patches=patches)
+        return Catalogue(nets=nets, patches=patches)
 
 
 def client_routes(run: SimulatedRun, first: int, last: int):
