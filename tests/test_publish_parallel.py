@@ -1,6 +1,5 @@
 """Publishing with worker processes, the byte cap on candidates, and the prune rule."""
 import hashlib
-import json
 
 import pytest
 
@@ -23,10 +22,11 @@ def contents(repo: Repository) -> tuple[dict, dict]:
     without the times."""
     objects = {rel: repo.object_file(rel).read_bytes() for rel in repo.stored_objects()
                if not rel.startswith("records/")}
-    index = json.loads(repo.read_index().to_json())
-    for net in index["nets"]:
-        net.pop("published")
-    index.pop("updated", None)
+    catalogue = repo.read_index()
+    nets = [net.to_dict() for net in catalogue.nets]
+    for net in nets:
+        net.pop("published", None)
+    index = {"nets": nets, "patches": [p.to_dict() for p in catalogue.patches], "latest": catalogue.latest}
     return objects, index
 
 
