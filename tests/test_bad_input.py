@@ -16,10 +16,8 @@ import netfactory as nf
 
 
 @pytest.fixture(scope="module")
-def real_patch(tmp_path_factory):
-    paths = run_paths()
-    base, target = Net.load(paths[0]), Net.load(paths[1])
-    patch = make_patch(base, target, codec="varint-brotli", verify=False)
+def real_patch(tmp_path_factory, run_nets, first_step_varint_patch):
+    base, target, patch = run_nets[0], run_nets[1], first_step_varint_patch
     folder = tmp_path_factory.mktemp("patch")
     (folder / "p").write_bytes(patch)
     return base, target, patch, folder
@@ -73,6 +71,7 @@ def resealed(data: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
+@pytest.mark.slow      # the default run keeps the thousand corruptions above and test_patch_fuzz's brief run
 def test_corrupt_but_resealed_patches_fail_cleanly():
     rng = np.random.default_rng(5)
     a = nf.residual_net(rng, blocks=1, filters=4)

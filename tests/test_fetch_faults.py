@@ -11,19 +11,19 @@ from lc0weights.repository.errors import (DownloadError, IntegrityError, NoRoute
 
 from conftest import run_paths
 from repo_fixtures import (FaultyHandler, cache_files, copy_into_cache, faulty_handler, leftovers,
-                           legacy_handler, legacy_index, publish_run, serving)
+                           legacy_handler, legacy_index, serving)
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1, 2))
+def repo(published_three):
+    return published_three
 
 
 @pytest.fixture(scope="module")
-def nets():
-    return [Net.load(p) for p in run_paths()[:3]]
+def nets(run_nets):
+    return run_nets[:3]
 
 
 @pytest.fixture

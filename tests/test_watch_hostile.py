@@ -25,8 +25,7 @@ from service.sweep import sweep_temp_files
 from service.watch import Watcher, check_gzip_complete, read_training_steps
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, leftovers
-from test_service_publish import assert_consistent
+from repo_fixtures import FAST_CODEC, assert_consistent, leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +186,7 @@ def temp_files(root: Path) -> list[str]:
     return [name for name in leftovers(root) if name.endswith(".tmp")]
 
 
+@pytest.mark.slow      # the default run keeps the sweep tests below and test_service_publish's crash
 def test_watch_sweeps_what_a_killed_publish_left_and_carries_on(tmp_path):
     root, incoming = tmp_path / "repo", tmp_path / "incoming"
     incoming.mkdir()
