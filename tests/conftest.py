@@ -66,6 +66,16 @@ def _published(tmp_path_factory, count: int, skips):
     return publish_run(tmp_path_factory.mktemp(f"published-{count}") / "repo", count=count, skips=skips)
 
 
+@pytest.fixture
+def held_cache(tmp_path, run_nets):
+    """A client cache (``tmp_path / "cache"``) holding the run's net 1: from there the cheapest
+    route to net 2, by bytes, is one patch."""
+    from repo_fixtures import copy_into_cache
+    cache = tmp_path / "cache"
+    copy_into_cache(run_paths()[1], cache, run_nets[1].id)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def published_two(tmp_path_factory):
     """An unsigned repository of the run's first 2 nets, with the patch between them."""

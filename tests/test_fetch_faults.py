@@ -9,8 +9,7 @@ from lc0weights.client import HttpSource, TransferPolicy, fetch
 from lc0weights.repository.errors import (DownloadError, IntegrityError, NoRouteError,
                                             RepositoryIndexError)
 
-from conftest import run_paths
-from repo_fixtures import (FaultyHandler, cache_files, copy_into_cache, faulty_handler, leftovers,
+from repo_fixtures import (FaultyHandler, cache_files, faulty_handler, leftovers,
                            legacy_handler, legacy_index, serving)
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
@@ -24,14 +23,6 @@ def repo(published_three):
 @pytest.fixture(scope="module")
 def nets(run_nets):
     return run_nets[:3]
-
-
-@pytest.fixture
-def held_cache(tmp_path, nets):
-    """A client cache holding the second net: the cheapest route is one patch."""
-    cache = tmp_path / "cache"
-    copy_into_cache(run_paths()[1], cache, nets[1].id)
-    return cache
 
 
 def patch_path(repo, base, target):

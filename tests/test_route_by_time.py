@@ -230,14 +230,6 @@ def nets(run_nets):
     return run_nets[:3]
 
 
-@pytest.fixture
-def held_cache(tmp_path, nets):
-    """A client cache holding the second net: by bytes the route is one patch."""
-    cache = tmp_path / "cache"
-    copy_into_cache(run_paths()[1], cache, nets[1].id)
-    return cache
-
-
 def test_a_fetch_measures_the_link_and_the_rebuild(repo, nets, held_cache):
     with serving(repo.root) as srv:
         link = link_name(srv.url)
