@@ -71,7 +71,6 @@ def resealed(data: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-@pytest.mark.slow      # the default run keeps the thousand corruptions above and test_patch_fuzz's brief run
 def test_corrupt_but_resealed_patches_fail_cleanly():
     rng = np.random.default_rng(5)
     a = nf.residual_net(rng, blocks=1, filters=4)

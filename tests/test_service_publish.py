@@ -114,7 +114,6 @@ def test_watcher_ignores_temp_names_and_files_still_being_written(tmp_path):
     assert not looks_like_net("~lock.pb.gz") and looks_like_net("step-1.pb")
 
 
-@pytest.mark.slow      # the default run keeps test_watcher_ignores_temp_names_and_files_still_being_written
 def test_watcher_restart_neither_republishes_nor_skips(tmp_path):
     incoming, repo = tmp_path / "incoming", Repository.create(tmp_path / "repo")
     incoming.mkdir()

@@ -92,7 +92,6 @@ def test_links_form_a_skip_list():
     assert link_distances(96) == [1, 2, 4, 8, 16, 32]
 
 
-@pytest.mark.slow      # the default run keeps the link plan: test_metadata_links
 def test_far_behind_reads_a_logarithmic_number_of_records(tmp_path):
     """Records read to catch up grow with log(distance): count them on a long chain of tiny nets."""
     import numpy as np
@@ -119,7 +118,6 @@ def test_far_behind_reads_a_logarithmic_number_of_records(tmp_path):
     assert result.metadata_bytes < 14 * record_size, (result.metadata_bytes, record_size)
 
 
-@pytest.mark.slow      # the default run keeps test_fetch_faults' legacy-index fetches
 def test_schema_1_repositories_are_read_unsigned_and_migrated_by_the_next_publish(tmp_path):
     signed = Repository.create(tmp_path / "new")
     publish(signed, run_paths()[:3], codec=FAST_CODEC, skips=(1, 2))

@@ -275,7 +275,6 @@ def test_an_unsigned_repository_is_refused_when_a_key_is_pinned(tmp_path, key, c
     assert code == 0
 
 
-@pytest.mark.slow      # the default run keeps test_signed_repository's key checks
 def test_online_key_rotation_with_an_offline_root(tmp_path, capsys):
     """The root key certifies online keys; rotating the online key never changes the client's pin."""
     root_key, online_1, online_2 = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()

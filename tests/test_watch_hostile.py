@@ -186,7 +186,6 @@ def temp_files(root: Path) -> list[str]:
     return [name for name in leftovers(root) if name.endswith(".tmp")]
 
 
-@pytest.mark.slow      # the default run keeps the sweep tests below and test_service_publish's crash
 def test_watch_sweeps_what_a_killed_publish_left_and_carries_on(tmp_path):
     root, incoming = tmp_path / "repo", tmp_path / "incoming"
     incoming.mkdir()
