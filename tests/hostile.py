@@ -19,20 +19,12 @@ from lc0weights import container
 from lc0weights.codecs import LayerInfo, get_codec
 from lc0weights.proto import lc0net_pb2, patch_pb2
 
+from netfactory import varint
+
 FLOAT16 = 2
 
 
 # -- protobuf wire bytes by hand ---------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
 
 def tag(number: int, wire: int) -> bytes:
     return varint(number << 3 | wire)

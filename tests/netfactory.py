@@ -104,16 +104,19 @@ def onnx_net(rng, size=20000):
     return net
 
 
+def varint(n: int) -> bytes:
+    """``n`` (not negative) as a protobuf varint, written here apart from the library's reader."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def field(number: int, wire: int, payload: bytes | int) -> bytes:
     """One protobuf field in wire format (varint for wire 0, else raw payload)."""
-    def varint(v):
-        out = bytearray()
-        while True:
-            b = v & 0x7F
-            v >>= 7
-            out.append(b | (0x80 if v else 0))
-            if not v:
-                return bytes(out)
     key = varint(number << 3 | wire)
     if wire == 0:
         return key + varint(payload)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from lc0weights.client import check_repository
 from service.publish import publish
 from service.repository import Repository
 from service.serve import RepositoryHandler, RepositoryServer
@@ -14,6 +16,16 @@ from service.serve import RepositoryHandler, RepositoryServer
 from conftest import run_paths
 
 FAST_CODEC = "varint-brotli"   # the fast baseline codec keeps publishing quick in tests
+
+
+def assert_consistent(repo: Repository):
+    """The index parses, names only complete objects, and every patch rebuilds its net."""
+    index = repo.read_index()
+    for entry in index.nets + index.patches:
+        assert repo.has_object(entry.path, entry.sha256), entry.path
+    report = check_repository(str(repo.root))
+    assert report.ok, report.failures
+    return index
 
 
 def publish_run(root: Path, count: int | None = None, skips=(1, 2), tolerance=None, key=None) -> Repository:
@@ -43,6 +55,15 @@ def running(server):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def connect(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+    """A socket from ``source`` (another loopback address stands for another client) to a local port."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
 
 
 def _quiet_on_hangups(handle_error):

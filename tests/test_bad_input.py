@@ -16,10 +16,8 @@ import netfactory as nf
 
 
 @pytest.fixture(scope="module")
-def real_patch(tmp_path_factory):
-    paths = run_paths()
-    base, target = Net.load(paths[0]), Net.load(paths[1])
-    patch = make_patch(base, target, codec="varint-brotli", verify=False)
+def real_patch(tmp_path_factory, run_nets, first_step_varint_patch):
+    base, target, patch = run_nets[0], run_nets[1], first_step_varint_patch
     folder = tmp_path_factory.mktemp("patch")
     (folder / "p").write_bytes(patch)
     return base, target, patch, folder

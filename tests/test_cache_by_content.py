@@ -15,7 +15,7 @@ from lc0weights.client.cache import MEMO_NAME
 from lc0weights.client.client_cache import client_cache_dir
 
 from conftest import run_paths
-from repo_fixtures import leftovers, publish_run
+from repo_fixtures import leftovers
 
 POLICY = TransferPolicy(retries=0, progress=False)
 
@@ -25,13 +25,13 @@ def temp_files(cache) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=2, skips=(1,))
+def repo(published_two):
+    return published_two
 
 
 @pytest.fixture(scope="module")
-def ids():
-    return [Net.load(p).id for p in run_paths()[:2]]
+def ids(run_nets):
+    return [n.id for n in run_nets[:2]]
 
 
 def _place(kind: str, cache, elsewhere):

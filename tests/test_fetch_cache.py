@@ -5,19 +5,19 @@ from lc0weights import Net
 from lc0weights.client import NetCache, TransferPolicy, default_cache_dir, fetch
 
 from conftest import run_paths
-from repo_fixtures import copy_into_cache, leftovers, publish_run
+from repo_fixtures import copy_into_cache, leftovers
 
 POLICY = TransferPolicy(retries=0, progress=False)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=2, skips=(1,))
+def repo(published_two):
+    return published_two
 
 
 @pytest.fixture(scope="module")
-def ids():
-    return [Net.load(p).id for p in run_paths()[:2]]
+def ids(run_nets):
+    return [n.id for n in run_nets[:2]]
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):

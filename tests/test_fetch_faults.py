@@ -9,29 +9,20 @@ from lc0weights.client import HttpSource, TransferPolicy, fetch
 from lc0weights.repository.errors import (DownloadError, IntegrityError, NoRouteError,
                                             RepositoryIndexError)
 
-from conftest import run_paths
-from repo_fixtures import (FaultyHandler, cache_files, copy_into_cache, faulty_handler, leftovers,
-                           publish_run, serving)
+from repo_fixtures import (FaultyHandler, cache_files, faulty_handler, leftovers,
+                           serving)
 
 FAST = TransferPolicy(timeout=2.0, retries=2, backoff=0.01, progress=False)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1, 2))
+def repo(published_three):
+    return published_three
 
 
 @pytest.fixture(scope="module")
-def nets():
-    return [Net.load(p) for p in run_paths()[:3]]
-
-
-@pytest.fixture
-def held_cache(tmp_path, nets):
-    """A client cache holding the second net: the cheapest route is one patch."""
-    cache = tmp_path / "cache"
-    copy_into_cache(run_paths()[1], cache, nets[1].id)
-    return cache
+def nets(run_nets):
+    return run_nets[:3]
 
 
 def patch_path(repo, base, target):

@@ -5,7 +5,7 @@ import gzip
 import hashlib
 
 import pytest
-from repo_fixtures import copy_into_cache, leftovers, publish_run, serving
+from repo_fixtures import copy_into_cache, leftovers, serving
 
 from lc0weights.client import TransferPolicy, fetch
 from lc0weights.client.receive import NetReceiver
@@ -16,8 +16,8 @@ POLICY = TransferPolicy(timeout=20, retries=2, backoff=0.05, progress=False)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("one-pass") / "repo", count=3)
+def repo(published_three):
+    return published_three
 
 
 def _entry(repo, i: int) -> NetEntry:

@@ -112,6 +112,7 @@ def test_after_the_learning_rate_drop_a_lossy_link_predicts_from_two_links_back(
     assert check_repository(str(repo.root), POLICY).ok
 
 
+@pytest.mark.slow      # the default run keeps the two-links-back case
 def test_at_a_coarse_tolerance_a_lossy_link_predicts_from_four_links_back(tmp_path):
     # At 2^-10 a step moves a weight by about half a quantisation step: four links of the chain
     # predict better than one or two. The net four links back is lossy, kept by the publisher since.

@@ -22,7 +22,7 @@ from service.repository import Repository
 
 from conftest import NETS, run_paths
 from lczero_client_standin import ClientError, StandInClient
-from repo_fixtures import FAST_CODEC, faulty_handler, leftovers, publish_run, serving, running
+from repo_fixtures import FAST_CODEC, faulty_handler, leftovers, serving, running
 
 POLICY = TransferPolicy(retries=0, progress=False)
 LINE = re.compile(r"GET (\w{16}) 200 route=(.+?) upstream=(\d+) saved=(\d+) sent=(\d+)")
@@ -34,8 +34,8 @@ def ids():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1,))
+def repo(published_three_in_steps):
+    return published_three_in_steps
 
 
 @contextmanager

@@ -27,20 +27,20 @@ from lc0weights.serving import net_store
 from lc0weights.serving.mirror import Mirror, MirrorServer, mirror_limits
 
 from conftest import NETS, run_paths
-from repo_fixtures import faulty_handler, leftovers, publish_run, running, serving
+from repo_fixtures import connect, faulty_handler, leftovers, running, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = TransferPolicy(retries=0, progress=False)
 
 
 @pytest.fixture(scope="module")
-def ids():
-    return [Net.load(p).id for p in run_paths()[:3]]
+def ids(run_nets):
+    return [n.id for n in run_nets[:3]]
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1,))
+def repo(published_three_in_steps):
+    return published_three_in_steps
 
 
 @contextmanager
@@ -57,14 +57,6 @@ def holding(cache: Path, ids, i: int = 0) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_paths()[i], cache / f"{ids[i]}.pb.gz")
     return cache
-
-
-def connect(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
 
 
 def status_of(port: int, sha: str, source: str = "127.0.0.1", timeout: float = 10.0) -> tuple[int, bytes]:

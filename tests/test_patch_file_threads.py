@@ -10,16 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lc0weights import Net, apply_patch, container, make_patch
+from lc0weights import apply_patch, container
 from lc0weights.patch import apply_patch_to_file
 
-from conftest import run_paths
 
 
 @pytest.fixture(scope="module")
-def patch_file(tmp_path_factory):
-    base, target = Net.load(run_paths()[0]), Net.load(run_paths()[1])
-    patch = make_patch(base, target, verify=False)
+def patch_file(tmp_path_factory, run_nets, first_step_patch):
+    base, target, patch = run_nets[0], run_nets[1], first_step_patch
     path = tmp_path_factory.mktemp("threads") / "step.lc0p"
     path.write_bytes(patch)
     return base, target, patch, path

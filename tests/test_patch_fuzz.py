@@ -15,17 +15,17 @@ from lc0weights import Lc0WeightsError, Net, apply_patch, make_patch, read_patch
 from lc0weights.patch import UNDECODABLE
 
 import hostile
-from conftest import NETS, run_paths
+from conftest import NETS
 
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def real_patches():
+def real_patches(run_nets, first_step_patch):
     """(base, patch) pairs of the shapes a repository holds: lossless, lossy, intra."""
-    base, target = Net.load(run_paths()[0]), Net.load(run_paths()[1])
+    base, target = run_nets[0], run_nets[1]
     small = Net.load(NETS / "meangirl-8.pb.gz")
-    pairs = [(base, make_patch(base, target, verify=False)),
+    pairs = [(base, first_step_patch),
              (base, make_patch(base, target, 2 ** -10, verify=False)),
              (None, make_patch(None, small, 2 ** -8, verify=False))]
     for b, p in pairs:
@@ -56,6 +56,16 @@ def fuzz(pairs, seed: int, cases: int) -> dict:
     return {"outcomes": outcomes, "escaped": escaped}
 
 
+def test_fuzz_real_patches_briefly(real_patches):
+    """The default run's sample of the next test: its first 300 cases, held to the same shares."""
+    result = hostile.run_measured(fuzz, real_patches, 2024, 300)
+    kind, report, _ = result["outcome"]
+    assert kind == "ok" and report["escaped"] == [], result
+    assert report["outcomes"]["PatchFormatError"] > 200 and report["outcomes"]["ok"] > 25, report
+    assert result["peak_growth"] < 64 * MiB + 16 * len(real_patches[0][0].raw), result
+
+
+@pytest.mark.slow      # the default run fuzzes briefly (above)
 def test_fuzz_real_patches(real_patches):
     limit = 64 * MiB + 16 * max(len(b.raw) for b, _ in real_patches if b is not None)
     result = hostile.run_measured(fuzz, real_patches, 2024, 1200)

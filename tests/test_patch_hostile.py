@@ -32,10 +32,9 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def real():
+def real(run_nets, first_step_patch):
     """A real base, target and cm1 patch; applied once so the kernels are compiled before forking."""
-    base, target = Net.load(run_paths()[0]), Net.load(run_paths()[1])
-    patch = make_patch(base, target, verify=False)
+    base, target, patch = run_nets[0], run_nets[1], first_step_patch
     assert bytes(apply_patch(base, patch)) == bytes(target.raw)
     return base, target, patch
 
@@ -201,9 +200,8 @@ def with_config(patch, config: bytes, layer=0, codec=None):
 
 
 @pytest.fixture(scope="module")
-def varint_patch(real):
-    base, target, _ = real
-    return make_patch(base, target, codec="varint-brotli", verify=False)
+def varint_patch(first_step_varint_patch):
+    return first_step_varint_patch
 
 
 @pytest.mark.parametrize("config, match", [

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lc0weights import apply_patch, make_patch
+from lc0weights import apply_patch
 from lc0weights.client.staging import StagedFile
 from lc0weights.errors import PatchFormatError
 from lc0weights.patching.streaming import ArrivingPatch, TransferCancelled
@@ -15,9 +15,8 @@ from lc0weights.repository.errors import DownloadError
 
 
 @pytest.fixture(scope="module")
-def pair(run_nets):
-    base, target = run_nets[0], run_nets[1]
-    return base, target, make_patch(base, target, verify=False)
+def pair(run_nets, first_step_patch):
+    return run_nets[0], run_nets[1], first_step_patch
 
 
 def _feeder(staged: StagedFile, arrival: ArrivingPatch, data: bytes, pause_at: int | None = None,

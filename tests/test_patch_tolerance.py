@@ -6,7 +6,10 @@ from lc0weights import Net, apply_patch, make_patch, max_error, read_patch_info
 TOLERANCES = [2 ** -17, 2 ** -14, 2 ** -10]
 
 
-@pytest.mark.parametrize("tolerance", TOLERANCES, ids=["2^-17", "2^-14", "2^-10"])
+# The default run keeps one tolerance of each family; the others are long runs.
+@pytest.mark.parametrize("tolerance", [pytest.param(TOLERANCES[0], marks=pytest.mark.slow), TOLERANCES[1],
+                                       pytest.param(TOLERANCES[2], marks=pytest.mark.slow)],
+                         ids=["2^-17", "2^-14", "2^-10"])
 def test_every_pair_within_tolerance_and_smaller(run_nets, tolerance):
     for base, target in zip(run_nets, run_nets[1:]):
         lossy = make_patch(base, target, tolerance, verify=False)
@@ -21,7 +24,8 @@ def test_every_pair_within_tolerance_and_smaller(run_nets, tolerance):
         assert [l.encoding for l in rebuilt.layers] == [l.encoding for l in target.layers]
 
 
-@pytest.mark.parametrize("tolerance", [2 ** -17, 2 ** -10], ids=["2^-17", "2^-10"])
+@pytest.mark.parametrize("tolerance", [pytest.param(2 ** -17, marks=pytest.mark.slow), 2 ** -10],
+                         ids=["2^-17", "2^-10"])
 def test_chain_of_ten_lossy_patches_never_drifts(run_nets, tolerance):
     held = run_nets[0]                               # what a client holds
     for target in run_nets[1:11]:

@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-from lc0weights import Net
 from lc0weights.cli import main as lc0weights_main
 from lc0weights.client import TransferPolicy, fetch
 from lc0weights.client.link_rate import (DEFAULT_GUNZIP, DEFAULT_GZIP, DEFAULT_LINK, DEFAULT_REBUILD,
@@ -19,7 +18,7 @@ from lc0weights.repository.index import NetEntry, PatchEntry, Catalogue, net_obj
     patch_object_path
 
 from conftest import run_paths
-from repo_fixtures import copy_into_cache, publish_run, serving
+from repo_fixtures import copy_into_cache, serving
 
 MB = 1_000_000
 N = [f"{i:x}" * 64 for i in range(1, 8)]
@@ -222,21 +221,13 @@ def test_links_are_named_by_origin():
 # -- measured on a real loopback fetch ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return publish_run(tmp_path_factory.mktemp("repo"), count=3, skips=(1, 2))
+def repo(published_three):
+    return published_three
 
 
 @pytest.fixture(scope="module")
-def nets():
-    return [Net.load(p) for p in run_paths()[:3]]
-
-
-@pytest.fixture
-def held_cache(tmp_path, nets):
-    """A client cache holding the second net: by bytes the route is one patch."""
-    cache = tmp_path / "cache"
-    copy_into_cache(run_paths()[1], cache, nets[1].id)
-    return cache
+def nets(run_nets):
+    return run_nets[:3]
 
 
 def test_a_fetch_measures_the_link_and_the_rebuild(repo, nets, held_cache):

@@ -23,7 +23,7 @@ import pytest
 
 from service.serve import RepositoryServer, ServerLimits, parse_range, within_descriptor_limit
 
-from repo_fixtures import running
+from repo_fixtures import connect, running
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECT = bytes(range(256)) * 40                     # 10240 bytes
@@ -74,14 +74,6 @@ def child_server(root: Path, nofile: int = 64, **limits):
     finally:
         proc.kill()
         proc.wait(timeout=10)
-
-
-def connect(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
 
 
 _unread: dict[int, bytes] = {}       # bytes received past the response read, per socket

@@ -10,30 +10,20 @@ from pathlib import Path
 import pytest
 
 from lc0weights import Net, max_error
-from lc0weights.client import check_repository, fetch
+from lc0weights.client import fetch
 from service.prune import prune
 from service.publish import publish, training_steps
 from service.repository import Repository
 from service.watch import Watcher, looks_like_net
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, copy_into_cache, leftovers
+from repo_fixtures import FAST_CODEC, assert_consistent, copy_into_cache, leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ids(paths):
     return [Net.load(p).id for p in paths]
-
-
-def assert_consistent(repo: Repository):
-    """The index parses, names only complete objects, and every patch rebuilds its net."""
-    index = repo.read_index()
-    for entry in index.nets + index.patches:
-        assert repo.has_object(entry.path, entry.sha256), entry.path
-    report = check_repository(str(repo.root))
-    assert report.ok, report.failures
-    return index
 
 
 def test_publish_adds_nets_with_predecessor_and_skip_patches(tmp_path):
@@ -56,6 +46,7 @@ def test_publish_adds_nets_with_predecessor_and_skip_patches(tmp_path):
     assert repo.read_index() == index          # a true no-op
 
 
+@pytest.mark.slow      # lossy publishing stays in the default run via test_trust_attacks and test_history_publishing
 def test_lossy_chain_is_closed_loop_and_within_tolerance(tmp_path):
     repo = Repository.create(tmp_path / "repo")
     tolerance = 1 / 2048
@@ -139,6 +130,7 @@ def test_watcher_restart_neither_republishes_nor_skips(tmp_path):
     assert [n.id for n in repo.read_index().nets] == ids(paths)
 
 
+@pytest.mark.slow      # the default run keeps test_crash_between_objects_and_timestamp_leaves_a_consistent_repository
 def test_watcher_killed_mid_publish_then_restarted(tmp_path):
     incoming, root = tmp_path / "incoming", tmp_path / "repo"
     incoming.mkdir()
@@ -170,6 +162,7 @@ def test_watcher_killed_mid_publish_then_restarted(tmp_path):
     assert [n.id for n in index.nets] == ids(paths)
 
 
+@pytest.mark.slow      # the default run keeps test_operator_tripups' prune
 def test_prune_keeps_the_newest_nets_and_never_republishes_old_ones(tmp_path):
     incoming, repo = tmp_path / "incoming", Repository.create(tmp_path / "repo")
     incoming.mkdir()

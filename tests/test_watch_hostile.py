@@ -25,8 +25,7 @@ from service.sweep import sweep_temp_files
 from service.watch import Watcher, check_gzip_complete, read_training_steps
 
 from conftest import run_paths
-from repo_fixtures import FAST_CODEC, leftovers
-from test_service_publish import assert_consistent
+from repo_fixtures import FAST_CODEC, assert_consistent, leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 
