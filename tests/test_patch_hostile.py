@@ -172,7 +172,7 @@ def gzip_bomb(raw_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_gzip_bomb_is_decompressed_only_up_to_the_limit(tmp_path, capsys):
+def test_a_gzip_bomb_is_decompressed_only_up_to_the_limit(tmp_path, capsys, first_step_patch):
     bomb = gzip_bomb(256 * MiB)                            # 256 MiB of zeros in about 250 KB
     assert len(bomb) < MiB
     limit = 16 * MiB
@@ -182,8 +182,9 @@ def test_a_gzip_bomb_is_decompressed_only_up_to_the_limit(tmp_path, capsys):
     path.write_bytes(bomb)
     assert_refused(hostile.run_measured(Net.load, path, limit), 32 * MiB + 4 * limit, NetFormatError,
                    "larger than")
-    out = tmp_path / "out.pb"
-    code = main(["apply", str(path), str(path), "-o", str(out), "--max-size", "16M"])
+    out, patch = tmp_path / "out.pb", tmp_path / "step.lc0patch"
+    patch.write_bytes(first_step_patch)                  # a real patch: the bomb is the base
+    code = main(["apply", str(path), str(patch), "-o", str(out), "--max-size", "16M"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "larger than" in err[0] and not out.exists()
 
