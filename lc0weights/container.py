@@ -176,7 +176,7 @@ def _open_file(path: Path) -> PatchSource:
     trailer = f.read(CHECKSUM_SIZE)
 
     def read(start, size):
-        return _read_at(f.fileno(), start, size)
+        return read_at(f.fileno(), start, size)
 
     try:
         prefix = read(0, _PREFIX.size)
@@ -190,7 +190,7 @@ def _open_file(path: Path) -> PatchSource:
     return PatchSource(header, offsets, read, f.close)
 
 
-def _read_at(fd: int, start: int, size: int) -> bytes:
+def read_at(fd: int, start: int, size: int) -> bytes:
     """``size`` bytes at ``start``, without moving a shared file position (thread-safe)."""
     pieces, got = [], 0
     while got < size:

@@ -113,7 +113,7 @@ class ArrivingPatch:
         with self._cond:
             self._wait(lambda: self._arrived >= end)
             fd = self._fd
-            return _pread_exact(fd, start, size)
+            return container.read_at(fd, start, size)
 
     def source(self) -> container.PatchSource:
         """The patch's header and section layout, parsed as soon as the header has arrived."""
@@ -163,14 +163,3 @@ def _open_same_file(staged) -> int:
         os.close(fd)
         raise PatchFormatError(f"{staged.path}: the staged file was replaced while it was written")
     return fd
-
-
-def _pread_exact(fd: int, start: int, size: int) -> bytes:
-    pieces, got = [], 0
-    while got < size:
-        piece = os.pread(fd, size - got, start + got)
-        if not piece:
-            break
-        pieces.append(piece)
-        got += len(piece)
-    return b"".join(pieces)
