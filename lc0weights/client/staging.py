@@ -165,12 +165,14 @@ class StagedFile:
         self.file.truncate()                    # what grew since fstat is not trusted
 
     def reset(self) -> None:
+        # The tap hears first: a reader of the growing file must stop trusting the old bytes
+        # before they go, or it reads a file shorter than what it was told had arrived.
+        if self.tap is not None:
+            self.tap.reset(self)
         self.file.seek(0)
         self.file.truncate()
         self._hash = hashlib.sha256()
         self.size = 0
-        if self.tap is not None:
-            self.tap.reset(self)
 
     def append(self, chunk: bytes) -> None:
         self.file.write(chunk)
