@@ -17,7 +17,7 @@ LAYERS = [
     ("format", ("lc0weights.errors", "lc0weights.settings", "lc0weights.console",
                 "lc0weights.proto", "lc0weights.wire", "lc0weights.encodings", "lc0weights.net",
                 "lc0weights.synthetic", "lc0weights.gzipio", "lc0weights.files")),
-    ("codec", ("lc0weights.residuals", "lc0weights.weight_error", "lc0weights.kernels",
+    ("codec", ("lc0weights.residuals", "lc0weights.weight_error", "lc0weights.kernels", "lc0weights.rans_kernels",
                "lc0weights.codecs")),
     ("patch", ("lc0weights.container", "lc0weights.patching", "lc0weights.patch")),
     ("repository format", ("lc0weights.repository",)),

@@ -30,7 +30,8 @@ OUT = ROOT / "tests" / "golden" / "patches"
 # (chain name, encoding, codec, persistence of the steps); each chain: intra 0,
 # lossless 0->1, history 1->2, lossy 2->3 (cm2 adds lossy 3->4 with history)
 CHAINS = [("linear16-cm1", "LINEAR16", "cm1", 0.0), ("linear16-varint", "LINEAR16", "varint-brotli", 0.0),
-          ("float16-cm1", "FLOAT16", "cm1", 0.0), ("linear16-cm2", "LINEAR16", "cm2", 0.8)]
+          ("float16-cm1", "FLOAT16", "cm1", 0.0), ("linear16-cm2", "LINEAR16", "cm2", 0.8),
+          ("linear16-rans1", "LINEAR16", "rans1", 0.8)]
 
 
 def tiny_run(encoding: str, count: int = 4, seed: int = 11, persistence: float = 0.0) -> list[Net]:

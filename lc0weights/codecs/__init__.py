@@ -35,7 +35,7 @@ def codec_ids() -> list[str]:
 from . import varint_brotli, stored  # noqa: E402,F401  (registration)
 
 try:  # the context-model codec, when present in this build
-    from . import context_model, temporal  # noqa: F401
+    from . import context_model, temporal, rans  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 

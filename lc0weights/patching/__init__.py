@@ -13,7 +13,7 @@ large layer's elements coded as its own stream), in parallel across chunks
 """
 from .chunks import CHUNK_SIZE
 from .decode import PatchInfo, apply_patch, apply_patch_to_file, check_patch, read_patch_info, skeleton_layers
-from .encode import DEFAULT_CODECS, HISTORY_CODECS, make_patch
+from .encode import DEFAULT_CODECS, HISTORY_CODECS, TIERS, make_patch
 from .layers import LayerContext, infer_shape, paired_layer
 from .limits import MAX_RESULT_SIZE, SKELETON_CAP, UNDECODABLE, WRITER
 from .measure import max_error
@@ -21,6 +21,6 @@ from .skeleton import decode_skeleton, encode_skeleton, skeleton_stream
 
 __all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "read_patch_info",
            "skeleton_layers",
-           "DEFAULT_CODECS", "HISTORY_CODECS", "make_patch", "LayerContext", "infer_shape", "paired_layer",
+           "DEFAULT_CODECS", "HISTORY_CODECS", "TIERS", "make_patch", "LayerContext", "infer_shape", "paired_layer",
            "MAX_RESULT_SIZE", "SKELETON_CAP", "UNDECODABLE", "WRITER", "max_error", "decode_skeleton",
            "encode_skeleton", "skeleton_stream"]

@@ -29,6 +29,14 @@ HISTORY_CODECS = ("varint-brotli", "cm2", "stored")
 # The context model wins on every sizeable layer of real runs; the baseline is
 # tried beside it only where it is cheap to try (small layers).
 BASELINE_TRIAL_LIMIT = 1 << 14
+# The fast tier (docs/FORMAT.md, "Coding tiers"): chunks over BASELINE_TRIAL_LIMIT
+# values are coded with rans1, which decodes about ten times faster than the context
+# model; smaller ones may still take whatever codes them smallest, since they are a
+# sliver of a large net's decoding time and rans1's tables cost most on them.
+FAST_CODECS = ("varint-brotli", "rans1", "cm1", "stored")
+FAST_HISTORY_CODECS = ("varint-brotli", "rans1", "cm2", "stored")
+TIERS = {"cm": (DEFAULT_CODECS, HISTORY_CODECS), "fast": (FAST_CODECS, FAST_HISTORY_CODECS)}
+SLOW_CODECS = ("cm1", "cm2")
 
 
 # -- encoding one chunk of a layer ------------------------------------------------------
@@ -95,8 +103,11 @@ def _encode_chunk(job) -> list[_Coded]:
 
 def _trials(codecs: tuple, count: int) -> tuple:
     """The codecs to try on a layer of ``count`` values (all of them when forced)."""
-    if len(codecs) > 1 and {"cm1", "cm2"} & set(codecs) and count > BASELINE_TRIAL_LIMIT:
-        return tuple(c for c in codecs if c != "varint-brotli")
+    if len(codecs) > 1 and count > BASELINE_TRIAL_LIMIT:
+        if "rans1" in codecs:           # the fast tier
+            return tuple(c for c in codecs if c != "varint-brotli" and c not in SLOW_CODECS)
+        if set(SLOW_CODECS) & set(codecs):
+            return tuple(c for c in codecs if c != "varint-brotli")
     return codecs
 
 
@@ -169,7 +180,8 @@ def _config_bytes(codec) -> bytes:
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
                workers: int | None = None, verify: bool = True, progress=None,
-               chunk_size: int = CHUNK_SIZE, max_bytes: int | None = None) -> bytes:
+               chunk_size: int = CHUNK_SIZE, max_bytes: int | None = None,
+               tier: str = "cm") -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -185,14 +197,18 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     2); the bytes do not depend on ``workers``.
     ``max_bytes``: raise :class:`PatchTooLarge` as soon as the coded sections
     pass this many bytes (a publisher abandons a patch dearer than the net).
+    ``tier``: "cm" codes smallest; "fast" codes a large layer for decoding speed
+    (rans1, a few percent larger), for clients on fast links (:data:`TIERS`).
     """
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
     if chunk_size < container.MIN_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be at least {container.MIN_CHUNK_SIZE}, not {chunk_size!r}")
     if history is not None and base is None:
         history = None
-    defaults = DEFAULT_CODECS if history is None else HISTORY_CODECS
+    defaults = TIERS[tier][0 if history is None else 1]
     codecs = (codec,) if codec else tuple(c for c in defaults if c in codec_ids())
     for c in codecs:
         get_codec(c)
