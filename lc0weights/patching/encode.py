@@ -35,7 +35,8 @@ BASELINE_TRIAL_LIMIT = 1 << 14
 # sliver of a large net's decoding time and rans1's tables cost most on them.
 FAST_CODECS = ("varint-brotli", "rans1", "cm1", "stored")
 FAST_HISTORY_CODECS = ("varint-brotli", "rans1", "cm2", "stored")
-TIERS = {"cm": (DEFAULT_CODECS, HISTORY_CODECS), "fast": (FAST_CODECS, FAST_HISTORY_CODECS)}
+TIER_CODECS = {"cm": (DEFAULT_CODECS, HISTORY_CODECS), "fast": (FAST_CODECS, FAST_HISTORY_CODECS)}
+TIERS = tuple(TIER_CODECS)          # "cm" first: the default
 SLOW_CODECS = ("cm1", "cm2")
 
 
@@ -208,7 +209,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
         raise ValueError(f"chunk_size must be at least {container.MIN_CHUNK_SIZE}, not {chunk_size!r}")
     if history is not None and base is None:
         history = None
-    defaults = TIERS[tier][0 if history is None else 1]
+    defaults = TIER_CODECS[tier][0 if history is None else 1]
     codecs = (codec,) if codec else tuple(c for c in defaults if c in codec_ids())
     for c in codecs:
         get_codec(c)
