@@ -71,7 +71,7 @@ class FetchResult:
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
           policy: TransferPolicy | None = None, source=None, trust=None, have=(),
-          prefer: str = "bytes", rates: RateBook | None = None) -> FetchResult:
+          prefer: str = "bytes", rates: RateBook | None = None, state_dir=None) -> FetchResult:
     """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
 
     ``trust`` pins the repository's root key (``ed25519:...``, ``@FILE`` or a
@@ -81,11 +81,21 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     ``prefer`` is "bytes" (fewest bytes, the default here) or "time" (least
     estimated time at the rates in ``rates``, by default the book kept in the
     cache folder). Transfers and rebuilds are timed into that book either way.
+
+    With ``client_layout``, ``cache_dir`` is lczero-client's folder (default:
+    its usual place), which receives only the verified net: the fetch itself
+    runs in ``state_dir`` (default: lc0weights' state folder for the client),
+    whose newest two nets are kept (:func:`.client_feed.fetch_for_client`).
     """
+    if client_layout:
+        from .client_feed import fetch_for_client
+        return fetch_for_client(location, client_dir=cache_dir, state_dir=state_dir, have=have, net=net,
+                                out=out, tolerance=tolerance, policy=policy, source=source, trust=trust,
+                                prefer=prefer, rates=rates)
     started = time.monotonic()
     published = None
     source = source or open_source(location, policy)
-    cache = NetCache(cache_dir, client_layout, have)
+    cache = NetCache(cache_dir, have=have)
     held = cache.held_ids()             # the walk's input: the nets the client holds
     book = rates if rates is not None else RateBook.load(cache.root)
     plan = _Plan(prefer, book, link_name(source))
