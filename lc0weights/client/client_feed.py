@@ -10,6 +10,7 @@ modes, so a one-shot fetch refuses what a follow accepted newer than. Only
 the finished, verified net is copied into the client's folder, under the
 net's lock (:func:`.client_cache.place_net`); the client's nets also serve as
 patch bases while they are there, verified before use.
+:func:`.fetch.fetch_for_client` runs such a fetch with the helpers here.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 
 from .cache import NetCache, default_cache_dir
-from .client_cache import net_files, place_net, remove_lock_if_free
+from .client_cache import net_files, remove_lock_if_free
 
 KEEP_BASES = 2          # nets a one-shot fetch keeps in the state folder: the next patch, and a history patch
 
@@ -32,25 +33,10 @@ def client_state_dir() -> Path:
     return default_cache_dir() / "follow"
 
 
-def fetch_for_client(location: str, client_dir=None, state_dir=None, have=(), keep: int | None = KEEP_BASES,
-                     **fetch_args):
-    """``fetch`` for lczero-client's folder ``client_dir`` (default: its usual place); a FetchResult.
-
-    The fetch runs in ``state_dir`` (default :func:`client_state_dir`), taking
-    the client's nets and ``have`` as bases; the net it gets is then placed in
-    the client's folder, and ``result.path`` names it there. ``keep`` nets
-    stay in the state folder (the one just fetched always does); None keeps
-    all. ``fetch_args`` go to :func:`.fetch.fetch` (net, out, trust, ...).
-    """
-    from .fetch import fetch             # fetch hands its client-layout calls here
-    client = NetCache(client_dir, client_layout=True)
-    state = NetCache(state_dir or client_state_dir())
-    bases = list(have) + list(net_files(client.root).values())
-    result = fetch(location, cache_dir=state.root, have=bases, **fetch_args)
-    result.path = str(place_net(client.root, result.net_id, result.path))
-    if keep is not None:
-        prune(state, keep, result.net_id)
-    return result
+def client_bases(client_root, have=()) -> list[Path]:
+    """The files a fetch for the client may start from: ``have`` and the client's nets (claims only:
+    each is verified before use)."""
+    return [Path(p) for p in have] + list(net_files(client_root).values())
 
 
 def prune(cache: NetCache, keep: int, current: str) -> list[str]:

@@ -14,7 +14,7 @@ of its own there: its trust state, partial downloads and patch bases live in
 lc0weights' own cache (``<user cache>/lc0weights/follow``, shared with a
 one-shot ``fetch --client-layout``), and only finished, verified nets are
 copied into the client's folder (whose nets also serve as bases, verified
-before use): :mod:`.client_feed` does both, for either mode.
+before use): :func:`.fetch.fetch_for_client` does both, for either mode.
 
 The loop waits on an Event, not in ``sleep``, so SIGTERM/SIGINT stop it
 within moments, even in the middle of a transfer; an upstream outage is
@@ -30,7 +30,7 @@ import time
 
 from ..errors import Lc0WeightsError
 from .cache import NetCache
-from .client_feed import client_state_dir, fetch_for_client, prune
+from .client_feed import client_state_dir, prune
 from .download import DocumentReply, HttpSource, TransferPolicy, open_source
 from ..repository.errors import DownloadError, NotFoundError
 from ..repository.metadata import MAX_TOP_BYTES, TIMESTAMP_NAME
@@ -151,7 +151,7 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
     ``state_dir`` (default :func:`.client_feed.client_state_dir`). ``on_net(result)`` is
     called after each new net is in place.
     """
-    from .fetch import fetch
+    from .fetch import fetch, fetch_for_client
     policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
     poller = TopDocumentPoller(location, policy)
     cache = NetCache(cache_dir, client_layout=client_layout)     # the folder follow keeps up to date
