@@ -28,7 +28,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="also write the net here (.pb.gz)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing -o file")
     p.add_argument("--client-layout", action="store_true",
-                   help="keep the cache as the training client does: gzip files named by net id")
+                   help="--cache is lczero-client's folder (default: its own): only verified nets go there, "
+                        "as gzip files named by net id; lc0weights' state and bases stay in its user cache")
     p.add_argument("--tolerance", type=parse_tolerance, metavar="T",
                    help="accept a published lossy net within T of every weight; 2^-14 and finer keep the "
                         "engine's play, 2^-10 moves it as much as a training step (see README)")

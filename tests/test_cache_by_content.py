@@ -132,7 +132,8 @@ def test_a_wrong_file_under_the_result_name_is_replaced(repo, ids, tmp_path, sta
         shutil.copyfile(other, cache / name)
     else:
         (cache / name).symlink_to(other)
-    result = fetch(str(repo.root), cache_dir=cache, client_layout=client_layout, policy=POLICY)
+    result = fetch(str(repo.root), cache_dir=cache, client_layout=client_layout, policy=POLICY,
+                   state_dir=tmp_path / "state")
     assert result.path == str(cache / name)
     assert not (cache / name).is_symlink()
     assert Net.load(cache / name).id == ids[1]
@@ -141,7 +142,8 @@ def test_a_wrong_file_under_the_result_name_is_replaced(repo, ids, tmp_path, sta
 
 
 def test_a_full_download_keeps_the_published_object(repo, ids, tmp_path):
-    result = fetch(str(repo.root), cache_dir=tmp_path, client_layout=True, policy=POLICY)
+    result = fetch(str(repo.root), cache_dir=tmp_path, client_layout=True, policy=POLICY,
+                   state_dir=tmp_path / ".state")
     assert result.route.startswith("full")
     assert (tmp_path / ids[1]).read_bytes() == (repo.root / "nets" / f"{ids[1]}.pb.gz").read_bytes()
     assert not list(tmp_path.glob("*.lck"))

@@ -32,8 +32,7 @@ from ..patch import apply_patch
 from .download import TransferPolicy, open_source
 from .engine import checked_net
 from .receive import fetch_full_net
-from ..repository.metadata import MAX_TOP_BYTES, ROOT_NAME, open_envelope, parse_root
-from ..repository.updater import Updater, pinned_key
+from ..repository.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -68,33 +67,13 @@ def check_repository(location: str, policy: TransferPolicy | None = None, trust=
         try:
             catalogue, horizon = _read_metadata(source, trust, Path(tmp) / "state", report)
         except Lc0WeightsError as e:
-            report.fail("metadata", str(e) + _online_key_hint(source, trust))
+            report.fail("metadata", str(e))     # a pinned online key: the refusal says so
             return report
         budget = getattr(source, "budget", None)
         if budget is not None:
             budget.cover(sum(n.size for n in catalogue.nets) + sum(p.size for p in catalogue.patches))
         _check_objects(catalogue, source, Path(tmp), report, horizon)
     return report
-
-
-def _online_key_hint(source, trust) -> str:
-    """A hint when the pinned key is one of the repository's online keys, not its root key.
-
-    root.json is read here unauthenticated, only to word the message: nothing in
-    it is trusted.
-    """
-    key = pinned_key(trust)
-    if key is None:
-        return ""
-    try:
-        reply = source.read_document(ROOT_NAME, MAX_TOP_BYTES)
-        root = parse_root(open_envelope("root", reply.data, ROOT_NAME))
-    except (Lc0WeightsError, OSError):
-        return ""
-    if key in root.online_keys and key not in root.root_keys:
-        return (" (the pinned key is an online signing key of this repository; --trust takes its "
-                f"root key, the one root.json lists: {root.root_keys[0].text})")
-    return ""
 
 
 def behind_horizon(p, horizon: int) -> set[str]:

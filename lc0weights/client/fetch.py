@@ -34,6 +34,8 @@ from ..repository.errors import NoRouteError
 from ..repository.index import Catalogue, NetEntry
 from ..repository.updater import Updater
 from .cache import NetCache
+from .client_cache import place_net
+from .client_feed import KEEP_BASES, client_bases, client_state_dir, prune
 from .download import TransferPolicy, open_source
 from .engine import checked_net
 from .link_rate import RateBook, link_name, timing
@@ -71,7 +73,7 @@ class FetchResult:
 def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
           client_layout: bool = False, tolerance: float | None = None,
           policy: TransferPolicy | None = None, source=None, trust=None, have=(),
-          prefer: str = "bytes", rates: RateBook | None = None) -> FetchResult:
+          prefer: str = "bytes", rates: RateBook | None = None, state_dir=None) -> FetchResult:
     """Fetch ``net`` ("latest" or an id) from a repository URL or directory into the cache.
 
     ``trust`` pins the repository's root key (``ed25519:...``, ``@FILE`` or a
@@ -81,11 +83,20 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
     ``prefer`` is "bytes" (fewest bytes, the default here) or "time" (least
     estimated time at the rates in ``rates``, by default the book kept in the
     cache folder). Transfers and rebuilds are timed into that book either way.
+
+    With ``client_layout``, ``cache_dir`` is lczero-client's folder (default:
+    its usual place), which receives only the verified net: the fetch itself
+    runs in ``state_dir`` (default: lc0weights' state folder for the client),
+    whose newest two nets are kept (:func:`fetch_for_client`).
     """
+    if client_layout:
+        return fetch_for_client(location, client_dir=cache_dir, state_dir=state_dir, have=have, net=net,
+                                out=out, tolerance=tolerance, policy=policy, source=source, trust=trust,
+                                prefer=prefer, rates=rates)
     started = time.monotonic()
     published = None
     source = source or open_source(location, policy)
-    cache = NetCache(cache_dir, client_layout, have)
+    cache = NetCache(cache_dir, have=have)
     held = cache.held_ids()             # the walk's input: the nets the client holds
     book = rates if rates is not None else RateBook.load(cache.root)
     plan = _Plan(prefer, book, link_name(source))
@@ -129,6 +140,25 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         full_size=target_entry.size if target_entry else 0,
         seconds=round(time.monotonic() - started, 3), fallbacks=fallbacks,
         prefer=prefer, estimate=plan.chosen)
+
+
+def fetch_for_client(location: str, client_dir=None, state_dir=None, have=(), keep: int | None = KEEP_BASES,
+                     **fetch_args) -> FetchResult:
+    """:func:`fetch` for lczero-client's folder ``client_dir`` (default: its usual place).
+
+    The fetch runs in ``state_dir`` (default :func:`.client_feed.client_state_dir`),
+    taking the client's nets and ``have`` as bases; the net it gets is then placed
+    in the client's folder, verified, under the net's lock, and ``result.path``
+    names it there. ``keep`` nets stay in the state folder (the one just fetched
+    always does); None keeps all. ``fetch_args`` go to :func:`fetch`.
+    """
+    client = NetCache(client_dir, client_layout=True)
+    state = NetCache(state_dir or client_state_dir())
+    result = fetch(location, cache_dir=state.root, have=client_bases(client.root, have), **fetch_args)
+    result.path = str(place_net(client.root, result.net_id, result.path))
+    if keep is not None:
+        prune(state, keep, result.net_id)
+    return result
 
 
 def trust_state_dir(cache: NetCache) -> Path:

@@ -11,9 +11,10 @@ folder, each there, verified, before the client asks for it. That folder is
 the client's: after getting a net it deletes every entry older than its keep
 time (16 h) but the current net, whoever wrote it. So follow keeps nothing
 of its own there: its trust state, partial downloads and patch bases live in
-lc0weights' own cache (``<user cache>/lc0weights/follow``), and only
-finished, verified nets are copied into the client's folder (whose nets
-also serve as bases, verified before use).
+lc0weights' own cache (``<user cache>/lc0weights/follow``, shared with a
+one-shot ``fetch --client-layout``), and only finished, verified nets are
+copied into the client's folder (whose nets also serve as bases, verified
+before use): :func:`.fetch.fetch_for_client` does both, for either mode.
 
 The loop waits on an Event, not in ``sleep``, so SIGTERM/SIGINT stop it
 within moments, even in the middle of a transfer; an upstream outage is
@@ -24,15 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 import threading
 import time
-from pathlib import Path
 
 from ..errors import Lc0WeightsError
-from .cache import NetCache, default_cache_dir
-from .client_cache import net_files, place_net, remove_lock_if_free
+from .cache import NetCache
+from .client_feed import client_state_dir, prune
 from .download import DocumentReply, HttpSource, TransferPolicy, open_source
 from ..repository.errors import DownloadError, NotFoundError
 from ..repository.metadata import MAX_TOP_BYTES, TIMESTAMP_NAME
@@ -142,33 +140,6 @@ class PrimedSource:
                                                                         {"seconds": seconds})))
 
 
-def prune(cache: NetCache, keep: int, current: str) -> list[str]:
-    """Delete all but the newest ``keep`` nets named by id in the cache's layout; never ``current``."""
-    pattern = re.compile(r"([0-9a-f]{64})\Z" if cache.client_layout else r"([0-9a-f]{64})\.pb\.gz\Z")
-    nets = []
-    for entry in os.scandir(cache.root):
-        m = pattern.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False):
-            nets.append((m.group(1) == current, entry.stat(follow_symlinks=False).st_mtime_ns,
-                         m.group(1), Path(entry.path)))
-    nets.sort(reverse=True)
-    removed = []
-    for _, _, net_id, path in nets[max(1, keep):]:
-        try:
-            path.unlink()
-            removed.append(net_id)
-        except OSError:
-            continue
-        if cache.client_layout:
-            remove_lock_if_free(cache.root, net_id)
-    return removed
-
-
-def follow_state_dir() -> Path:
-    """Where follow keeps its own state and patch bases when it feeds lczero-client's folder."""
-    return default_cache_dir() / "follow"
-
-
 def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: bool = False,
            interval: float = 60.0, keep: int = 2, policy: TransferPolicy | None = None,
            trust: str | None = None, have=(), on_net=None, state_dir=None,
@@ -177,31 +148,31 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
 
     With ``client_layout``, ``cache_dir`` is lczero-client's folder (default:
     its usual place) and receives only verified nets; fetching happens in
-    ``state_dir`` (default :func:`follow_state_dir`). ``on_net(result)`` is
+    ``state_dir`` (default :func:`.client_feed.client_state_dir`). ``on_net(result)`` is
     called after each new net is in place.
     """
-    from .fetch import fetch
+    from .fetch import fetch, fetch_for_client
     policy = dataclasses.replace(policy or TransferPolicy(progress=False), stop=stop)
     poller = TopDocumentPoller(location, policy)
-    client = NetCache(cache_dir, client_layout=True) if client_layout else None
-    cache = NetCache(state_dir or follow_state_dir()) if client_layout else NetCache(cache_dir)
+    cache = NetCache(cache_dir, client_layout=client_layout)     # the folder follow keeps up to date
     extra = {"prefer": prefer} if trust is None else {"trust": trust, "prefer": prefer}
+    if client_layout:       # fetched in the state folder, placed verified in the client's (client_feed)
+        extra.update(client_dir=cache.root, state_dir=state_dir or client_state_dir(), keep=keep)
+        get = fetch_for_client
+    else:
+        extra.update(cache_dir=cache.root)
+        get = fetch
     current, obtained, failures = None, 0, 0
-    log.info("following %s every %g s into %s (keeping %d nets)", location, interval,
-             (client or cache).root, keep)
+    log.info("following %s every %g s into %s (keeping %d nets)", location, interval, cache.root, keep)
     while not stop.is_set():
         pause = interval
         try:
             if poller.changed() or current is None:
                 source = poller.primed(open_source(location, policy))
-                bases = list(have) + (list(net_files(client.root).values()) if client else [])
-                result = _run_until_stopped(stop, lambda: fetch(
-                    location, net="latest", cache_dir=cache.root, policy=policy, source=source,
-                    have=bases, **extra))
+                result = _run_until_stopped(stop, lambda: get(
+                    location, net="latest", policy=policy, source=source, have=list(have), **extra))
                 if result is None:
                     break
-                if client is not None:
-                    result.path = str(place_net(client.root, result.net_id, result.path))
                 poller.accept()
                 if result.net_id != current:
                     current = result.net_id
@@ -210,8 +181,6 @@ def follow(location: str, stop: threading.Event, cache_dir=None, client_layout: 
                                 current, result.route, result.bytes_downloaded, result.full_size,
                                 result.path)
                     removed = prune(cache, keep, current)
-                    if client is not None:
-                        removed += prune(client, keep, current)
                     if removed:
                         log.info("removed %d older net(s): %s", len(removed),
                                  ", ".join(r[:16] for r in removed))

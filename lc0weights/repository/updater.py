@@ -21,8 +21,9 @@ from pathlib import Path
 from ..net import atomic_write
 from .errors import DownloadError, NotFoundError, RepositoryIndexError, UntrustedError
 from .index import Catalogue, resolve_prefix
+from .key_hint import online_key_hint
 from .keys import PublicKey, read_trust
-from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Link, Record,
+from .metadata import (MAX_RECORD_BYTES, MAX_TOP_BYTES, ROOT_NAME, TIMESTAMP_NAME, Envelope, Link, Record,
                        Root, Timestamp, link_hops, open_envelope, parse_record, parse_root,
                        parse_timestamp, record_path, utc_now)
 
@@ -175,13 +176,13 @@ class Updater:
             # No byte of the payload is interpreted before its signature is verified.
             root, fresh = self._cached_root(), False
             if root is None or root.expires <= now or envelope.signed_by(root.online_keys) is None:
-                root, fresh = self._fetch_root(), True
+                root, fresh = self._fetch_root(envelope), True
             if envelope.signed_by(root.online_keys) is None:
                 raise UntrustedError(f"{TIMESTAMP_NAME} is not signed by an online key that "
                                      f"{ROOT_NAME} (version {root.version}) certifies")
             ts = parse_timestamp(envelope)
             if ts.root_version != root.version and not fresh:
-                root = self._fetch_root()
+                root = self._fetch_root(envelope)
             if ts.root_version != root.version:
                 raise UntrustedError(f"{TIMESTAMP_NAME} names root version {ts.root_version}, the root in "
                                      f"force is version {root.version}: the publisher must re-sign")
@@ -242,16 +243,19 @@ class Updater:
         except (ValueError, UntrustedError):
             return None
 
-    def _fetch_root(self) -> Root:
+    def _fetch_root(self, timestamp: Envelope | None = None) -> Root:
+        """The root, verified against the pinned key; ``timestamp`` (unverified) only words a refusal."""
         data = self._top_document(ROOT_NAME)
         if data is None:
             raise UntrustedError(f"{self.source} has no {ROOT_NAME}: it is not signed")
         envelope = open_envelope("root", data, ROOT_NAME)
         if envelope.signed_by([self.key]) is None:
-            raise UntrustedError(f"{ROOT_NAME} is not signed by the pinned key {self.key.text}")
+            raise UntrustedError(f"{ROOT_NAME} is not signed by the pinned key {self.key.text}"
+                                 + online_key_hint(self.key, envelope, timestamp))
         root = parse_root(envelope)
         if self.key not in root.root_keys:
-            raise UntrustedError(f"{ROOT_NAME} does not list the pinned key among its root keys")
+            raise UntrustedError(f"{ROOT_NAME} does not list the pinned key among its root keys"
+                                 + online_key_hint(self.key, envelope, timestamp))
         self.state.bind(root.repository)
         known = self.state.repo.get("root_version", 0)
         if root.version < known:
