@@ -142,6 +142,33 @@ def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escape
     return k
 
 
+# A layer of at least this many elements whose base is LINEAR16 too is rebuilt through a
+# table of the 65,536 base codes' predictions: building it costs what 65,536 weights cost.
+TABLED_REBUILD_MIN = 1 << 17
+
+
+def linear16_base_table(base_min_bits: int, base_max_bits: int, target: LayerTarget) -> np.ndarray:
+    """The prediction (int64) of every LINEAR16 base code, exactly as :func:`linear16_rebuild`
+    computes it from the decoded base weight (decoding is per element)."""
+    all_codes = np.arange(1 << 16, dtype=np.uint16)
+    base = enc.decode(enc.LINEAR16, all_codes, base_min_bits, base_max_bits)
+    return we.prediction(base, target.bounds, _prediction_mode(base, target), len(all_codes))
+
+
+def linear16_rebuild_from_codes(values, base_codes, table, target: LayerTarget, quant_width: int,
+                                escapes: int) -> np.ndarray:
+    """:func:`linear16_rebuild` of a LINEAR16 base given by its codes and
+    :func:`linear16_base_table`; the same codes, the same errors."""
+    if not 1 <= quant_width <= MAX_QUANT_WIDTH:
+        raise PatchFormatError(f"quantisation width {quant_width} out of range")
+    q, positions, exact = _split_escapes(values, target.count, escapes)
+    k, status = we.linear16_rebuild_tabled(q, positions, exact, base_codes, table, quant_width, target.count)
+    if status:
+        raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
+                               else "escape positions out of range")
+    return k
+
+
 # -- floats: order-preserving integer images, or value steps of 2T ------------------
 
 def _image(encoding, codes):

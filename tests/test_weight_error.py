@@ -6,7 +6,7 @@ from lc0weights import encodings as enc
 from lc0weights import make_patch
 from lc0weights import residuals as res
 from lc0weights import weight_error as we
-from lc0weights.errors import VerificationError
+from lc0weights.errors import PatchFormatError, VerificationError
 
 from conftest import run_paths, load
 
@@ -128,3 +128,30 @@ def test_make_patch_catches_a_layer_that_decodes_wrong(monkeypatch, tolerance):
     monkeypatch.setattr(res, "linear16_rebuild", off_by_one)
     with pytest.raises(VerificationError):       # the rebuild no longer gives what the patch promises
         make_patch(base, target, tolerance, codec="varint-brotli")
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_tabled_rebuild_equals_the_rebuild_from_decoded_weights(width):
+    """A LINEAR16 base given by its codes and a table of all 65,536 predictions rebuilds the
+    same codes (and refuses the same out-of-range steps) as the per-weight float steps."""
+    rng = np.random.default_rng(5)
+    for (lo_b, hi_b), (lo_t, hi_t) in zip(ranges(rng, 12), ranges(np.random.default_rng(6), 12)):
+        base_codes = rng.integers(0, 65536, 5000).astype(np.uint16)
+        base_codes[:2] = [0, 65535]
+        target = res.LayerTarget(enc.LINEAR16, 5000, bits(lo_t), bits(hi_t))
+        base = enc.decode(enc.LINEAR16, base_codes, bits(lo_b), bits(hi_b))
+        table = res.linear16_base_table(bits(lo_b), bits(hi_b), target)
+        prediction = we.prediction(base, target.bounds, res._prediction_mode(base, target), 5000)
+        steps = rng.integers(-40, 41, 5000)
+        steps = np.clip(steps, -(prediction // width), (65535 - prediction) // width)
+        escapes = [(3, 1234 - prediction[3]), (100, 60000 - prediction[104])]   # (gap before, exact step)
+        values = np.concatenate([steps, np.ravel(escapes)])
+        floated = res.linear16_rebuild(values, base, target, width, len(escapes))
+        tabled = res.linear16_rebuild_from_codes(values, base_codes, table, target, width, len(escapes))
+        assert np.array_equal(floated, tabled)
+        values[0] = 70000                                # out of range either way
+        for rebuild in (lambda: res.linear16_rebuild(values, base, target, width, len(escapes)),
+                        lambda: res.linear16_rebuild_from_codes(values, base_codes, table, target, width,
+                                                                len(escapes))):
+            with pytest.raises(PatchFormatError):
+                rebuild()
