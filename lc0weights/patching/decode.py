@@ -371,22 +371,39 @@ def apply_patch(base: Net | None, patch, history: Net | None = None, *,
 
 
 def check_patch(base: Net | None, patch, history: Net | None = None, *,
-                workers: int | None = None, max_size: int | None = None) -> str:
+                workers: int | None = None, max_size: int | None = None, progress=None) -> str:
     """Rebuild the net a patch describes only to hash it; returns its id.
 
     Checks and errors as :func:`apply_patch`, in the memory of a few chunks:
     the rebuilt bytes are hashed as they are decoded, never held.
     """
+    digest = hashlib.sha256()
+    for chunk in rebuilt_pieces(base, patch, history, workers=workers, max_size=max_size, progress=progress):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rebuilt_pieces(base: Net | None, patch, history: Net | None = None, *,
+                   workers: int | None = None, max_size: int | None = None, progress=None):
+    """The net a patch rebuilds, as its raw bytes in order, in pieces (bytes or memoryviews).
+
+    Nothing is held beyond a few chunks: a caller that looks at each piece
+    once (hashing, comparing layer by layer) never holds the rebuilt net. The
+    pieces are checked against the id the patch promises as the last one is
+    taken: instead of ending, the iterator raises :class:`VerificationError`
+    then, so only a caller that read it to the end knows the net checked out.
+    Checks and errors as :func:`apply_patch`.
+    """
     _check_patch_argument(patch)
     with _hostile_input(), container.open_patch(patch) as source:
         plan = _plan(source, base, history, max_size)
         digest, size = hashlib.sha256(), 0
-        for chunk in _chunks(plan, source, workers, None):
+        for chunk in _chunks(plan, source, workers, progress):
             digest.update(chunk)
             size += len(chunk)
+            yield chunk
         if size != plan.header.result_size or digest.digest() != _result_id(plan.header):
             raise _mismatch()
-    return digest.hexdigest()
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
