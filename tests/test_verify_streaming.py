@@ -5,14 +5,13 @@ import json
 import random
 
 import pytest
+from conftest import NETS, load, run_paths, shared_net_paths
 
 from lc0weights import Net, apply_patch, make_patch
 from lc0weights.cli import main
 from lc0weights.errors import NetFormatError, VerificationError
 from lc0weights.net_stream import NetStream, file_pieces
 from lc0weights.patching import max_error, max_layer_error, rebuilt_pieces
-
-from conftest import NETS, load, run_paths, shared_net_paths
 
 TOLERANCE = 2 ** -10
 

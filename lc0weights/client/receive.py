@@ -5,7 +5,9 @@ A full net is gunzipped and its raw bytes hashed as the gzip arrives
 nothing twice and holds one copy of the raw net; the published gzip stays a
 file, renamed into the cache. A patch is decoded while it arrives
 (:func:`apply_while_downloading`): a thread downloads into the staged file and
-the decoder rebuilds each layer once its section is in. Either way the result
+the decoder rebuilds each layer once its section is in; the last patch of a
+route rebuilds straight into a gzip file (:func:`rebuild_file_while_downloading`),
+so the rebuilt net is never held beside its base. Either way the result
 is handed back only after the object's sha256 (from the signed record) and
 the net's id have been checked.
 """
@@ -92,6 +94,68 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     CPU time spread over the cores it had, not its wall time: on a slow link
     the decoder waits for bytes, and that wait says nothing of how fast it is.
     """
+    def rebuild(open_patch):
+        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size, open_patch=open_patch)
+        return raw, len(raw)
+
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild)
+
+
+class RebuiltNetFile:
+    """A verified net kept as the gzip file it was rebuilt into, not in memory.
+
+    It stands in for a :class:`~lc0weights.net.Net` at the end of a route:
+    ``id``, ``raw_size``, and ``published_gz`` (the file, stored into the
+    cache as it is, as a downloaded net's gzip is). :attr:`raw` reads the file
+    back, checked against the id, only for a caller that needs the bytes.
+    """
+
+    def __init__(self, path: Path, net_id: str, raw_size: int):
+        self.published_gz = Path(path)
+        self.id = net_id
+        self.raw_size = raw_size
+        self._net: Net | None = None
+
+    @property
+    def raw(self):
+        if self._net is None:
+            net = Net.load(self.published_gz, self.raw_size)
+            if net.id != self.id:
+                raise IntegrityError(f"{self.published_gz}: changed since it was rebuilt "
+                                     f"(id {net.id[:16]}..., not {self.id[:16]}...)")
+            net._id = self.id
+            self._net = net
+        return self._net.raw
+
+
+def rebuild_file_while_downloading(source, step, where: Path, output: Path, partial_dir, desc: str,
+                                   base: Net | None, history: Net | None, max_size: int | None, book=None,
+                                   link: str | None = None) -> RebuiltNetFile:
+    """:func:`apply_while_downloading`, the net rebuilt straight into the gzip file ``output``.
+
+    The rebuilt bytes are hashed and gzipped as they are decoded, so memory
+    holds the base (and history) and a few chunks, never the rebuilt net: the
+    last step of a route needs nothing more, the cache stores the file as it
+    is. The id returned is the one the patch promises, checked on the way.
+    """
+    def rebuild(open_patch):
+        sizes = []
+
+        def note_size(chunks, total):          # the decoder's hook that is told the net's size
+            sizes.append(total)
+            return chunks
+
+        net_id = _patch.apply_patch_to_file(base, step.path, output, history, max_size=max_size,
+                                            open_patch=open_patch, progress=note_size)
+        return RebuiltNetFile(output, net_id, sizes[0]), sizes[0]
+
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild)
+
+
+def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, link, rebuild):
+    """Run ``rebuild(open_patch)`` on patch ``step`` while a thread downloads it into ``where``;
+    ``rebuild`` returns (result, rebuilt raw size). The result is handed back
+    only once the download's checksums have been verified too."""
     policy = getattr(source, "policy", None)
     wait = 2 * policy.deadline_for(step.size) if policy is not None else 3600.0
     arrival = ArrivingPatch(step.size, step.path, wait + _WAIT_SLACK_SECONDS)
@@ -110,15 +174,14 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     cpu_started = time.process_time()
     thread.start()
     try:
-        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size,
-                                 open_patch=lambda _path: arrival.source())
+        result, size = rebuild(lambda _path: arrival.source())
         arrival.wait_verified()
         if book is not None:
-            book.record("rebuild", len(raw), (time.process_time() - cpu_started) / (os.cpu_count() or 1))
+            book.record("rebuild", size, (time.process_time() - cpu_started) / (os.cpu_count() or 1))
     except BaseException:
         arrival.cancel()
         raise
     finally:
         thread.join()
         arrival.close()
-    return raw
+    return result

@@ -407,16 +407,18 @@ def rebuilt_pieces(base: Net | None, patch, history: Net | None = None, *,
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
-                        workers: int | None = None, progress=None, max_size: int | None = None) -> str:
+                        workers: int | None = None, progress=None, max_size: int | None = None,
+                        open_patch=container.open_patch) -> str:
     """Rebuild a net straight into ``output`` (gzip when it ends in ``.gz``).
 
     The rebuilt bytes are streamed to a temp file and hashed on the way; the
     file replaces ``output`` only if they match the id the patch promises, so
     memory holds the base and a few layers, never the output net. Returns the
-    id of the written net. Checks and errors as :func:`apply_patch`.
+    id of the written net. Checks and errors (and ``open_patch``) as
+    :func:`apply_patch`.
     """
     _check_patch_argument(patch)
-    with _hostile_input(), container.open_patch(patch) as source:
+    with _hostile_input(), open_patch(patch) as source:
         plan = _plan(source, base, history, max_size)
         digest = hashlib.sha256()
         with atomic_file(output) as f:
