@@ -37,7 +37,7 @@ from .cache import NetCache
 from .download import TransferPolicy, open_source
 from .engine import checked_id, checked_net
 from .link_rate import RateBook, link_name, timing
-from .receive import apply_while_downloading, fetch_full_net, rebuild_file_while_downloading
+from .receive import RebuiltNetFile, apply_while_downloading, fetch_full_net, rebuild_file_while_downloading
 from .route import PREFER, Route, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 
@@ -111,7 +111,9 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         published = getattr(result, "published_gz", None)
         if out is not None:
             _write_out(out, result, published)
-        with timing(book if route.patch_count else None, "gzip") as stored:   # rates: gzip into the cache
+        # rates: gzip into the cache (a net rebuilt into its gzip file was timed as it was written)
+        timed = route.patch_count and not isinstance(result, RebuiltNetFile)
+        with timing(book if timed else None, "gzip") as stored:
             path = cache.store(result, gz=published)
             stored.amount = result.raw_size
         updater.save()                  # what was accepted is remembered only once it has been used

@@ -384,7 +384,8 @@ def check_patch(base: Net | None, patch, history: Net | None = None, *,
 
 
 def rebuilt_pieces(base: Net | None, patch, history: Net | None = None, *,
-                   workers: int | None = None, max_size: int | None = None, progress=None):
+                   workers: int | None = None, max_size: int | None = None, progress=None,
+                   open_patch=container.open_patch):
     """The net a patch rebuilds, as its raw bytes in order, in pieces (bytes or memoryviews).
 
     Nothing is held beyond a few chunks: a caller that looks at each piece
@@ -392,10 +393,11 @@ def rebuilt_pieces(base: Net | None, patch, history: Net | None = None, *,
     pieces are checked against the id the patch promises as the last one is
     taken: instead of ending, the iterator raises :class:`VerificationError`
     then, so only a caller that read it to the end knows the net checked out.
-    Checks and errors as :func:`apply_patch`.
+    When it does end, its return value (``StopIteration.value``) is that id.
+    Checks and errors (and ``open_patch``) as :func:`apply_patch`.
     """
     _check_patch_argument(patch)
-    with _hostile_input(), container.open_patch(patch) as source:
+    with _hostile_input(), open_patch(patch) as source:
         plan = _plan(source, base, history, max_size)
         digest, size = hashlib.sha256(), 0
         for chunk in _chunks(plan, source, workers, progress):
@@ -404,6 +406,7 @@ def rebuilt_pieces(base: Net | None, patch, history: Net | None = None, *,
             yield chunk
         if size != plan.header.result_size or digest.digest() != _result_id(plan.header):
             raise _mismatch()
+    return digest.hexdigest()
 
 
 def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = None, *,
