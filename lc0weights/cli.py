@@ -18,10 +18,12 @@ import numpy as np
 
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
-from .errors import Lc0WeightsError, NetFormatError, WrongBaseError
+from .errors import Lc0WeightsError, NetFormatError, VerificationError, WrongBaseError
 from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
-from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
+from .net_stream import NetStream, file_pieces
+from .patch import apply_patch_to_file, make_patch, max_error, read_patch_info
+from .patching import max_layer_error, rebuilt_pieces
 from .settings import parse_tolerance
 from .console import NO_BASE, check_output
 from . import encodings as enc
@@ -258,20 +260,27 @@ def cmd_verify(args) -> int:
         info = read_patch_info(args.patch, base, max_size=args.max_size)
     except WrongBaseError as e:
         raise _wrong_base(args.base, e) from None
-    rebuilt = Net(apply_patch(base, args.patch, history, workers=args.workers, max_size=args.max_size,
-                              progress=_byte_bar(args, "decoding")),
-                  "rebuilt net")
-    target = _load_net(args.target, args.max_size)
-    # apply_patch checked the rebuilt bytes against the patch's result id: no second hash.
+    # The rebuilt net and the target are both walked as they come, never held: memory is
+    # the base's and a few layers'. The rebuilt bytes are checked against the patch's
+    # result id as they stream by: no second hash.
+    rebuilt = rebuilt_pieces(base, args.patch, history, workers=args.workers, max_size=args.max_size,
+                             progress=_byte_bar(args, "decoding"))
     rebuilt_id = info.result_id
-    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt_id,
-              "target_id": target.id}
+    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt_id}
     if info.mode == "lossless":
+        for _ in rebuilt:
+            pass
+        target = _target_stream(args)
+        for _ in target.layers():            # parsed as a net is, and hashed, layer by layer
+            pass
+        record["target_id"] = target.id
         ok = rebuilt_id == target.id
         text = (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt_id} "
                 f"{'equals' if ok else 'differs from'} target {target.id}")
     else:
-        error = max_error(rebuilt, target)
+        target = _target_stream(args)
+        error = _streamed_error(NetStream(rebuilt, "rebuilt net", hash_raw=False), target)
+        record["target_id"] = target.id
         ok = error <= info.tolerance
         record["max_error"] = error
         text = (f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
@@ -282,6 +291,38 @@ def cmd_verify(args) -> int:
     else:
         print(text)
     return 0 if ok else 1
+
+
+def _target_stream(args) -> NetStream:
+    require_regular_path(args.target, "net")
+    return NetStream(file_pieces(args.target, args.max_size), args.target)
+
+
+def _streamed_error(rebuilt: NetStream, target: NetStream) -> float:
+    """The largest weight error of the rebuilt net against the target, both streamed.
+
+    A failure of either stream is reported before any difference found, the
+    rebuilt net's first (a patch that does not rebuild its net, then a target
+    that is not a net), as when the two were loaded whole, one after the other.
+    """
+    failures: dict[str, Lc0WeightsError] = {}
+
+    def until_failure(name, layers):
+        try:
+            yield from layers
+        except Lc0WeightsError as e:
+            failures[name] = e
+
+    try:
+        error = max_layer_error(until_failure("rebuilt", rebuilt.layers()),
+                                until_failure("target", target.layers()))
+    except VerificationError:
+        if not failures:
+            raise
+    for name in ("rebuilt", "target"):
+        if name in failures:
+            raise failures[name]
+    return error
 
 
 # -- parser ------------------------------------------------------------------------

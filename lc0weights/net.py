@@ -160,6 +160,11 @@ class Net:
         return self._id
 
     @property
+    def raw_size(self) -> int:
+        """The raw protobuf's size in bytes."""
+        return len(self.raw)
+
+    @property
     def format_name(self) -> str:
         return "onnx" if self.layers == [] and b"" != self.raw and _has_onnx(self.raw) else "weights"
 

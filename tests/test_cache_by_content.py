@@ -83,14 +83,21 @@ def test_ids_are_computed_once_and_remembered_until_the_file_changes(tmp_path, i
     assert list(memo["ids"]) == ["a.pb.gz"]            # entries of vanished files are dropped
 
 
+def plant_memo(cache, files: dict, net_id: str) -> None:
+    """A memo in ``cache`` that says each of ``files`` (key -> path), as it is now, holds ``net_id``."""
+    entries = {}
+    for key, path in files.items():
+        st = path.stat()
+        entries[key] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, net_id]
+    (cache / MEMO_NAME).write_text(json.dumps({"version": 2, "ids": entries}))
+
+
 def test_a_lying_memo_is_only_a_hint(repo, ids, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     decoy = cache / "decoy.pb.gz"
     shutil.copyfile(run_paths()[1], decoy)                 # holds net 1 ...
-    st = decoy.stat()
-    memo = {"version": 1, "ids": {"decoy.pb.gz": [st.st_size, st.st_mtime_ns, ids[0]]}}
-    (cache / MEMO_NAME).write_text(json.dumps(memo))       # ... but the memo says net 0
+    plant_memo(cache, {"decoy.pb.gz": decoy}, ids[0])       # ... but the memo says net 0
     result = fetch(str(repo.root), cache_dir=cache, policy=POLICY)
     assert result.net_id == ids[1] and Net.load(result.path).id == ids[1]
     assert result.fallbacks and "corrupt" in result.fallbacks[0]   # tried as net 0, refused
@@ -98,6 +105,9 @@ def test_a_lying_memo_is_only_a_hint(repo, ids, tmp_path):
 
 
 @pytest.mark.parametrize("memo", [b"not json", b"[1, 2]", b'{"version": 1, "ids": {"x.pb.gz": [1, -2, "zz"]}}',
+                                  b'{"version": 2, "ids": {"a.pb.gz": [1, 2, 3, -4, "' + b"0" * 64 + b'"]}}',
+                                  b'{"version": 2, "ids": {"a.pb.gz": [1, 2, 3, 4, "' + b"0" * 63 + b'"]}}',
+                                  b'{"version": 2, "ids": {"a.pb.gz": [1, 2, 3, 4, 5]}}',
                                   b'{"version": 1, "ids": ' + b"[" * 100_000 + b"]}",
                                   b'{"version": 1, "ids": {}}' + b" " * (5 << 20)])
 def test_a_hostile_memo_is_ignored(tmp_path, ids, memo):

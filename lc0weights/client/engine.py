@@ -28,8 +28,12 @@ def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",
 
 def checked_net(raw: bytes, expected_id: str, what: str) -> Net:
     """A net from rebuilt raw bytes, after checking they hash to ``expected_id``."""
-    actual = hashlib.sha256(raw).hexdigest()
+    checked_id(hashlib.sha256(raw).hexdigest(), expected_id, what)
+    return Net(raw, what)
+
+
+def checked_id(actual: str, expected_id: str, what: str) -> None:
+    """Refuse a rebuilt net whose id (``actual``) is not ``expected_id``."""
     if actual != expected_id:
         raise VerificationError(f"{what}: rebuilt net has id {actual[:16]}..., "
                                 f"expected {expected_id[:16]}...")
-    return Net(raw, what)

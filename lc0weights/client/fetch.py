@@ -37,9 +37,9 @@ from .cache import NetCache
 from .client_cache import place_net
 from .client_feed import KEEP_BASES, client_bases, client_state_dir, prune
 from .download import TransferPolicy, open_source
-from .engine import checked_net
+from .engine import checked_id, checked_net
 from .link_rate import RateBook, link_name, timing
-from .receive import apply_while_downloading, fetch_full_net
+from .receive import RebuiltNetFile, apply_while_downloading, fetch_full_net, rebuild_file_while_downloading
 from .route import PREFER, Route, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 
@@ -122,9 +122,11 @@ def fetch(location: str, net: str = "latest", cache_dir=None, out=None,
         published = getattr(result, "published_gz", None)
         if out is not None:
             _write_out(out, result, published)
-        with timing(book if route.patch_count else None, "gzip") as stored:   # rates: gzip into the cache
+        # rates: gzip into the cache (a net rebuilt into its gzip file was timed as it was written)
+        timed = route.patch_count and not isinstance(result, RebuiltNetFile)
+        with timing(book if timed else None, "gzip") as stored:
             path = cache.store(result, gz=published)
-            stored.amount = len(result.raw)
+            stored.amount = result.raw_size
         updater.save()                  # what was accepted is remembered only once it has been used
     finally:
         updater.close()
@@ -334,11 +336,18 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
                 entry = catalogue.net(step.target)
                 # Decoded while it downloads; returned only once the patch and the net check out.
                 # The download and the decoding are timed apart (link and rebuild rates).
-                raw = apply_while_downloading(source, step, where, partial_dir, desc, current, history,
-                                              entry.raw_size if entry else None,
-                                              book=book, link=plan and plan.link)
+                max_size = entry.raw_size if entry else None
+                if i == len(route.steps) - 1:
+                    # The last net goes straight into its gzip file: never held beside its base.
+                    rebuilt = rebuild_file_while_downloading(
+                        source, step, where, Path(tmp) / f"net-{i}.pb.gz", partial_dir, desc, current,
+                        history, max_size, book=book, link=plan and plan.link)
+                    checked_id(rebuilt.id, step.result, f"patch {step.path}")
+                else:
+                    raw = apply_while_downloading(source, step, where, partial_dir, desc, current, history,
+                                                  max_size, book=book, link=plan and plan.link)
+                    rebuilt = checked_net(raw, step.result, f"patch {step.path}")
                 where.unlink(missing_ok=True)
-                rebuilt = checked_net(raw, step.result, f"patch {step.path}")
                 current, previous = rebuilt, current
             except Lc0WeightsError as e:
                 if isinstance(e, _BadBase):

@@ -5,7 +5,9 @@ A full net is gunzipped and its raw bytes hashed as the gzip arrives
 nothing twice and holds one copy of the raw net; the published gzip stays a
 file, renamed into the cache. A patch is decoded while it arrives
 (:func:`apply_while_downloading`): a thread downloads into the staged file and
-the decoder rebuilds each layer once its section is in. Either way the result
+the decoder rebuilds each layer once its section is in; the last patch of a
+route rebuilds straight into a gzip file (:func:`rebuild_file_while_downloading`),
+so the rebuilt net is never held beside its base. Either way the result
 is handed back only after the object's sha256 (from the signed record) and
 the net's id have been checked.
 """
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import closing
 import time
 from pathlib import Path
 
+from .. import gzipio
 from .. import patch as _patch
 from ..errors import NetFormatError
-from ..net import Net, RawSink
+from ..net import GZIP_LEVEL, Net, RawSink, atomic_file
+from ..patching import rebuilt_pieces
 from ..patching.streaming import ArrivingPatch
 from ..repository.errors import IntegrityError
 from ..repository.index import NetEntry
@@ -92,6 +97,85 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     CPU time spread over the cores it had, not its wall time: on a slow link
     the decoder waits for bytes, and that wait says nothing of how fast it is.
     """
+    def rebuild(open_patch):
+        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size, open_patch=open_patch)
+        return raw, len(raw)
+
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild)
+
+
+class RebuiltNetFile:
+    """A verified net kept as the gzip file it was rebuilt into, not in memory.
+
+    It stands in for a :class:`~lc0weights.net.Net` at the end of a route:
+    ``id``, ``raw_size``, and ``published_gz`` (the file, stored into the
+    cache as it is, as a downloaded net's gzip is). :attr:`raw` reads the file
+    back, checked against the id, only for a caller that needs the bytes.
+    """
+
+    def __init__(self, path: Path, net_id: str, raw_size: int):
+        self.published_gz = Path(path)
+        self.id = net_id
+        self.raw_size = raw_size
+        self._net: Net | None = None
+
+    @property
+    def raw(self):
+        if self._net is None:
+            net = Net.load(self.published_gz, self.raw_size)
+            if net.id != self.id:
+                raise IntegrityError(f"{self.published_gz}: changed since it was rebuilt "
+                                     f"(id {net.id[:16]}..., not {self.id[:16]}...)")
+            net._id = self.id
+            self._net = net
+        return self._net.raw
+
+
+def rebuild_file_while_downloading(source, step, where: Path, output: Path, partial_dir, desc: str,
+                                   base: Net | None, history: Net | None, max_size: int | None, book=None,
+                                   link: str | None = None) -> RebuiltNetFile:
+    """:func:`apply_while_downloading`, the net rebuilt straight into the gzip file ``output``.
+
+    The rebuilt bytes are hashed and gzipped as they are decoded, so memory
+    holds the base (and history) and a few chunks, never the rebuilt net: the
+    last step of a route needs nothing more, the cache stores the file as it
+    is (the bytes :func:`~lc0weights.net.write_net_file` would write). The id
+    is the one the patch promises, checked on the way. The gzipping is timed
+    apart, as the gzip rate, and left out of the rebuild's: routes are
+    estimated as a rebuild and then a gzip into the cache.
+    """
+    gzip_cpu = [0.0]
+
+    def rebuild(open_patch):
+        size = 0
+        with closing(rebuilt_pieces(base, step.path, history, max_size=max_size, open_patch=open_patch)) \
+                as pieces, atomic_file(output) as f:
+            sink = gzipio.GzipWriter(f, GZIP_LEVEL)
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as end:
+                    net_id = end.value
+                    break
+                size += len(piece)
+                started = time.thread_time()        # the decoding runs on other threads meanwhile
+                sink.write(piece)
+                gzip_cpu[0] += time.thread_time() - started
+            started = time.thread_time()
+            sink.close()
+            gzip_cpu[0] += time.thread_time() - started
+        return RebuiltNetFile(output, net_id, size), size
+
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild, gzip_cpu)
+
+
+def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, link, rebuild,
+                       gzip_cpu=None):
+    """Run ``rebuild(open_patch)`` on patch ``step`` while a thread downloads it into ``where``;
+    ``rebuild`` returns (result, rebuilt raw size). The result is handed back
+    only once the download's checksums have been verified too, and only then
+    are the rates recorded. ``gzip_cpu[0]``, when given, is the CPU time
+    ``rebuild`` spent gzipping: the gzip rate's, not the rebuild's."""
     policy = getattr(source, "policy", None)
     wait = 2 * policy.deadline_for(step.size) if policy is not None else 3600.0
     arrival = ArrivingPatch(step.size, step.path, wait + _WAIT_SLACK_SECONDS)
@@ -110,15 +194,17 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     cpu_started = time.process_time()
     thread.start()
     try:
-        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size,
-                                 open_patch=lambda _path: arrival.source())
+        result, size = rebuild(lambda _path: arrival.source())
         arrival.wait_verified()
         if book is not None:
-            book.record("rebuild", len(raw), (time.process_time() - cpu_started) / (os.cpu_count() or 1))
+            gzipping = gzip_cpu[0] if gzip_cpu is not None else 0.0
+            book.record("rebuild", size, (time.process_time() - cpu_started - gzipping) / (os.cpu_count() or 1))
+            if gzip_cpu is not None:
+                book.record("gzip", size, gzipping)
     except BaseException:
         arrival.cancel()
         raise
     finally:
         thread.join()
         arrival.close()
-    return raw
+    return result

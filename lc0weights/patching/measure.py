@@ -1,11 +1,13 @@
 """How far a rebuilt net is from its target, under every engine decoding."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import zip_longest
 
-
+from .. import encodings as enc
 from .. import residuals as res
-from ..errors import (VerificationError)
-from ..net import Net
+from ..errors import VerificationError
+from ..net import Layer, Net
 from .layers import target_of
 
 
@@ -13,15 +15,43 @@ from .layers import target_of
 
 def max_error(approx: Net, target: Net) -> float:
     """The largest absolute difference of any decoded weight (nets of one layout)."""
-    if len(approx.layers) != len(target.layers):
-        raise VerificationError("the nets have different layer lists")
-    worst = 0.0
-    for a, t in zip(approx.layers, target.layers):
-        if a.path != t.path or a.count != t.count or a.codable != t.codable:
-            raise VerificationError(f"layer {t.path} differs in shape")
-        if not t.codable:
-            if bytes(approx.payload(a)) != bytes(target.payload(t)):
-                return float("inf")
+    return max_layer_error(((layer, approx.raw) for layer in approx.layers),
+                           ((layer, target.raw) for layer in target.layers))
+
+
+def _payload(layer: Layer, data):
+    return memoryview(data)[layer.span.params_start:layer.span.params_end]
+
+
+def max_layer_error(approx: Iterable[tuple[Layer, bytes]], target: Iterable[tuple[Layer, bytes]]) -> float:
+    """:func:`max_error` over two nets given layer by layer, in file order.
+
+    Each item is ``(layer, data)``, the layer's span located in ``data`` (a
+    whole raw net, or the layer's own message from a
+    :class:`~lc0weights.net_stream.NetStream`): one layer of each net is held
+    at a time. Both sequences are read to their end, so a rebuilt net streamed
+    in is checked whole. Raises :class:`VerificationError` when the nets'
+    layer lists differ (in count, else at the first layer that differs in
+    shape); infinite when a layer that is not whole elements differs.
+    """
+    worst, outcome = 0.0, None
+    count_a = count_t = 0
+    for a, t in zip_longest(approx, target):
+        count_a += a is not None
+        count_t += t is not None
+        if a is None or t is None or outcome is not None:
             continue
-        worst = max(worst, res.max_error(approx.codes(a), target_of(a), target.codes(t), target_of(t)))
-    return worst
+        (la, da), (lt, dt) = a, t
+        if la.path != lt.path or la.count != lt.count or la.codable != lt.codable:
+            outcome = VerificationError(f"layer {lt.path} differs in shape")
+        elif not lt.codable:
+            if bytes(_payload(la, da)) != bytes(_payload(lt, dt)):
+                outcome = float("inf")
+        else:
+            worst = max(worst, res.max_error(enc.codes(la.encoding, _payload(la, da)), target_of(la),
+                                             enc.codes(lt.encoding, _payload(lt, dt)), target_of(lt)))
+    if count_a != count_t:
+        raise VerificationError("the nets have different layer lists")
+    if isinstance(outcome, VerificationError):
+        raise outcome
+    return worst if outcome is None else outcome
