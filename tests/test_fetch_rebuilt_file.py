@@ -42,6 +42,7 @@ def _count_in_memory_rebuilds(monkeypatch) -> list:
 def test_a_one_patch_route_stores_the_net_it_rebuilt_into_a_file(published_two, run_nets, tmp_path, monkeypatch,
                                                                   client_layout):
     cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))   # where --client-layout keeps its state
     _hold(cache, 0, run_nets[0].id, client_layout)
     in_memory = _count_in_memory_rebuilds(monkeypatch)
     raw_out, gz_out = tmp_path / "out.pb", tmp_path / "out.pb.gz"
@@ -53,6 +54,8 @@ def test_a_one_patch_route_stores_the_net_it_rebuilt_into_a_file(published_two, 
     assert stored == gzipio.gzip_bytes(bytes(run_nets[1].raw), GZIP_LEVEL)
     assert raw_out.read_bytes() == bytes(run_nets[1].raw)          # read back from the file, checked
     Path(result.path).unlink()
+    for kept in (tmp_path / "user-cache").rglob(f"{run_nets[1].id}*"):   # --client-layout's own copy
+        kept.unlink()
     again = fetch(str(published_two.root), cache_dir=cache, client_layout=client_layout, policy=POLICY,
                   out=gz_out)
     assert again.patches == 1 and gz_out.read_bytes() == stored
