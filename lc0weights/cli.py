@@ -22,6 +22,7 @@ from .errors import Lc0WeightsError, NetFormatError, WrongBaseError
 from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
 from .patch import apply_patch, apply_patch_to_file, make_patch, max_error, read_patch_info
+from .patching.encode import TIERS
 from .settings import parse_tolerance
 from .console import NO_BASE, check_output
 from . import encodings as enc
@@ -213,7 +214,7 @@ def cmd_diff(args) -> int:
     log.info("read the nets in %.2f s: target %s, %d layers, %s bytes raw; base %s", time.monotonic() - started,
              target.id[:16], len(target.layers), f"{len(target.raw):,}", base.id[:16] if base else "none")
     patch = make_patch(base, target, args.tolerance, codec=args.codec, history=history,
-                       workers=args.workers, progress=_layer_bar(args, "encoding"))
+                       workers=args.workers, progress=_layer_bar(args, "encoding"), tier=args.tier)
     log.info("encoded and verified the patch in %.2f s", time.monotonic() - started)
     info = read_patch_info(patch)
     if args.tolerance and base is not None and base.id != target.id and _change(base, target) <= args.tolerance:
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as much as a whole training step (2.2-5.7 / 0.013-0.046)")
     p.add_argument("--codec", type=parse_codec,
                    help="force one codec for every layer (default: smallest per layer)")
+    p.add_argument("--tier", choices=TIERS, default=TIERS[0],
+                   help="cm: the smallest patch (default); fast: only the codecs that decode fastest, "
+                        "a few %% more bytes")
     common(p)
     p.set_defaults(run=cmd_diff)
 

@@ -26,6 +26,12 @@ DEFAULT_CODECS = ("varint-brotli", "cm1", "stored")
 # With a history net the context model predicts each step from the last one (cm2);
 # without one cm2 writes cm1's bytes, so cm1 is named and older readers still read it.
 HISTORY_CODECS = ("varint-brotli", "cm2", "stored")
+# Coding tiers: "cm" codes with the context model (smallest bytes, slow to decode), "fast" only
+# with codecs that decode several times faster (a few % more bytes).
+TIERS = ("cm", "fast")
+# Stand-in until rans1: the fast tier's codecs, whatever the history (the integrator replaces
+# this with the real fast codec).
+FAST_CODECS = ("varint-brotli", "stored")
 # The context model wins on every sizeable layer of real runs; the baseline is
 # tried beside it only where it is cheap to try (small layers).
 BASELINE_TRIAL_LIMIT = 1 << 14
@@ -169,7 +175,7 @@ def _config_bytes(codec) -> bytes:
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
                codec: str | None = None, history: Net | None = None,
                workers: int | None = None, verify: bool = True, progress=None,
-               chunk_size: int = CHUNK_SIZE, max_bytes: int | None = None) -> bytes:
+               chunk_size: int = CHUNK_SIZE, max_bytes: int | None = None, tier: str = "cm") -> bytes:
     """A patch that rebuilds ``target`` from ``base`` (``None``: an intra patch).
 
     ``tolerance``: every rebuilt weight is within this absolute distance of the
@@ -185,7 +191,11 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     2); the bytes do not depend on ``workers``.
     ``max_bytes``: raise :class:`PatchTooLarge` as soon as the coded sections
     pass this many bytes (a publisher abandons a patch dearer than the net).
+    ``tier`` (one of :data:`TIERS`): ``"fast"`` tries only the fast codecs
+    (``FAST_CODECS``); ``codec``, when given, overrides it.
     """
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
     if tolerance is not None and not (tolerance > 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a positive number, not {tolerance!r}")
     if chunk_size < container.MIN_CHUNK_SIZE:
@@ -193,6 +203,8 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     if history is not None and base is None:
         history = None
     defaults = DEFAULT_CODECS if history is None else HISTORY_CODECS
+    if tier == "fast":
+        defaults = FAST_CODECS            # stand-in until rans1
     codecs = (codec,) if codec else tuple(c for c in defaults if c in codec_ids())
     for c in codecs:
         get_codec(c)
