@@ -229,3 +229,20 @@ def test_prune_keeps_both_tiers_between_kept_nets_and_drops_the_rest(tiered_repo
     assert {p.path for p in index.patches} <= stored
     assert not any(p.path in stored for p in repo.read_index().patches if p.base_seq < 2)
     assert check_repository(str(copy.root), POLICY).ok
+
+
+@pytest.mark.slow      # four lossy links in two tiers: about 40 s on a loaded 2-core machine
+def test_the_fast_tier_lossy_chain_tries_one_history_gap(tmp_path):
+    # The stand-in fast codecs ignore history, so the codec is forced to cm2 (which uses it) in
+    # both tiers: what is tested is which gaps are tried. On these nets the cm tier's last link
+    # predicts best from two links back (test_history_publishing); the fast tier tries only the
+    # gap the link before it published, 1, so its last link's history is one link back.
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, SWA[9:13], tolerance=2.0 ** -14, skips=(1,), codec="cm2", fast_tier_min_weights=0)
+    lossy = [p for p in repo.read_index().patches if p.lossy]
+    assert {p.tier for p in lossy} == {"fast"}
+    chain = [p for p in lossy if p.history is None]
+    with_history = [p for p in lossy if p.history is not None]
+    assert len(chain) == 3 and [p.base for p in with_history] == [p.base for p in chain[1:]]
+    assert [p.history for p in with_history] == [chain[0].base, chain[1].base]      # gap 1 each time
+    assert check_repository(str(repo.root), POLICY).ok
