@@ -266,8 +266,8 @@ class _Plan:
         kept = keep_on_routes(self.seq, lossless, earlier)
         for p in lossless:
             if p not in kept:
-                log.info("  dropped the patch from net %d (%d bytes): nearer patches rebuild the net "
-                         "for less", p.base_seq, p.size)
+                log.info("  dropped the %s-tier patch from net %d (%d bytes): nearer patches of its tier "
+                         "rebuild the net for less", p.tier, p.base_seq, p.size)
         chosen = [self._store(key_of[id(p)], p) for p in kept]
         return chosen + (self._choose_lossy(done) if self.lossy is not None else [])
 

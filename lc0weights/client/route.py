@@ -62,7 +62,7 @@ class Route:
             if isinstance(s, NetEntry):
                 parts.append(f"full {s.id[:8]}")
             else:
-                parts.append(f"{s.base[:8]}->{s.result[:8]}")
+                parts.append(f"{s.base[:8]}->{s.result[:8]}{' fast' if s.tier == 'fast' else ''}")
         return ", ".join(parts)
 
 
