@@ -231,7 +231,6 @@ def test_prune_keeps_both_tiers_between_kept_nets_and_drops_the_rest(tiered_repo
     assert check_repository(str(copy.root), POLICY).ok
 
 
-@pytest.mark.slow      # four lossy links in two tiers: about 40 s on a loaded 2-core machine
 def test_the_fast_tier_lossy_chain_tries_one_history_gap(tmp_path):
     # The stand-in fast codecs ignore history, so the codec is forced to cm2 (which uses it) in
     # both tiers: what is tested is which gaps are tried. On these nets the cm tier's last link

@@ -5,8 +5,9 @@ gzip file named just ``<id>``. Nets are *found* by content, whatever their
 name: any ``.pb.gz``, ``.pb`` or bare-id file in the folder, and any file
 named with ``have``, is a candidate patch base. A file named by an id is
 taken at its word for planning; any other file is hashed once and its id
-remembered in a small memo (keyed by path, size and mtime), so a large cache
-is not re-read on every fetch. Either way a net is verified against its id
+remembered in a small memo (keyed by name or path, checked against the file's
+device, inode, size and mtime), so neither a large cache nor a ``have`` file
+is re-read on every fetch. Either way a net is verified against its id
 before it is used, and the cache never reports a file it has not verified.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
+from ..files import NotARegularFileError, read_small_file
 from ..gzipio import write_gzip
 from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, place_file, write_net_file
 from .client_cache import client_cache_dir, gzip_net_id, net_lock
@@ -27,8 +29,9 @@ log = logging.getLogger(__name__)
 _ID_NAME = re.compile(r"([0-9a-f]{64})(\.pb\.gz)?\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 MEMO_NAME = ".held-ids.json"
-MEMO_MAX_BYTES = 4 << 20           # ~20,000 entries; a real cache holds tens of nets
-MEMO_MAX_ENTRIES = 20_000
+MEMO_VERSION = 2                   # 1 keyed entries by size and mtime only: such a memo is ignored
+MEMO_MAX_ENTRIES = 256             # a real cache holds tens of nets; the most recently used are kept
+MEMO_MAX_BYTES = 2 << 20           # 256 entries of the longest key allowed fit
 MAX_NET_BYTES = 16 << 30           # no lc0 net comes near this; bounds a hostile gzip
 
 
@@ -67,12 +70,18 @@ def file_net_id(path) -> str | None:
 
 
 class IdMemo:
-    """Remembered ids of held files: ``{key: [size, mtime_ns, id]}`` in one small JSON file.
+    """Remembered ids of held files: ``{key: [dev, inode, size, mtime_ns, id]}`` in one small JSON file.
 
-    The memo lives in the cache folder and can be edited by anyone who can write
-    there, so it is read with a size bound and every entry is validated; a bad
+    ``key`` is a name in the cache folder or the absolute path of a ``have``
+    file. An entry holds while the file's device, inode, size and mtime are
+    unchanged; any change (a touched, rewritten or replaced file) and the file
+    is hashed afresh. The memo lives in the cache folder and can be edited by
+    anyone who can write there, so it is read with a size bound (a regular
+    file only: never a FIFO or device) and every entry is validated; a bad
     memo is ignored, never trusted. An entry is only a hint for planning: the
-    net is still verified against its id before use.
+    net is still verified against its id before use (:meth:`NetCache.load`),
+    and a wrong one is forgotten. At most :data:`MEMO_MAX_ENTRIES` are kept,
+    the most recently used.
     """
 
     def __init__(self, path: Path):
@@ -83,42 +92,57 @@ class IdMemo:
 
     def _read(self) -> None:
         try:
-            with open(self.path, "rb") as f:
-                data = f.read(MEMO_MAX_BYTES + 1)
-        except OSError:
+            data = read_small_file(self.path, MEMO_MAX_BYTES, "held-ids memo")
+        except FileNotFoundError:
             return
-        if len(data) > MEMO_MAX_BYTES:
-            log.warning("ignoring %s: larger than %d bytes", self.path, MEMO_MAX_BYTES)
+        except (OSError, NotARegularFileError) as e:
+            log.warning("ignoring %s: %s", self.path, e)
             return
         try:
             doc = json.loads(data)
         except (ValueError, RecursionError):
             log.warning("ignoring %s: not JSON", self.path)
             return
-        if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("ids"), dict):
+        if not isinstance(doc, dict) or doc.get("version") != MEMO_VERSION or not isinstance(doc.get("ids"), dict):
             return
-        for key, value in list(doc["ids"].items())[:MEMO_MAX_ENTRIES]:
-            if (isinstance(key, str) and len(key) < 4096 and isinstance(value, list) and len(value) == 3
-                    and all(type(v) is int and v >= 0 for v in value[:2])
-                    and isinstance(value[2], str) and _HEX64.match(value[2])):
+        for key, value in list(doc["ids"].items())[-MEMO_MAX_ENTRIES:]:
+            if (isinstance(key, str) and 0 < len(key) < 4096 and isinstance(value, list) and len(value) == 5
+                    and all(type(v) is int and 0 <= v < 1 << 64 for v in value[:4])
+                    and isinstance(value[4], str) and _HEX64.match(value[4])):
                 self.entries[key] = value
 
     def id_of(self, key: str, path: Path, st: os.stat_result) -> str | None:
+        """The id of the net ``path`` holds: remembered if the file is unchanged, else hashed."""
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
         entry = self.entries.get(key)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-            return entry[2]
+        if entry and entry[:4] == stamp:
+            self._touch(key, entry)
+            return entry[4]
         net_id = file_net_id(path)
-        if net_id is not None and len(self.entries) < MEMO_MAX_ENTRIES:
-            self.entries[key] = [st.st_size, st.st_mtime_ns, net_id]
-            self.dirty = True
+        if net_id is not None:
+            self._touch(key, stamp + [net_id])
         return net_id
+
+    def _touch(self, key: str, entry: list) -> None:
+        """Make ``key`` the most recently used entry; the least recently used beyond the cap go.
+
+        Only a new or changed entry makes the memo worth writing: the order
+        is saved with the next change (nothing is pushed out before one).
+        """
+        self.dirty = self.dirty or self.entries.get(key) != entry
+        self.entries.pop(key, None)
+        self.entries[key] = entry
+        while len(self.entries) > MEMO_MAX_ENTRIES:
+            del self.entries[next(iter(self.entries))]
 
     def forget(self, key: str) -> None:
         if self.entries.pop(key, None) is not None:
             self.dirty = True
 
-    def keep_only(self, keys) -> None:
-        stale = set(self.entries) - set(keys)
+    def keep_only(self, names) -> None:
+        """Drop the entries of cache-folder files not in ``names`` (they are gone);
+        ``have`` files, named by absolute path, stay until the cap pushes them out."""
+        stale = {key for key in self.entries if not os.path.isabs(key)} - set(names)
         for key in stale:
             del self.entries[key]
         self.dirty = self.dirty or bool(stale)
@@ -127,7 +151,7 @@ class IdMemo:
         if not self.dirty:
             return
         try:
-            atomic_write(self.path, json.dumps({"version": 1, "ids": self.entries}).encode())
+            atomic_write(self.path, json.dumps({"version": MEMO_VERSION, "ids": self.entries}).encode())
             self.dirty = False
         except OSError as e:                  # a read-only cache still works, only slower
             log.debug("cannot save %s: %s", self.path, e)
@@ -141,6 +165,7 @@ class NetCache:
         self.client_layout = client_layout
         self.have = [Path(p) for p in have]
         self._where: dict[str, list[tuple[Path, str | None]]] = {}
+        self._pending_memo: IdMemo | None = None
 
     def file_for(self, net_id: str) -> Path:
         return self.root / (net_id if self.client_layout else f"{net_id}.pb.gz")
@@ -167,6 +192,8 @@ class NetCache:
         memo.keep_only(used_keys)
         if self.root.is_dir():
             memo.save()
+        else:
+            self._pending_memo = memo        # saved once the folder exists (store creates it)
         return set(self._where)
 
     def _candidates(self):
@@ -217,6 +244,9 @@ class NetCache:
         renamed into place (no copy; the caller removes it if it is still there).
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        if self._pending_memo is not None:
+            self._pending_memo.save()
+            self._pending_memo = None
         path = self.file_for(net.id)
         if self.client_layout:
             with net_lock(self.root, net.id):
