@@ -24,6 +24,7 @@ from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_
 from .net_stream import NetStream, file_pieces
 from .patch import apply_patch_to_file, make_patch, max_error, read_patch_info
 from .patching import max_layer_error, rebuilt_pieces
+from .patching.encode import TIERS
 from .settings import parse_tolerance
 from .console import NO_BASE, check_output
 from . import encodings as enc
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "as much as a whole training step (2.2-5.7 / 0.013-0.046)")
     p.add_argument("--codec", type=parse_codec,
                    help="force one codec for every layer (default: smallest per layer)")
-    p.add_argument("--tier", choices=("cm", "fast"), default="cm",
+    p.add_argument("--tier", choices=TIERS, default=TIERS[0],
                    help="cm: fewest bytes (default); fast: large layers coded to rebuild about 3x "
                         "faster for a percent or two more bytes (for clients on fast links)")
     common(p)

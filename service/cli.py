@@ -189,7 +189,8 @@ def _publish(args) -> int:
         return 0
     for result in results:
         state = plural(len(result.patches), "patch", "patches") if result.new else "already published"
-        sizes = "; ".join(f"{p.size:,}{' history' if p.history else ''}" for p in result.patches)
+        sizes = "; ".join(f"{p.size:,}{' history' if p.history else ''}{' fast' if p.tier == 'fast' else ''}"
+                          for p in result.patches)
         print(f"{result.net_id}  {result.source}: {state}{f' ({sizes} bytes)' if sizes else ''}")
     return 0
 

@@ -60,6 +60,7 @@ class Job:
     history: str | None = None
     tolerance: float | None = None
     codec: str | None = None
+    tier: str = "cm"              # the coding tier (lc0weights.patching.encode.TIERS)
     max_bytes: int | None = None  # abandon the patch once it passes this many bytes
     threads: int = 1              # layer threads inside this one patch
     weight: int = 1               # relative cost, to start the dearest jobs first
@@ -124,7 +125,7 @@ def _encode_job(job: Job) -> Encoded:
     history = MappedNet(job.history) if job.history else None
     try:
         data = make_patch(base, target, job.tolerance, codec=job.codec, history=history,
-                          workers=job.threads, verify=False, max_bytes=job.max_bytes)
+                          workers=job.threads, verify=False, max_bytes=job.max_bytes, tier=job.tier)
     except PatchTooLarge:
         return Encoded(job.key, None)
     patch_file = scratch / f"{job.key}.lc0patch"

@@ -8,8 +8,10 @@ tolerance, a lossy chain is published too: each lossy patch is made against
 the lossy net clients actually rebuild (closed loop), so errors never add up
 along the chain. With history (the default) the predecessor's patch is also
 made with the net before it as history, and the lossy chain's link with an
-earlier net of the chain; each is published beside the plain one when smaller. Publishing a net the
-repository already knows does nothing.
+earlier net of the chain; each is published beside the plain one when smaller. Nets of at least
+``fast_tier_min_weights`` codable weights get their patches in two coding tiers (patch_policy.py:
+fast for every candidate, cm too for the predecessor's). Publishing a net the repository already
+knows does nothing.
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ from lc0weights.repository.index import NetEntry, PatchEntry, net_object_path, p
 from lc0weights.repository.metadata import Record, link_distances
 from lc0weights.errors import Lc0WeightsError, NetFormatError
 from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
+from lc0weights.patching.encode import TIERS
 from lc0weights.wire import iter_fields
 
 from .encode_pool import Encoded, Job, MappedNet, Scratch, run_jobs
-from .patch_policy import HISTORY_GAPS, MAX_POWER_SKIP, SKIPS, keep_on_routes, patch_distances
+from .patch_policy import (FAST_TIER_MIN_WEIGHTS, HISTORY_GAPS, MAX_POWER_SKIP, SKIPS, candidate_tiers,
+                           keep_on_routes, lossy_history_gaps, patch_distances, uses_fast_tier)
 from .repository import Repository, utc_text_now
 
 log = logging.getLogger(__name__)
@@ -70,21 +74,25 @@ class OutOfOrderError(RepositoryError):
 
 def publish(repo: Repository, paths, tolerance: float | None = None,
             codec: str | None = None, skips=SKIPS, history: bool = True,
-            allow_older: bool = False, workers: int | None = None) -> list[Published]:
-    """Publish ``paths`` in order; ``workers`` processes encode each net's patches (default: every core)."""
+            allow_older: bool = False, workers: int | None = None,
+            fast_tier_min_weights: int = FAST_TIER_MIN_WEIGHTS) -> list[Published]:
+    """Publish ``paths`` in order; ``workers`` processes encode each net's patches (default: every core).
+
+    ``fast_tier_min_weights``: nets with at least this many codable weights get fast-tier patches
+    too (see :mod:`.patch_policy`; lowered by tests to exercise the tiers on small nets)."""
     out = []
     for path in paths:
         # Handed over in a list the callee empties: once the net is in the repository, nothing
         # keeps its bytes (the workers map its raw file instead).
         out.append(_publish_loaded(repo, list(load_net_file(path)), Path(path).name, tolerance, codec, skips,
-                                   history, allow_older, workers))
+                                   history, allow_older, workers, fast_tier_min_weights))
     return out
 
 
 def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
                 tolerance: float | None = None, codec: str | None = None,
                 skips=SKIPS, history: bool = True, allow_older: bool = False,
-                workers: int | None = None) -> Published:
+                workers: int | None = None, fast_tier_min_weights: int = FAST_TIER_MIN_WEIGHTS) -> Published:
     """Publish one net: its objects and record first, then the signed timestamp naming them.
 
     The candidate patches (service/patch_policy.py) are encoded side by side
@@ -95,11 +103,12 @@ def publish_net(repo: Repository, net: Net, gz: bytes, source: str = "",
     and published beside the plain one when smaller; a client holding both
     nets takes it.
     """
-    return _publish_loaded(repo, [net, gz], source, tolerance, codec, skips, history, allow_older, workers)
+    return _publish_loaded(repo, [net, gz], source, tolerance, codec, skips, history, allow_older, workers,
+                           fast_tier_min_weights)
 
 
 def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, skips, history, allow_older,
-                    workers) -> Published:
+                    workers, fast_tier_min_weights=FAST_TIER_MIN_WEIGHTS) -> Published:
     """:func:`publish_net` of ``loaded`` = [net, gz], a list emptied here so the bytes can go."""
     net, gz = loaded
     loaded.clear()
@@ -130,8 +139,10 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
             scratch = Scratch(repo.state_dir)
             try:
                 target = scratch.raw_net(net.id, repo.object_file(entry.path))
+                fast = uses_fast_tier(sum(layer.count for layer in net.layers if layer.codable),
+                                      fast_tier_min_weights)
                 del net                       # from here on the raw file's map stands for it
-                plan = _Plan(repo, scratch, seq, horizon, target, entry, codec)
+                plan = _Plan(repo, scratch, seq, horizon, target, entry, codec, fast)
                 plan.add_lossless(skips, history)
                 if tolerance is not None:
                     plan.add_lossy(tolerance, history)
@@ -148,8 +159,8 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
         repo.add_net(Record(repository=repo.repository_id(), seq=seq, net=entry,
                             patches=patches, links=links))
         for p in patches:
-            log.info("  patch %s -> %s: %d bytes (%s%s)", p.base[:8], p.result[:8], p.size, p.mode,
-                     f", history {p.history[:8]}" if p.history else "")
+            log.info("  patch %s -> %s: %d bytes (%s, %s tier%s)", p.base[:8], p.result[:8], p.size, p.mode,
+                     p.tier, f", history {p.history[:8]}" if p.history else "")
         return Published(entry.id, source, True, patches)
 
 
@@ -157,11 +168,13 @@ class _Plan:
     """One net's candidate patches: the jobs to encode, then which results to publish."""
 
     def __init__(self, repo: Repository, scratch: Scratch, seq: int, horizon: int, target: str,
-                 entry: NetEntry, codec: str | None):
+                 entry: NetEntry, codec: str | None, fast: bool = False):
         self.repo, self.scratch, self.seq, self.horizon = repo, scratch, seq, horizon
         self.target, self.entry, self.codec = target, entry, codec
+        self.fast = fast                      # fast-tier candidates (patch_policy.candidate_tiers)
         self.jobs: list[Job] = []
         self.bases: dict[str, tuple[str, int]] = {}      # job key -> (base id, base seq)
+        self.tiers: dict[str, str] = {}                  # job key -> coding tier
         self.lossy: tuple | None = None       # (tolerance, chain links, lossy cache, link base id)
         self._keys: dict[str, str] = {}       # patch sha256 -> the job key whose scratch file holds it
 
@@ -169,23 +182,29 @@ class _Plan:
         net_id = self.repo.net_at(seq)
         return net_id, self.scratch.raw_net(net_id, self.repo.object_file(net_object_path(net_id)))
 
-    def _job(self, key: str, base: tuple[str, str], base_seq: int, **options) -> None:
-        self.jobs.append(Job(key, self.target, base[1], codec=self.codec, **options))
+    def _job(self, key: str, base: tuple[str, str], base_seq: int, tier: str = "cm", **options) -> None:
+        self.jobs.append(Job(key, self.target, base[1], codec=self.codec, tier=tier, **options))
         self.bases[key] = (base[0], base_seq)
+        self.tiers[key] = tier
 
     def add_lossless(self, skips, history: bool) -> None:
-        """A patch from each distance back, each abandoned once it outgrows the net itself."""
+        """A patch from each distance back in each of its tiers, each abandoned once it outgrows
+        the net itself. Keys: ``d<back>`` and ``h1`` (history), ``-fast`` appended in the fast tier."""
         cap = self.entry.size - 1
         for back in patch_distances(self.seq, skips):
             if self.seq - back >= self.horizon:
-                self._job(f"d{back}", self._net_file(self.seq - back), self.seq - back, max_bytes=cap, weight=2)
+                for tier in candidate_tiers(back, self.fast):
+                    self._job(_key(f"d{back}", tier), self._net_file(self.seq - back), self.seq - back, tier,
+                              max_bytes=cap, weight=2 if tier == "cm" else 1)
         if history and self.seq - 2 >= self.horizon:
-            self._job("h1", self._net_file(self.seq - 1), self.seq - 1, max_bytes=cap, weight=2,
-                      history=self._net_file(self.seq - 2)[1])
+            for tier in candidate_tiers(1, self.fast):
+                self._job(_key("h1", tier), self._net_file(self.seq - 1), self.seq - 1, tier, max_bytes=cap,
+                          weight=2 if tier == "cm" else 1, history=self._net_file(self.seq - 2)[1])
 
     def add_lossy(self, tolerance: float, history: bool) -> None:
         """The lossy chain's next link, and with ``history`` its versions coded with an earlier net
-        of the chain as history: the base of the link 1, 2 or 4 links back.
+        of the chain as history: the base of the link 1, 2 or 4 links back (for a net in the fast
+        tier, only the gap the previous link's published history version used; 1 when none).
 
         The next link is made against the lossy net clients hold (closed
         loop). The lossy nets it may use are kept in ``.state/lossy``; when
@@ -206,14 +225,16 @@ class _Plan:
         else:
             base = self._net_file(seq - 1)
         self.lossy = (tolerance, links, lossy_cache, base[0])
-        self._job("lossy", base, seq - 1, tolerance=tolerance, weight=3)
+        tier = "fast" if self.fast else "cm"
+        self._job("lossy", base, seq - 1, tier, tolerance=tolerance, weight=3)
         if history:
-            for gap in HISTORY_GAPS:
+            last_gap = _last_gap(repo, seq - 1, tolerance) if self.fast else None
+            for gap in lossy_history_gaps(self.fast, last_gap):
                 if gap <= len(links):
                     before = self._held_file(lossy_cache, links[gap - 1].base)
                     if before is not None:
                         # Kept only when it rebuilds the link's own (checked) net: no second check.
-                        self._job(f"lossy-h{gap}", base, seq - 1, tolerance=tolerance, weight=2,
+                        self._job(f"lossy-h{gap}", base, seq - 1, tier, tolerance=tolerance, weight=2,
                                   history=before, check_error=False)
 
     def _held_file(self, lossy_cache: NetCache, net_id: str) -> str | None:
@@ -231,18 +252,22 @@ class _Plan:
         full = self.entry.size
         lossless = [self._entry(k, done[k]) for k in done if k.startswith("d")
                     and done[k].patch is not None and done[k].size < full]
-        plain = min([full] + [p.size for p in lossless if p.base_seq == self.seq - 1])
-        if "h1" in done and done["h1"].patch is not None and done["h1"].size < plain:
-            lossless.insert(next((i + 1 for i, p in enumerate(lossless) if p.base_seq == self.seq - 1), 0),
-                            self._entry("h1", done["h1"], history=self.repo.net_at(self.seq - 2)))
+        for tier in TIERS:
+            key = _key("h1", tier)
+            plain = [i for i, p in enumerate(lossless) if p.base_seq == self.seq - 1 and p.tier == tier]
+            if key in done and done[key].patch is not None \
+                    and done[key].size < min([full] + [lossless[i].size for i in plain]):
+                lossless.insert(plain[0] + 1 if plain else 0,
+                                self._entry(key, done[key], history=self.repo.net_at(self.seq - 2)))
+        lossless = _without_dominated(lossless)
         key_of = {id(p): self._keys[p.sha256] for p in lossless}
         earliest = min((p.base_seq for p in lossless), default=self.seq)
         earlier = [p for s in range(self.seq - 1, earliest, -1) for p in self._record_patches(s)]
         kept = keep_on_routes(self.seq, lossless, earlier)
         for p in lossless:
             if p not in kept:
-                log.info("  dropped the patch from net %d (%d bytes): nearer patches rebuild the net "
-                         "for less", p.base_seq, p.size)
+                log.info("  dropped the %s-tier patch from net %d (%d bytes): nearer patches of its tier "
+                         "rebuild the net for less", p.tier, p.base_seq, p.size)
         chosen = [self._store(key_of[id(p)], p) for p in kept]
         return chosen + (self._choose_lossy(done) if self.lossy is not None else [])
 
@@ -275,7 +300,8 @@ class _Plan:
                                path=patch_object_path(encoded.sha256), size=encoded.size,
                                sha256=encoded.sha256,
                                mode="lossless" if tolerance is None else "tolerance",
-                               tolerance=tolerance, base_seq=base_seq, history=history)
+                               tolerance=tolerance, base_seq=base_seq, history=history,
+                               tier=self.tiers[key])
 
     def _store(self, key: str, entry: PatchEntry) -> PatchEntry:
         with open(self.scratch.root / f"{key}.lc0patch", "rb") as f:
@@ -291,12 +317,39 @@ class _Plan:
         return [p for p in record.patches if p.base_seq is not None and not p.lossy]
 
 
-def _chain_links(repo: Repository, seq: int, tolerance: float) -> list[PatchEntry]:
-    """The lossy chain's links into net ``seq`` and the nets before it, newest first, as
-    many as a history may reach back and as far as they join up (each one's base the
-    next one's result)."""
+def _key(name: str, tier: str) -> str:
+    """A job's key: ``name`` in the cm tier, ``name-fast`` in the fast one (keys name scratch files)."""
+    return name if tier == "cm" else f"{name}-{tier}"
+
+
+def _without_dominated(patches: list[PatchEntry]) -> list[PatchEntry]:
+    """``patches`` less each cm one that a fast one between the same nets (and with the same
+    history) matches in bytes: it would be on no route, by bytes or by time. Identical bytes
+    (one object path) are published once, as fast."""
+    fast = {(p.base, p.result, p.history): p.size for p in patches if p.tier == "fast"}
+    return [p for p in patches if p.tier != "cm" or fast.get((p.base, p.result, p.history), p.size + 1) > p.size]
+
+
+def _last_gap(repo: Repository, seq: int, tolerance: float) -> int | None:
+    """The history gap of the published history version of the lossy link into net ``seq``:
+    its history is the base of the link ``gap`` links before it. None when there is none."""
+    try:
+        record = repo.read_record(seq)
+    except (OSError, Lc0WeightsError):
+        return None
+    histories = {p.history for p in record.patches if p.lossy and p.tolerance == tolerance and p.history}
+    if not histories:
+        return None
+    links = _chain_links(repo, seq, tolerance, max(HISTORY_GAPS) + 1)
+    return next((gap for gap in HISTORY_GAPS if gap < len(links) and links[gap].base in histories), None)
+
+
+def _chain_links(repo: Repository, seq: int, tolerance: float, depth: int = max(HISTORY_GAPS)) -> list[PatchEntry]:
+    """The lossy chain's links into net ``seq`` and the nets before it, newest first, at most
+    ``depth`` (as many as a history may reach back) and as far as they join up (each one's
+    base the next one's result)."""
     links = []
-    for s in range(seq, seq - max(HISTORY_GAPS), -1):
+    for s in range(seq, seq - depth, -1):
         if s < 0:
             break
         try:

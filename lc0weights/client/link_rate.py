@@ -1,6 +1,6 @@
 """How fast this client downloads and rebuilds: smoothed rates, kept in the cache folder.
 
-Routing by time (``fetch --prefer time``) needs four rates, each measured on
+Routing by time (``fetch --prefer time``) needs these rates, each measured on
 real work and remembered between runs in ``.lc0weights-rates.json`` in the
 cache folder:
 
@@ -8,6 +8,8 @@ cache folder:
   (scheme, host and port; ``local`` for a directory), timed from request to
   verified file, retries included: what a route really waits for;
 - ``rebuild``: raw net bytes per second for one patch applied and verified;
+  ``rebuild-fast`` the same for patches of the fast tier (a patch's ``tier``),
+  which decode several times faster than the context-mixing ("cm") ones;
 - ``gzip``: raw net bytes per second to gzip a rebuilt net and write it into
   the cache (the write of a full download's published gzip is not counted
   against the full route: a small bias towards patches);
@@ -63,10 +65,17 @@ MAX_NAME = 195                      # "link " and an origin of at most 190 chara
 # Defaults before any measurement, in bytes per second.
 DEFAULT_LINK = 2e6        # 16 Mbit/s: a slow volunteer link; see the module docstring for why slow
 DEFAULT_REBUILD = 20e6    # raw bytes: ~10M weights/s, the low end of one core's decoding (11-20M)
+DEFAULT_REBUILD_FAST = 4 * DEFAULT_REBUILD   # the fast tier: an estimate until measured
 DEFAULT_GZIP = 40e6       # raw bytes: zlib level 1 measured 40 MB/s on net data, on a loaded 2-core machine
 DEFAULT_GUNZIP = 200e6    # raw bytes: zlib inflate and sha256, measured 198 MB/s on the same machine
-MACHINE_DEFAULTS = {"rebuild": DEFAULT_REBUILD, "gzip": DEFAULT_GZIP, "gunzip": DEFAULT_GUNZIP}
-_NAME = re.compile(r"(rebuild|gzip|gunzip|link [\x21-\x7e]{1,190})\Z")
+MACHINE_DEFAULTS = {"rebuild": DEFAULT_REBUILD, "rebuild-fast": DEFAULT_REBUILD_FAST, "gzip": DEFAULT_GZIP,
+                    "gunzip": DEFAULT_GUNZIP}
+_NAME = re.compile(r"(rebuild|rebuild-fast|gzip|gunzip|link [\x21-\x7e]{1,190})\Z")
+
+
+def rebuild_rate_name(tier: str) -> str:
+    """The rate a patch of ``tier`` ("cm" or "fast") is rebuilt at: ``rebuild`` or ``rebuild-fast``."""
+    return "rebuild" if tier == "cm" else f"rebuild-{tier}"
 
 
 @dataclass(frozen=True)
@@ -89,18 +98,24 @@ class Rates:
     """The rates a time route is costed with (bytes per second each)."""
 
     link: Rate
-    rebuild: Rate
+    rebuild: Rate                    # patches of the "cm" tier
     gzip: Rate
     gunzip: Rate
+    rebuild_fast: Rate = Rate(DEFAULT_REBUILD_FAST)      # patches of the "fast" tier
 
     @classmethod
     def fixed(cls, link: float, rebuild: float = DEFAULT_REBUILD, gzip: float = DEFAULT_GZIP,
-              gunzip: float = DEFAULT_GUNZIP) -> "Rates":
+              gunzip: float = DEFAULT_GUNZIP, rebuild_fast: float = DEFAULT_REBUILD_FAST) -> "Rates":
         """Given rates, as if measured once (for planning by hand and for tests)."""
-        return cls(Rate(link, 1), Rate(rebuild, 1), Rate(gzip, 1), Rate(gunzip, 1))
+        return cls(Rate(link, 1), Rate(rebuild, 1), Rate(gzip, 1), Rate(gunzip, 1), Rate(rebuild_fast, 1))
+
+    def rebuild_for(self, tier: str) -> Rate:
+        """The rate a patch of ``tier`` rebuilds at."""
+        return self.rebuild_fast if tier == "fast" else self.rebuild
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name).to_dict() for name in ("link", "rebuild", "gzip", "gunzip")}
+        return {name: getattr(self, name).to_dict()
+                for name in ("link", "rebuild", "rebuild_fast", "gzip", "gunzip")}
 
 
 def link_name(source) -> str:
@@ -203,7 +218,8 @@ class RateBook:
 
     def rates(self, link: str) -> Rates:
         """The rates for routes over ``link`` (a :func:`link_name`)."""
-        return Rates(self.rate(link), self.rate("rebuild"), self.rate("gzip"), self.rate("gunzip"))
+        return Rates(self.rate(link), self.rate("rebuild"), self.rate("gzip"), self.rate("gunzip"),
+                     self.rate("rebuild-fast"))
 
 
 class _Sample:

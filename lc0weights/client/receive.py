@@ -27,7 +27,7 @@ from ..patching import rebuilt_pieces
 from ..patching.streaming import ArrivingPatch
 from ..repository.errors import IntegrityError
 from ..repository.index import NetEntry
-from .link_rate import timing
+from .link_rate import rebuild_rate_name, timing
 
 # Slack on top of the transfer's deadline for a reader waiting on the download thread.
 _WAIT_SLACK_SECONDS = 30.0
@@ -93,7 +93,8 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     download raises its own error; a failed decode stops the download.
 
     With a rate ``book``, the download is timed as the ``link`` rate and the
-    decoding as the rebuild rate. The two overlap, so the decoding's time is its
+    decoding as the rebuild rate of the patch's tier (``rebuild`` or
+    ``rebuild-fast``). The two overlap, so the decoding's time is its
     CPU time spread over the cores it had, not its wall time: on a slow link
     the decoder waits for bytes, and that wait says nothing of how fast it is.
     """
@@ -198,7 +199,7 @@ def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, 
         arrival.wait_verified()
         if book is not None:
             gzipping = gzip_cpu[0] if gzip_cpu is not None else 0.0
-            book.record("rebuild", size, (time.process_time() - cpu_started - gzipping) / (os.cpu_count() or 1))
+            book.record(rebuild_rate_name(step.tier), size, (time.process_time() - cpu_started - gzipping) / (os.cpu_count() or 1))
             if gzip_cpu is not None:
                 book.record("gzip", size, gzipping)
     except BaseException:

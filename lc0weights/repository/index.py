@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..patching.encode import TIERS
 from .errors import RepositoryIndexError
 from .strict import Strict, show
 
 MODES = ("lossless", "tolerance")
+DEFAULT_TIER = TIERS[0]             # "cm": a record's patch without a ``tier`` field
 
 
 MIN_PREFIX = 16                     # 64 bits: a prefix no one can brute-force a collision for
@@ -64,7 +66,9 @@ class PatchEntry:
 
     For a lossless patch ``result == target``. For a tolerance patch ``result``
     is the id of the lossy net clients rebuild, within ``tolerance`` of every
-    decoded weight of ``target``.
+    decoded weight of ``target``. ``tier`` is how it was coded: ``"cm"`` (the
+    smallest bytes, slow to decode) or ``"fast"`` (a few % more bytes, decoded
+    several times faster); two patches between the same nets may differ in tier.
     """
 
     base: str
@@ -77,6 +81,7 @@ class PatchEntry:
     tolerance: float | None = None
     history: str | None = None     # a second net the client must hold (the base's predecessor)
     base_seq: int | None = None    # publication number of the net the base is (or stands for)
+    tier: str = DEFAULT_TIER       # the coding tier (TIERS)
 
     @property
     def lossy(self) -> bool:
@@ -87,6 +92,8 @@ class PatchEntry:
         for optional in ("history", "base_seq"):
             if doc[optional] is None:
                 del doc[optional]
+        if doc["tier"] == DEFAULT_TIER:
+            del doc["tier"]
         return doc
 
 
@@ -110,11 +117,16 @@ class Catalogue:
                 return entry
         return None
 
-    def patch(self, base: str, result: str) -> PatchEntry | None:
-        for p in self.patches:
-            if p.base == base and p.result == result:
-                return p
-        return None
+    def patch(self, base: str, result: str, tier: str | None = None) -> PatchEntry | None:
+        """The patch from ``base`` to ``result`` (of ``tier``, if given) with the fewest bytes;
+        the first listed on a tie. Pairs may have one patch per tier (and a history version)."""
+        found = self.patches_between(base, result, tier)
+        return min(found, key=lambda p: p.size) if found else None
+
+    def patches_between(self, base: str, result: str, tier: str | None = None) -> list[PatchEntry]:
+        """Every patch from ``base`` to ``result`` (of ``tier``, if given), in listed order."""
+        return [p for p in self.patches
+                if p.base == base and p.result == result and (tier is None or p.tier == tier)]
 
     def lossy_results(self, target: str, tolerance: float | None = None) -> list[str]:
         """Ids of the lossy nets published as approximations of ``target``."""
@@ -139,6 +151,10 @@ def parse_patch_entry(v: Strict, doc, where: str, target: str | None = None) -> 
             v.fail(f"{where}.result", "a lossless patch must rebuild its target exactly")
     else:
         tolerance = v.positive(tolerance, f"{where}.tolerance")
+    # Written only when not the default: "cm" spelled out is refused, so a record has one spelling.
+    tier = doc.get("tier", DEFAULT_TIER)
+    if "tier" in doc and tier not in TIERS[1:]:
+        v.fail(f"{where}.tier", f"expected one of {TIERS[1:]} (absent: {DEFAULT_TIER!r}), found {show(tier)}")
     sha256 = v.hex64(doc.get("sha256"), f"{where}.sha256")
     entry = PatchEntry(
         base=v.hex64(doc.get("base"), f"{where}.base"),
@@ -151,6 +167,7 @@ def parse_patch_entry(v: Strict, doc, where: str, target: str | None = None) -> 
         tolerance=tolerance,
         history=v.opt_hex64(doc.get("history"), f"{where}.history"),
         base_seq=v.opt_count(doc.get("base_seq"), f"{where}.base_seq", 1 << 62),
+        tier=tier,
     )
     if entry.base == entry.result or entry.history in (entry.base, entry.result):
         v.fail(where, "a patch's base, history and result must be three different nets")

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import KeyFileError, UntrustedError
-from .index import NetEntry, PatchEntry, net_object_path, parse_patch_entry
+from .index import DEFAULT_TIER, NetEntry, PatchEntry, net_object_path, parse_patch_entry
 from .keys import PublicKey, SigningKey
 from .strict import Strict
 
@@ -286,6 +286,8 @@ class Record:
                 doc.update(mode=p.mode, tolerance=p.tolerance, result=p.result)
             if p.history is not None:
                 doc["history"] = p.history
+            if p.tier != DEFAULT_TIER:
+                doc["tier"] = p.tier
             patches.append(doc)
         return _compact({"type": "record", "spec": SPEC, "repository": self.repository, "seq": self.seq,
                          "net": net, "patches": patches, "links": [l.to_dict() for l in self.links]}) + b"\n"
