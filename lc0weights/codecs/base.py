@@ -14,6 +14,9 @@ what decodes each of its sections.
 - ``decode(data, count, info) -> ndarray``: the inverse, exactly ``count``
   int64 values, given the same ``info``. Corrupt data raises
   :class:`~lc0weights.errors.PatchFormatError`, never anything else.
+- ``context``: which of the layer's weights ``LayerInfo`` must carry for it:
+  "base" (the base weights), "history" (the base's last step); a decoder
+  skips decoding what its codec does not read.
 - ``get_config() -> dict`` and ``from_config(dict)``: parameters as plain data.
   ``from_config`` accepts exactly the constructor's keyword parameters, each a
   JSON scalar; anything else is a :class:`~lc0weights.errors.PatchFormatError`
@@ -64,6 +67,7 @@ class Codec:
 
     codec_id = ""
     ignores_unknown_config = False
+    context: frozenset = frozenset({"base", "history"})     # what a model may read; none: frozenset()
 
     def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
         raise NotImplementedError

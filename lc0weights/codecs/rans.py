@@ -160,6 +160,7 @@ def _decode_values(data: bytes, pos: int, count: int) -> np.ndarray:
 @register
 class FastCoder(Codec):
     codec_id = "rans1"
+    context = frozenset({"history"})
 
     @staticmethod
     def _layer(info: LayerInfo, total: int):

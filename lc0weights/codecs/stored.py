@@ -17,6 +17,7 @@ _DTYPES = {1: "<i1", 2: "<i2", 4: "<i4", 8: "<i8"}
 @register
 class Stored(Codec):
     codec_id = "stored"
+    context = frozenset()
 
     def encode(self, values: np.ndarray, info: LayerInfo) -> bytes:
         values = values.astype(np.int64)

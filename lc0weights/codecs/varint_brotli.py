@@ -75,6 +75,7 @@ def decompress_limited(data, limit: int) -> bytes:
 @register
 class VarintBrotli(Codec):
     codec_id = "varint-brotli"
+    context = frozenset()
 
     def __init__(self, quality: int = 9):
         self.quality = quality

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net, atomic_file
 from ..proto import patch_pb2
 from ..wire import find_skeleton_layers
 from .chunks import chunk_sections, total_escapes
-from .layers import LayerContext, value_count
+from .layers import LayerContext, layer_values, value_count
 from .limits import INTRA_ALLOWANCE, INTRA_VALUES_PER_BYTE, MAX_CODEC_CONFIG, MAX_RESULT_SIZE, MAX_SKELETON_FIELDS, UNDECODABLE
 from .parallel import bounded_map, worker_count
 from .skeleton import decode_skeleton, skeleton_stream
@@ -143,9 +144,10 @@ def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chun
     where = f"layer {layer.path}" + (f" chunk {chunk_index}" if len(plan.chunks[index]) > 1 else "")
     try:
         data = source.section_part(index + 1, chunk.offset, chunk.section.stored_size)
-        info = plan.ctx.info(layer, lp, base_layer, chunk.lo, chunk.hi)
+        codec = plan.codecs[index][chunk_index]
+        info = plan.ctx.info(layer, lp, base_layer, chunk.lo, chunk.hi, codec.context)
         count = chunk.count + (2 * chunk.escapes if lp.residual != patch_pb2.RAW_BYTES else 0)
-        values = plan.codecs[index][chunk_index].decode(bytes(data), count, info)
+        values = codec.decode(bytes(data), count, info)
         del data
         if len(values) != count:
             raise PatchFormatError("codec returned the wrong number of values")
@@ -153,7 +155,7 @@ def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chun
         if lp.residual == patch_pb2.RAW_BYTES:
             codes = res.raw_rebuild(values, chunk.count)
         elif lp.residual == patch_pb2.LINEAR16_REGRID:
-            codes = res.linear16_rebuild(values, info.base, target, lp.quant_width or 1, chunk.escapes)
+            codes = _linear16_rebuild(plan, index, chunk, values, info, target, lp)
         else:
             base_codes = plan.ctx.base.codes(base_layer)[chunk.lo:chunk.hi] \
                 if base_layer is not None else None
@@ -165,6 +167,54 @@ def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chun
         return codes.tobytes()
     except PatchFormatError as e:
         raise PatchFormatError(f"{where}: {e}") from None
+
+
+def _linear16_rebuild(plan: "_Plan", index: int, chunk, values, info, target, lp) -> np.ndarray:
+    """A LINEAR16 chunk's codes: through the layer's table of base-code predictions when
+    the base layer is LINEAR16 and the layer large, else from the decoded base weights."""
+    base_layer = plan.base_layers[index]
+    width = lp.quant_width or 1
+    if base_layer is not None and base_layer.encoding == enc.LINEAR16 \
+            and plan.layers[index].count >= res.TABLED_REBUILD_MIN:
+        table = plan.base_tables.get(index, lambda: res.linear16_base_table(
+            base_layer.min_bits, base_layer.max_bits, target))
+        base_codes = plan.ctx.base.codes(base_layer)[chunk.lo:chunk.hi]
+        return res.linear16_rebuild_from_codes(values, base_codes, table, target, width, chunk.escapes)
+    base = info.base
+    if base is None and base_layer is not None:     # the codec did not need the weights
+        base = layer_values(plan.ctx.base, base_layer, chunk.lo, chunk.hi)
+    return res.linear16_rebuild(values, base, target, width, chunk.escapes)
+
+
+class _TableCache:
+    """The prediction tables of the layers being rebuilt, each made once for all its
+    chunks (by whichever thread asks first) and dropped when a few newer ones exist;
+    chunks are decoded in layer order, so only the layers in flight hold one."""
+
+    KEEP = 8
+
+    def __init__(self):
+        self._tables: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._making: dict[int, threading.Lock] = {}
+
+    def get(self, index: int, make) -> np.ndarray:
+        with self._lock:
+            table = self._tables.get(index)
+            if table is not None:
+                return table
+            making = self._making.setdefault(index, threading.Lock())
+        with making:
+            with self._lock:
+                table = self._tables.get(index)
+            if table is None:
+                table = make()
+                with self._lock:
+                    self._tables[index] = table
+                    for old in sorted(self._tables)[:-self.KEEP]:
+                        del self._tables[old]
+                    self._making.pop(index, None)
+            return table
 
 
 def _config(section) -> dict:
@@ -228,6 +278,7 @@ class _Plan:
     base_layers: list = field(default_factory=list)      # each one's paired base layer, or None
     codecs: list = field(default_factory=list)           # per layer, a codec per chunk
     chunks: list = field(default_factory=list)           # per layer, its ChunkSpecs
+    base_tables: "_TableCache" = field(default_factory=lambda: _TableCache())
 
 
 def _plan(source: container.PatchSource, base: Net | None, history: Net | None,

@@ -78,15 +78,19 @@ class LayerContext:
                             layer.path)
 
     def info(self, layer: Layer, lp, base_layer: Layer | None, lo: int = 0,
-             hi: int | None = None) -> LayerInfo:
+             hi: int | None = None, context=frozenset({"base", "history"})) -> LayerInfo:
         """The codec context of elements ``lo:hi`` (default: the whole layer), which a
         chunk's codec sees as a layer of its own: base and history cut to the chunk,
-        its rows as the shape. Only the chunk's base weights are decoded."""
+        its rows as the shape. Only the chunk's base weights are decoded, and only
+        when ``context`` (the codec's) reads them or the history they give."""
         count = element_count(layer, lp)
         hi = count if hi is None else hi
-        base_values = layer_values(self.base, base_layer, lo, hi) if base_layer is not None else None
+        wants_history = "history" in context and self.history is not None
+        base_values = None
+        if base_layer is not None and ("base" in context or wants_history):
+            base_values = layer_values(self.base, base_layer, lo, hi)
         history = None
-        if base_layer is not None and self.history is not None:
+        if base_values is not None and wants_history:
             h = paired_layer(self.history, base_layer)
             if h is not None:
                 with np.errstate(invalid="ignore", over="ignore"):
