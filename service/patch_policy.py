@@ -11,7 +11,7 @@ Nets of at least :data:`FAST_TIER_MIN_WEIGHTS` codable weights (lc0's big
 nets, where a context-mixing rebuild takes longer than downloading the net
 on a fast link) get candidates in two coding tiers (:func:`candidate_tiers`):
 every lossless distance in the "fast" tier, and the link from *k−1* in the
-"cm" tier too, for clients on slow links; the lossy chain in the fast tier
+"cm" tier too (its history version when there is one), for clients on slow links; the lossy chain in the fast tier
 alone, with one history gap (:func:`lossy_history_gaps`). Smaller nets keep
 one tier, "cm", and every history gap.
 """
@@ -39,12 +39,16 @@ def uses_fast_tier(codable_weights: int, min_weights: int = FAST_TIER_MIN_WEIGHT
     return codable_weights >= min_weights
 
 
-def candidate_tiers(back: int, fast: bool) -> tuple[str, ...]:
+def candidate_tiers(back: int, fast: bool, beside_history: bool = False) -> tuple[str, ...]:
     """The tiers the lossless candidate from ``back`` nets back is coded in: all "cm" below the
-    threshold; above it, "fast" for every distance and "cm" too for the link from k−1."""
+    threshold; above it, "fast" for every distance and "cm" too for the link from k−1, once:
+    with the history (the smaller patch on averaged runs, and no larger on others) when that
+    version is coded too (``beside_history`` for the plain one), else plain. A client holding
+    k−1 without k−2 takes the plain fast patch: a cm encode of a big net costs about three
+    fast ones, and the publisher has two minutes for the whole set."""
     if not fast:
         return ("cm",)
-    return ("cm", "fast") if back == 1 else ("fast",)
+    return ("cm", "fast") if back == 1 and not beside_history else ("fast",)
 
 
 def lossy_history_gaps(fast: bool, last_gap: int | None) -> tuple[int, ...]:

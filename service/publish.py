@@ -191,12 +191,13 @@ class _Plan:
         """A patch from each distance back in each of its tiers, each abandoned once it outgrows
         the net itself. Keys: ``d<back>`` and ``h1`` (history), ``-fast`` appended in the fast tier."""
         cap = self.entry.size - 1
+        with_history = history and self.seq - 2 >= self.horizon
         for back in patch_distances(self.seq, skips):
             if self.seq - back >= self.horizon:
-                for tier in candidate_tiers(back, self.fast):
+                for tier in candidate_tiers(back, self.fast, with_history):
                     self._job(_key(f"d{back}", tier), self._net_file(self.seq - back), self.seq - back, tier,
                               max_bytes=cap, weight=2 if tier == "cm" else 1)
-        if history and self.seq - 2 >= self.horizon:
+        if with_history:
             for tier in candidate_tiers(1, self.fast):
                 self._job(_key("h1", tier), self._net_file(self.seq - 1), self.seq - 1, tier, max_bytes=cap,
                           weight=2 if tier == "cm" else 1, history=self._net_file(self.seq - 2)[1])

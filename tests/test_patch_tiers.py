@@ -147,6 +147,7 @@ def test_candidate_tiers_and_gaps_by_net_size():
     assert uses_fast_tier(FAST_TIER_MIN_WEIGHTS) and uses_fast_tier(10, min_weights=0)
     assert [candidate_tiers(back, False) for back in (1, 4, 16)] == [("cm",)] * 3
     assert [candidate_tiers(back, True) for back in (1, 4, 16)] == [("cm", "fast"), ("fast",), ("fast",)]
+    assert [candidate_tiers(back, True, True) for back in (1, 4)] == [("fast",), ("fast",)]
     assert lossy_history_gaps(False, 2) == HISTORY_GAPS
     assert lossy_history_gaps(True, None) == (1,) and lossy_history_gaps(True, 4) == (4,)
 
@@ -195,6 +196,17 @@ def test_a_big_net_gets_both_tiers_from_its_predecessor_and_fast_from_further_ba
     record = json.loads(repo.object_file(record_path(ids[4])).read_bytes())
     assert sorted(p.get("tier", "") for p in record["patches"]) == ["", "fast", "fast"]   # cm: no field
     assert check_repository(str(repo.root), POLICY).ok            # every patch of both tiers rebuilds its net
+
+
+def test_with_history_the_cm_tier_codes_only_the_history_version_of_the_predecessors_link(tmp_path):
+    repo = Repository.create(tmp_path / "repo")
+    publish(repo, SWA[:4], skips=(1,), fast_tier_min_weights=0)
+    ids = [Net.load(p).id for p in SWA[:4]]
+    index = repo.read_index()
+    into_last = [p for p in index.patches if p.target == ids[3] and p.base == ids[2]]
+    assert sorted(p.tier for p in into_last if p.history is None) == ["fast"]
+    assert "cm" in {p.tier for p in into_last if p.history == ids[1]}
+    assert check_repository(str(repo.root), POLICY).ok
 
 
 def test_a_client_takes_cm_by_bytes_and_by_time_the_tier_its_rates_favour(tiered_repo, tmp_path):
