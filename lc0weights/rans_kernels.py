@@ -47,11 +47,27 @@ MAX_CLASS = 62
 
 @njit(cache=True, nogil=True, inline='always')
 def _bit_length(x):
+    """Bits of x >= 0 (0 for 0), by halving: six steps whatever x."""
     e = 0
-    while x > 0:
+    if x >= np.int64(1) << 32:
+        x >>= 32
+        e += 32
+    if x >= 1 << 16:
+        x >>= 16
+        e += 16
+    if x >= 1 << 8:
+        x >>= 8
+        e += 8
+    if x >= 1 << 4:
+        x >>= 4
+        e += 4
+    if x >= 1 << 2:
+        x >>= 2
+        e += 2
+    if x >= 2:
         x >>= 1
         e += 1
-    return e
+    return e + x
 
 
 @njit(cache=True, nogil=True, inline='always')
@@ -60,13 +76,29 @@ def _predicted(a1):
     return eh if eh < MAX_CLASS else MAX_CLASS
 
 
+@njit(cache=True, nogil=True, inline='always')
+def _put(out, state, field, width):
+    """Append width (<= 24) bits of field to out; state = (acc, nacc, pos)."""
+    acc, nacc, pos = state
+    acc |= field << nacc
+    nacc += width
+    while nacc >= 8:
+        out[pos] = np.uint8(acc & 0xFF)
+        pos += 1
+        acc >>= 8
+        nacc -= 8
+    return (acc, nacc, pos)
+
+
 @njit(cache=True, nogil=True)
-def symbols_and_contexts(values, symbols, contexts, counts):
-    """Fill symbols[i], contexts[i] (uint8) for every value and counts[ctx, sym]
-    (int64[CONTEXTS, SYMBOLS], zeroed by the caller). Returns the plain bits the
-    values need (signs and low mantissa bits)."""
+def symbols_and_contexts(values, symbols, contexts, counts, plain):
+    """Fill symbols[i], contexts[i] (uint8) for every value, counts[ctx, sym]
+    (int64[CONTEXTS, SYMBOLS], zeroed by the caller) and the plain bit stream
+    (uint8, at least 8 bytes a value): each nonzero value's sign, then its bits
+    below the top two, highest first in pieces of at most 24 bits, bytes filled
+    from their least significant bit. Returns the plain bytes written."""
     a1 = 0
-    plain = 0
+    state = (np.int64(0), 0, 0)
     for i in range(values.shape[0]):
         v = values[i]
         mag = v if v >= 0 else -v
@@ -77,12 +109,21 @@ def symbols_and_contexts(values, symbols, contexts, counts):
         else:
             s = 2 * e - 2 + ((mag >> (e - 2)) & 1)
         if e > 0:
-            plain += e - 1 if e > 2 else 1      # the sign, and e - 2 bits below the top two
+            state = _put(plain, state, np.int64(1 if v < 0 else 0), 1)
+            k = e - 2
+            while k > 0:
+                take = k if k < 24 else 24
+                k -= take
+                state = _put(plain, state, (mag >> k) & ((np.int64(1) << take) - 1), take)
         symbols[i] = s
         contexts[i] = eh
         counts[eh, s] += 1
         a1 += ((e << 4) - a1) >> 2
-    return plain
+    acc, nacc, pos = state
+    if nacc > 0:
+        plain[pos] = np.uint8(acc & 0xFF)
+        pos += 1
+    return pos
 
 
 @njit(cache=True, nogil=True)
@@ -105,44 +146,6 @@ def encode_states(symbols, contexts, freq, cum, words):
     words[pos] = np.uint32(x & 0xFFFFFFFF)
     pos -= 1
     words[pos] = np.uint32(x >> 32)
-    return pos
-
-
-@njit(cache=True, nogil=True, inline='always')
-def _put(out, state, field, width):
-    """Append width (<= 24) bits of field to out; state = (acc, nacc, pos)."""
-    acc, nacc, pos = state
-    acc |= field << nacc
-    nacc += width
-    while nacc >= 8:
-        out[pos] = np.uint8(acc & 0xFF)
-        pos += 1
-        acc >>= 8
-        nacc -= 8
-    return (acc, nacc, pos)
-
-
-@njit(cache=True, nogil=True)
-def encode_plain(values, out):
-    """Write each nonzero value's sign, then its bits below the top two, highest
-    first in pieces of at most 24 bits, into out (bytes filled from their least
-    significant bit). Returns bytes written."""
-    state = (np.int64(0), 0, 0)
-    for i in range(values.shape[0]):
-        v = values[i]
-        if v == 0:
-            continue
-        mag = v if v >= 0 else -v
-        state = _put(out, state, np.int64(1 if v < 0 else 0), 1)
-        k = _bit_length(mag) - 2
-        while k > 0:
-            take = k if k < 24 else 24
-            k -= take
-            state = _put(out, state, (mag >> k) & ((np.int64(1) << take) - 1), take)
-    acc, nacc, pos = state
-    if nacc > 0:
-        out[pos] = np.uint8(acc & 0xFF)
-        pos += 1
     return pos
 
 

@@ -90,7 +90,8 @@ def _encode_values(values: np.ndarray) -> bytes:
     n = len(values)
     symbols, contexts = np.empty(n, np.uint8), np.empty(n, np.uint8)
     counts = np.zeros((rk.CONTEXTS, rk.SYMBOLS), np.int64)
-    plain_bits = rk.symbols_and_contexts(values, symbols, contexts, counts)
+    plain = np.empty(8 * n + 8, np.uint8)
+    plain_used = rk.symbols_and_contexts(values, symbols, contexts, counts, plain)
     freq = np.zeros_like(counts)
     header = bytearray()
     used = np.flatnonzero(counts.sum(axis=1))
@@ -108,8 +109,6 @@ def _encode_values(values: np.ndarray) -> bytes:
     cum[:, 1:] = np.cumsum(freq, axis=1)[:, :-1]
     words = np.empty(n + 2, np.uint32)
     first = rk.encode_states(symbols, contexts, freq, cum, words)
-    plain = np.zeros((plain_bits + 7) // 8 + 8, np.uint8)
-    plain_used = rk.encode_plain(values, plain)
     words = words[first:]
     return (bytes(header) + _varint(len(words)) + words.astype("<u4").tobytes()
             + plain[:plain_used].tobytes())
