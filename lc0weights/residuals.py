@@ -114,7 +114,10 @@ def _prediction_mode(base, target: LayerTarget) -> int:
     return 1 if base is not None else 2
 
 
-def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Residuals:
+def linear16_residuals(codes, base, target: LayerTarget, tolerance=None, predicted=None) -> Residuals:
+    """The LINEAR16 residuals of ``codes`` against ``base`` (float32 weights, or None), or
+    against ``predicted``, the base's predicted codes when already known (from
+    :func:`linear16_base_table`: the same integers, without the float steps)."""
     # One pass per element (weight_error): the prediction, the residual and, with a
     # tolerance, the proof that the rebuilt code is within T under every LINEAR16
     # decoding (tables of all 65,536 codes), with no whole-layer float temporaries.
@@ -122,8 +125,12 @@ def linear16_residuals(codes, base, target: LayerTarget, tolerance=None) -> Resi
     w = linear16_quant_width(target, tolerance)
     step = (target.bounds[1] - target.bounds[0]) / 65535.0
     tables = we.decode_tables(enc.LINEAR16, target.min_bits, target.max_bits) if w > 1 else None
-    values, rebuilt, escapes = we.linear16_quantise(codes, base, target.bounds, _prediction_mode(base, target),
-                                                    w, tables, float(tolerance or 0.0))
+    if predicted is not None:            # codes 0..65535: exact in float32
+        base, mode = np.asarray(predicted, np.float32), we.PREDICTED
+    else:
+        mode = _prediction_mode(base, target)
+    values, rebuilt, escapes = we.linear16_quantise(codes, base, target.bounds, mode, w, tables,
+                                                    float(tolerance or 0.0))
     if w == 1:
         return Residuals(LINEAR16_REGRID, values, rebuilt, 1, 0, step)
     return Residuals(LINEAR16_REGRID, values, rebuilt, w, escapes, step * w)

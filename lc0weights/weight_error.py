@@ -131,9 +131,15 @@ def _regrid_one(b, lo, hi, span):
     return np.int64(x)
 
 
+PREDICTED = 3
+
+
 @njit(cache=True, nogil=True, inline='always')
 def _prediction(base, i, lo, hi, span, mode):
-    """mode 0: no usable range (0); 1: the base re-gridded; 2: the code of 0.0."""
+    """mode 0: no usable range (0); 1: the base re-gridded; 2: the code of 0.0;
+    3 (PREDICTED): ``base`` holds the predicted codes themselves (exact in float32)."""
+    if mode == PREDICTED:
+        return np.int64(base[i])
     if mode == 0:
         return np.int64(0)
     if mode == 1:
@@ -213,7 +219,7 @@ def linear16_quantise(codes, base, bounds, mode: int, width: int, tables, tolera
     decoding in ``tables``.
     """
     codes = np.ascontiguousarray(codes, np.uint16)
-    base = np.ascontiguousarray(base, np.float32) if mode == 1 else np.zeros(1, np.float32)
+    base = np.ascontiguousarray(base, np.float32) if mode in (1, PREDICTED) else np.zeros(1, np.float32)
     lo, hi = bounds
     span = hi - lo
     if width == 1:

@@ -159,8 +159,8 @@ def test_tabled_rebuild_equals_the_rebuild_from_decoded_weights(width):
 
 @pytest.mark.parametrize("tolerance, tier", [(None, "cm"), (2 ** -14, "fast")])
 def test_patches_rebuild_the_same_through_the_base_code_tables(monkeypatch, tolerance, tier):
-    """Every LINEAR16 layer rebuilt through its table of base-code predictions (the path of
-    layers over res.TABLED_REBUILD_MIN elements) gives the bytes the float path gives."""
+    """Every LINEAR16 layer coded and rebuilt through its table of base-code predictions (the
+    path of layers over res.TABLED_REBUILD_MIN elements) gives the bytes the float path gives."""
     from lc0weights import apply_patch
     base, target = (load(p) for p in run_paths()[4:6])
     patch = make_patch(base, target, tolerance, tier=tier, verify=False, chunk_size=1 << 14)
@@ -171,3 +171,5 @@ def test_patches_rebuild_the_same_through_the_base_code_tables(monkeypatch, tole
     monkeypatch.setattr(we, "linear16_rebuild_tabled", lambda *a: calls.append(1) or real(*a))
     assert apply_patch(base, patch, workers=3) == floated
     assert len(calls) > 20
+    # The encoder takes its predictions from the same tables: the same patch, byte for byte.
+    assert make_patch(base, target, tolerance, tier=tier, verify=False, chunk_size=1 << 14, workers=3) == patch

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import struct
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,47 +173,14 @@ def _linear16_rebuild(plan: "_Plan", index: int, chunk, values, info, target, lp
     the base layer is LINEAR16 and the layer large, else from the decoded base weights."""
     base_layer = plan.base_layers[index]
     width = lp.quant_width or 1
-    if base_layer is not None and base_layer.encoding == enc.LINEAR16 \
-            and plan.layers[index].count >= res.TABLED_REBUILD_MIN:
-        table = plan.base_tables.get(index, lambda: res.linear16_base_table(
-            base_layer.min_bits, base_layer.max_bits, target))
+    table = plan.ctx.base_table(plan.layers[index], base_layer)
+    if table is not None:
         base_codes = plan.ctx.base.codes(base_layer)[chunk.lo:chunk.hi]
         return res.linear16_rebuild_from_codes(values, base_codes, table, target, width, chunk.escapes)
     base = info.base
     if base is None and base_layer is not None:     # the codec did not need the weights
         base = layer_values(plan.ctx.base, base_layer, chunk.lo, chunk.hi)
     return res.linear16_rebuild(values, base, target, width, chunk.escapes)
-
-
-class _TableCache:
-    """The prediction tables of the layers being rebuilt, each made once for all its
-    chunks (by whichever thread asks first) and dropped when a few newer ones exist;
-    chunks are decoded in layer order, so only the layers in flight hold one."""
-
-    KEEP = 8
-
-    def __init__(self):
-        self._tables: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-        self._making: dict[int, threading.Lock] = {}
-
-    def get(self, index: int, make) -> np.ndarray:
-        with self._lock:
-            table = self._tables.get(index)
-            if table is not None:
-                return table
-            making = self._making.setdefault(index, threading.Lock())
-        with making:
-            with self._lock:
-                table = self._tables.get(index)
-            if table is None:
-                table = make()
-                with self._lock:
-                    self._tables[index] = table
-                    for old in sorted(self._tables)[:-self.KEEP]:
-                        del self._tables[old]
-                    self._making.pop(index, None)
-            return table
 
 
 def _config(section) -> dict:
@@ -278,7 +244,6 @@ class _Plan:
     base_layers: list = field(default_factory=list)      # each one's paired base layer, or None
     codecs: list = field(default_factory=list)           # per layer, a codec per chunk
     chunks: list = field(default_factory=list)           # per layer, its ChunkSpecs
-    base_tables: "_TableCache" = field(default_factory=lambda: _TableCache())
 
 
 def _plan(source: container.PatchSource, base: Net | None, history: Net | None,

@@ -1,6 +1,7 @@
 """Which base layer each target layer is coded against, and what both sides derive from it."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,38 @@ def infer_shape(path: str, count: int, counts: dict[str, int], dims=()) -> tuple
     return (count,)
 
 
+class TableCache:
+    """Per-layer tables (``LayerContext.base_table``), each made once for all the
+    layer's chunks (by whichever thread asks first) and dropped when a few later
+    layers have one: chunks are coded in layer order, so only the layers in flight
+    hold one. Keys sort in layer order."""
+
+    KEEP = 8
+
+    def __init__(self):
+        self._tables: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._making: dict[tuple, threading.Lock] = {}
+
+    def get(self, index: tuple, make) -> np.ndarray:
+        with self._lock:
+            table = self._tables.get(index)
+            if table is not None:
+                return table
+            making = self._making.setdefault(index, threading.Lock())
+        with making:
+            with self._lock:
+                table = self._tables.get(index)
+            if table is None:
+                table = make()
+                with self._lock:
+                    self._tables[index] = table
+                    for old in sorted(self._tables)[:-self.KEEP]:
+                        del self._tables[old]
+                    self._making.pop(index, None)
+            return table
+
+
 @dataclass
 class LayerContext:
     """Everything both sides derive from the base, history and skeleton alike."""
@@ -57,6 +90,18 @@ class LayerContext:
     counts: dict[str, int] = field(default_factory=dict)
     tolerance: float = 0.0
     chunk_size: int = 0          # PatchHeader.chunk_size: 0 never splits a layer
+    tables: TableCache = field(default_factory=TableCache, compare=False, repr=False)
+
+    def base_table(self, layer: Layer, base_layer: Layer | None) -> np.ndarray | None:
+        """The predicted code of every base code (``res.linear16_base_table``) of a large
+        LINEAR16 layer coded against a LINEAR16 base layer, made once for all its chunks;
+        None where the per-weight float steps are used."""
+        if base_layer is None or layer.encoding != enc.LINEAR16 or base_layer.encoding != enc.LINEAR16 \
+                or layer.count < res.TABLED_REBUILD_MIN:
+            return None
+        target = res.LayerTarget(layer.encoding, layer.count, layer.min_bits, layer.max_bits)
+        return self.tables.get((base_layer.index, layer.min_bits, layer.max_bits),
+                               lambda: res.linear16_base_table(base_layer.min_bits, base_layer.max_bits, target))
 
     def base_layer(self, layer: Layer, lp) -> Layer | None:
         if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
