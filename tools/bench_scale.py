@@ -7,7 +7,7 @@ behind throttling proxies of its own (token bucket, 100 Mbit/s and 1 Gbit/s),
 then measures, one child process per row (wall, CPU and peak RSS from wait4),
 each row beside its acceptance target (``TARGETS``) and whether it holds:
 
-* at 100 Mbit/s, a client holding net N fetches net N+1 with ``--prefer
+* at 100 Mbit/s, a client holding nets N-1 and N fetches net N+1 with ``--prefer
   time`` (the default; it takes a patch route there) in at most half the time
   a client with nothing takes for the full download, both through the same
   proxy in the same run; ``--prefer bytes`` (the fewest bytes: cm-tier
@@ -71,7 +71,9 @@ CLIENT = [PY, "-m", "lc0weights.cli"]
 SERVER = [PY, "-m", "service.cli"]
 TOLERANCE = "2^-14"
 BT4_WEIGHTS = 186e6
-RATES_FILE = ".lc0weights-rates.json"   # lc0weights.client.link_rate.RATES_NAME
+# What a client's cache keeps between fetches: lc0weights.client.link_rate.RATES_NAME and
+# lc0weights.client.cache.MEMO_NAME (the ids of held nets already identified).
+STATE_FILES = (".lc0weights-rates.json", ".held-ids.json")
 
 # The acceptance targets, on 2 cores, for a BT4-size net.
 TARGETS = {
@@ -227,30 +229,37 @@ class Bench:
                  f"{base / 1e6:.0f} MB)",
                  f"<= {limit:g}x raw", self.judge((whole if self.full_scale else above) <= limit, m), counted)
 
-    def fetch(self, url: str, trust: str, label: str, have: Path | None = None, prefer: str | None = None,
+    def fetch(self, url: str, trust: str, label: str, have=(), prefer: str | None = None,
               rates_from: Path | None = None):
-        """One fetch into a fresh cache (seeded with the link and machine rates of ``rates_from``),
-        checked to leave the verified net as .pb.gz; returns the measurement, the JSON result and
-        the cache's rates file."""
+        """One fetch into a fresh cache, checked to leave the verified net as .pb.gz; returns the
+        measurement, the JSON result and a folder with the cache's state files. ``rates_from`` (such
+        a folder) seeds the cache with what a client's earlier fetches left: the link and machine
+        rates, and the ids of the held nets it already identified (a client that follows a run
+        does not hash its held net again on every fetch)."""
         cache = self.work / "caches" / label
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
-        if rates_from and rates_from.exists():
-            shutil.copyfile(rates_from, cache / RATES_FILE)
+        for name in STATE_FILES:
+            if rates_from and (rates_from / name).exists():
+                shutil.copyfile(rates_from / name, cache / name)
         argv = CLIENT + ["-q", "fetch", url, "--cache", cache, "--trust", trust, "--json"]
-        argv += ["--have", have] if have else []
+        for held in have:
+            argv += ["--have", held]
         argv += ["--prefer", prefer] if prefer else []
         m = self.run(argv, f"fetch {label}")
         result = json.loads(m.stdout)
         check_fetched(Path(result["path"]), result["net_id"], self.target_id)
-        rates = self.work / "caches" / f"{label}.rates.json"
-        if (cache / RATES_FILE).exists():
-            shutil.copyfile(cache / RATES_FILE, rates)
+        state = self.work / "caches" / f"{label}.state"
+        state.mkdir(exist_ok=True)
+        for name in STATE_FILES:
+            if (cache / name).exists():
+                shutil.copyfile(cache / name, state / name)
         shutil.rmtree(cache, ignore_errors=True)
-        return m, result, rates
+        return m, result, state
 
     def fetch_rows(self, info: dict, port: int, trust: str) -> None:
-        gz, held = info["gz"], info["paths"][-2]
+        # A client following the run holds the last two nets (N and N-1: the history patch's second base).
+        gz, held = info["gz"], info["paths"][-3:-1]
         self.target_id = info["ids"][-1]
         for mbit in self.args.rates:
             rate = mbit * 1e6 / 8
@@ -262,7 +271,7 @@ class Bench:
                 patch, r, rates = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
                                              rates_from=rates)
                 ratio = self.judged_wall(patch) / self.judged_wall(full)
-                self.row(f"fetch net N+1 holding net N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
+                self.row(f"fetch net N+1 holding nets N-1 and N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
                          f"{patch.wall:.2f} s ({self.wall(patch):.2f} s after start-up) = {ratio:.2f}x full; "
                          f"{r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
                          f"(route {r['route']}), {patch.cpu:.1f} s CPU")
@@ -274,7 +283,7 @@ class Bench:
                 ratio = self.judged_wall(chosen) / self.judged_wall(full)
                 limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"],
                          TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
-                self.row(f"fetch net N+1 holding net N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
+                self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
                          f"{chosen.wall:.2f} s ({self.wall(chosen):.2f} s after start-up) = {ratio:.2f}x full; "
                          f"chose {'the full net' if r['patches'] == 0 else 'the patch route'} "
                          f"(route {r['route']}), {r['bytes_downloaded'] / 1e6:,.1f} MB, {chosen.cpu:.1f} s CPU",
@@ -389,9 +398,10 @@ def render(bench: Bench, infos: dict, command: str, minutes: float, machine: str
               f"published with `--tolerance {TOLERANCE}` ({steady}after the setup in "
               f"tools/scale_publish.py), signed and served by `lc0weights-server serve` on loopback behind a "
               f"token-bucket proxy per rate ({', '.join(f'{r:g}' for r in a.rates)} Mbit/s). A client with "
-              f"nothing fetches the last net; one holding net N ({info['paths'][-2].name}) fetches net N+1, "
-              f"its cache seeded with the link and machine rates its earlier fetches on that link measured "
-              f"(for `--prefer time`); each fetched net is checked to be the verified .pb.gz. Targets: TARGETS "
+              f"nothing fetches the last net; one holding nets N-1 and N ({info['paths'][-3].name}, "
+              f"{info['paths'][-2].name}, as a client following the run does) fetches net N+1, its cache "
+              f"seeded with what its earlier fetches on that link left (the measured link and machine rates, "
+              f"the ids of its held nets); each fetched net is checked to be the verified .pb.gz. Targets: TARGETS "
               f"in tools/bench_scale.py, for 2 cores and a BT4-size net. {held} of {len(counted)} targets "
               "hold (rows marked \"reported\" are shown against a target but not counted; \"too small to judge\": "
               "at this scale the command's own work was within its start-up's noise)."), ""]

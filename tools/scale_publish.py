@@ -4,10 +4,12 @@ For net ``seq`` service/publish.py codes these candidates (service/patch_policy.
 a lossless patch from ``seq - d`` for each d of SKIPS (1, 4, 16); the
 predecessor's patch again with the net before it as history (from seq 2);
 with a tolerance, the next link of the lossy chain, and that link coded with
-the base 1, 2 or 4 links back (HISTORY_GAPS) as history. Each candidate is
-one job of the publisher's worker pool, and a job checks its own patch by
-rebuilding it. So the set stops growing at seq = max(SKIPS) = 16, the 17th
-net (the lossy part at seq 5: four links behind it).
+the base 1, 2 or 4 links back (HISTORY_GAPS) as history. A net of lc0's size
+(FAST_TIER_MIN_WEIGHTS and more) has them in the fast coding tier, plus the
+predecessor's history patch in the cm tier, and one history gap for the lossy
+link. Each candidate is one job of the publisher's worker pool, and a job
+checks its own patch by rebuilding it. So the set stops growing at seq =
+max(SKIPS) = 16, the 17th net (the lossy part at seq 5: four links behind it).
 
 The setup publishes only what the last net's candidates read, through
 service.publish with ``skips=()`` and no history: the nets themselves (the
@@ -25,12 +27,20 @@ import json
 import sys
 from pathlib import Path
 
+from service.patch_policy import FAST_TIER_MIN_WEIGHTS
 from service.publish import HISTORY_GAPS, SKIPS
 
 PY = sys.executable
 STEADY_COUNT = max(SKIPS) + 1           # nets in a run whose last one has the full candidate set
-STEADY_CANDIDATES = {"lossless": len(SKIPS), "lossless with history": 1, "lossy": 1,
-                     "lossy with history": len(HISTORY_GAPS)}
+
+
+def steady_candidates(weights: int) -> dict:
+    """The candidates of a net in steady state, by kind (see the module docstring)."""
+    if weights < FAST_TIER_MIN_WEIGHTS:
+        return {"lossless": len(SKIPS), "lossless with history": 1, "lossy": 1,
+                "lossy with history": len(HISTORY_GAPS)}
+    return {"lossless, fast tier": len(SKIPS), "lossless with history, fast tier": 1,
+            "lossless with history": 1, "lossy, fast tier": 1, "lossy with history, fast tier": 1}
 
 SETUP = """
 import datetime, logging, sys
@@ -56,7 +66,7 @@ def recorded(run_jobs):
         done = run_jobs(jobs, *args, **kw)
         for job, result in zip(jobs, done):
             calls.append({"kind": "encode", "lossy": job.tolerance is not None,
-                          "history": job.history is not None, "cpu": result.cpu_seconds})
+                          "history": job.history is not None, "tier": job.tier, "cpu": result.cpu_seconds})
         return done
     return wrapper
 publisher.run_jobs = recorded(publisher.run_jobs)
@@ -79,11 +89,12 @@ def profiled_argv(timings: Path, server_args) -> list:
 
 
 def candidate_name(call: dict) -> str:
-    return ("lossy" if call["lossy"] else "lossless") + (" with history" if call["history"] else "")
+    return (("lossy" if call["lossy"] else "lossless") + (" with history" if call["history"] else "")
+            + (", fast tier" if call.get("tier") == "fast" else ""))
 
 
-def candidate_counts(calls: list[dict]) -> dict:
-    counts = dict.fromkeys(STEADY_CANDIDATES, 0)
+def candidate_counts(calls: list[dict], steady: dict) -> dict:
+    counts = dict.fromkeys(steady, 0)
     for call in calls:
         counts[candidate_name(call)] = counts.get(candidate_name(call), 0) + 1
     return counts
@@ -97,17 +108,18 @@ def longest_chain(calls: list[dict]) -> float:
 def profile_lines(calls: list[dict], wall: float, cpu: float, startup_cpu: float, weights: int,
                   bt4_weights: float) -> list[str]:
     """The section's lines on the candidates: what was coded, what each cost, what 16 cores would take."""
-    counts = candidate_counts(calls)
+    expected = steady_candidates(weights)
+    counts = candidate_counts(calls, expected)
     per_kind = {}
     for call in calls:
         per_kind.setdefault(candidate_name(call), []).append(call["cpu"])
-    steady = all(counts.get(k, 0) >= n for k, n in STEADY_CANDIDATES.items())
+    steady = all(counts.get(k, 0) >= n for k, n in expected.items())
     lines = [(f"Candidates coded by this publish (steady state: "
-              f"{'; '.join(f'{n} {k}' for k, n in STEADY_CANDIDATES.items())}); CPU each:"), ""]
+              f"{'; '.join(f'{n} {k}' for k, n in expected.items())}); CPU each:"), ""]
     for kind, cpus in per_kind.items():
         lines.append(f"- {kind}: {len(cpus)} x, {', '.join(f'{c:.2f}' for c in cpus)} s CPU")
     if not steady:
-        missing = {k: n - counts.get(k, 0) for k, n in STEADY_CANDIDATES.items() if counts.get(k, 0) < n}
+        missing = {k: n - counts.get(k, 0) for k, n in expected.items() if counts.get(k, 0) < n}
         lines.append(f"- NOT steady state: the steady state adds {'; '.join(f'{n} {k}' for k, n in missing.items())} "
                      f"(run at least --count {STEADY_COUNT})")
     in_candidates = sum(c["cpu"] for c in calls)
