@@ -197,13 +197,18 @@ def decode_values(values, words, n_words, plain, n_plain, table_of, freq, cum, s
             e = (s + 2) >> 1
             mag = (np.int64(2) | (s & 1)) << (e - 2)
         if e > 0:
-            neg, state = _take(plain, n_plain, state, 1)
-            k = e - 2
-            while k > 0:
-                take = k if k < 24 else 24
-                bits, state = _take(plain, n_plain, state, take)
-                k -= take
-                mag |= bits << k
+            if e <= 25:                 # the sign and the low bits in one read: the same bits
+                bits, state = _take(plain, n_plain, state, e - 1 if e > 1 else 1)
+                neg = bits & 1
+                mag |= bits >> 1
+            else:
+                neg, state = _take(plain, n_plain, state, 1)
+                k = e - 2
+                while k > 0:
+                    take = k if k < 24 else 24
+                    bits, state = _take(plain, n_plain, state, take)
+                    k -= take
+                    mag |= bits << k
             values[i] = -mag if neg else mag
         else:
             values[i] = 0
