@@ -14,22 +14,23 @@ With ``workers=1`` the jobs run in this process, one after another.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import mmap
 import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lc0weights import encodings as enc
+from lc0weights import gzipio
 from lc0weights.console import counting_bar
 from lc0weights.errors import NetFormatError, VerificationError
 from lc0weights.net import GZIP_MAGIC, MAGIC, Layer, Net
 from lc0weights.patching.decode import apply_patch_to_file
+from lc0weights.patching.limits import MAX_RESULT_SIZE
 from lc0weights.patching.encode import PatchTooLarge, make_patch
 from lc0weights.patching.measure import max_error
 from lc0weights.wire import find_layers, read_magic
@@ -95,12 +96,20 @@ class Scratch:
             with open(source, "rb") as f:
                 gzipped = f.read(2) == GZIP_MAGIC
                 f.seek(0)
-                reader = gzip.GzipFile(fileobj=f) if gzipped else f
+                # ISA-L when installed (gzipio): this is the publisher's serial part, once per base.
+                inflater = gzipio.Inflater(MAX_RESULT_SIZE) if gzipped else None
                 digest = hashlib.sha256()
-                with open(path, "wb") as out:           # scratch: wiped at every publish, never fsynced
-                    for block in iter(lambda: reader.read(1 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
+                try:
+                    with open(path, "wb") as out:       # scratch: wiped at every publish, never fsynced
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            for piece in (inflater.feed(block) if inflater else (block,)):
+                                digest.update(piece)
+                                out.write(piece)
+                    if inflater is not None:
+                        inflater.finish()
+                except (ValueError, gzipio.TooLarge, *gzipio.GzipError) as e:
+                    os.unlink(path)
+                    raise VerificationError(f"{source}: {e}; the repository is damaged") from None
                 if digest.hexdigest() != net_id:
                     os.unlink(path)
                     raise VerificationError(f"{source}: holds net {digest.hexdigest()[:16]}..., "
@@ -165,11 +174,13 @@ def run_jobs(jobs: list[Job], workers: int | None = None) -> list[Encoded]:
     threads = max(1, cores // processes)
     jobs = [_with_threads(job, threads) for job in jobs]
     if processes == 1:
-        return list(counting_bar(map(encode_job, jobs), len(jobs), "encoding", unit="patch"))
+        return list(counting_bar(map(encode_job, map(_ready, jobs)), len(jobs), "encoding", unit="patch"))
     dearest_first = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)
     pool = _pool(processes)
     try:
-        futures = {i: pool.submit(encode_job, jobs[i]) for i in dearest_first}
+        # Each job goes as soon as the files it names are read: the first ones run while the
+        # publisher still reads the others.
+        futures = {i: pool.submit(encode_job, _ready(jobs[i])) for i in dearest_first}
         # The bar counts patches as they finish; results still come back in the jobs' order.
         for _ in counting_bar(as_completed(futures.values()), len(jobs), "encoding", unit="patch"):
             pass
@@ -201,3 +212,20 @@ def _close_pool() -> None:
 
 def _with_threads(job: Job, threads: int) -> Job:
     return Job(**{**job.__dict__, "threads": threads})
+
+
+def _ready(job: Job) -> Job:
+    """``job`` with each of its files that is still being read (a Future of its path) read."""
+    read = {name: getattr(job, name).result() for name in ("target", "base", "history")
+            if isinstance(getattr(job, name), Future)}
+    return replace(job, **read) if read else job
+
+
+def start_workers(workers: int | None, jobs: int) -> None:
+    """Start the worker processes :func:`run_jobs` will use for ``jobs`` jobs, without waiting:
+    their start-up (imports, compiled kernels) then overlaps the publisher's reading."""
+    processes = max(1, min(workers or default_workers(), jobs))
+    if processes > 1:
+        pool = _pool(processes)
+        for _ in range(processes):
+            pool.submit(os.getpid)

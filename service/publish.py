@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from lc0weights.net import GZIP_MAGIC, Net, gzip_bytes
 from lc0weights.patching.encode import TIERS
 from lc0weights.wire import iter_fields
 
-from .encode_pool import Encoded, Job, MappedNet, Scratch, run_jobs
+from .encode_pool import Encoded, Job, MappedNet, Scratch, run_jobs, start_workers
 from .patch_policy import (FAST_TIER_MIN_WEIGHTS, HISTORY_GAPS, MAX_POWER_SKIP, SKIPS, candidate_tiers,
                            keep_on_routes, lossy_history_gaps, patch_distances, uses_fast_tier)
 from .repository import Repository, utc_text_now
@@ -137,18 +139,20 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
         patches = []
         if seq > horizon:
             scratch = Scratch(repo.state_dir)
+            fast = uses_fast_tier(sum(layer.count for layer in net.layers if layer.codable),
+                                  fast_tier_min_weights)
+            plan = _Plan(repo, scratch, seq, horizon, entry, codec, fast)
             try:
-                target = scratch.raw_net(net.id, repo.object_file(entry.path))
-                fast = uses_fast_tier(sum(layer.count for layer in net.layers if layer.codable),
-                                      fast_tier_min_weights)
+                plan.target = plan.read(net.id, repo.object_file(entry.path))
                 del net                       # from here on the raw file's map stands for it
-                plan = _Plan(repo, scratch, seq, horizon, target, entry, codec, fast)
                 plan.add_lossless(skips, history)
                 if tolerance is not None:
                     plan.add_lossy(tolerance, history)
+                start_workers(workers, len(plan.jobs))
                 done = dict(zip((j.key for j in plan.jobs), run_jobs(plan.jobs, workers)))
                 patches = plan.choose(done)
             finally:
+                plan.stop_reading()
                 scratch.close()
 
         if seq > horizon and not any(p.base_seq == seq - 1 for p in patches):
@@ -167,10 +171,15 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
 class _Plan:
     """One net's candidate patches: the jobs to encode, then which results to publish."""
 
-    def __init__(self, repo: Repository, scratch: Scratch, seq: int, horizon: int, target: str,
+    def __init__(self, repo: Repository, scratch: Scratch, seq: int, horizon: int,
                  entry: NetEntry, codec: str | None, fast: bool = False):
         self.repo, self.scratch, self.seq, self.horizon = repo, scratch, seq, horizon
-        self.target, self.entry, self.codec = target, entry, codec
+        self.target: Future | None = None     # the new net's raw file, being read
+        self.entry, self.codec = entry, codec
+        # The raw files jobs map are read side by side (gunzip and hash release the GIL): the
+        # target and four or five bases of a BT4-size net are half a minute of work on one core.
+        self._readers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._reads: dict[str, Future] = {}
         self.fast = fast                      # fast-tier candidates (patch_policy.candidate_tiers)
         self.jobs: list[Job] = []
         self.bases: dict[str, tuple[str, int]] = {}      # job key -> (base id, base seq)
@@ -178,9 +187,19 @@ class _Plan:
         self.lossy: tuple | None = None       # (tolerance, chain links, lossy cache, link base id)
         self._keys: dict[str, str] = {}       # patch sha256 -> the job key whose scratch file holds it
 
-    def _net_file(self, seq: int) -> tuple[str, str]:
+    def read(self, net_id: str, source: Path) -> Future:
+        """The raw file of net ``net_id`` (read from ``source`` once, on a reader thread)."""
+        if net_id not in self._reads:
+            self._reads[net_id] = self._readers.submit(self.scratch.raw_net, net_id, source)
+        return self._reads[net_id]
+
+    def _net_file(self, seq: int) -> tuple[str, Future]:
         net_id = self.repo.net_at(seq)
-        return net_id, self.scratch.raw_net(net_id, self.repo.object_file(net_object_path(net_id)))
+        return net_id, self.read(net_id, self.repo.object_file(net_object_path(net_id)))
+
+    def stop_reading(self) -> None:
+        """Wait for reads in flight (the scratch folder is removed next); start no more."""
+        self._readers.shutdown(wait=True, cancel_futures=True)
 
     def _job(self, key: str, base: tuple[str, str], base_seq: int, tier: str = "cm", **options) -> None:
         self.jobs.append(Job(key, self.target, base[1], codec=self.codec, tier=tier, **options))
@@ -222,7 +241,7 @@ class _Plan:
             links = []
         if links:
             head = links[0].result
-            base = (head, self.scratch.raw_net(head, lossy_cache.file_for(head)))
+            base = (head, self.read(head, lossy_cache.file_for(head)))
         else:
             base = self._net_file(seq - 1)
         self.lossy = (tolerance, links, lossy_cache, base[0])
@@ -243,8 +262,9 @@ class _Plan:
         for source in (lossy_cache.file_for(net_id), self.repo.object_file(net_object_path(net_id))):
             if source.is_file():
                 try:
-                    return self.scratch.raw_net(net_id, source)
+                    return self.read(net_id, source).result()
                 except (OSError, EOFError, Lc0WeightsError):        # pruned or damaged since
+                    self._reads.pop(net_id, None)
                     continue
         return None
 

@@ -39,7 +39,7 @@ from .client_feed import KEEP_BASES, client_bases, client_state_dir, prune
 from .download import TransferPolicy, open_source
 from .engine import checked_id, checked_net
 from .link_rate import RateBook, link_name, timing
-from .receive import RebuiltNetFile, apply_while_downloading, fetch_full_net, rebuild_file_while_downloading
+from .receive import RebuiltNetFile, apply_while_downloading, fetch_full_net, held, rebuild_file_while_downloading
 from .route import PREFER, Route, TimeCosts, cheapest_route, route_costs
 from .staging import PARTIAL_MIN_AGE, TEMP_MIN_AGE, sweep_stale, work_folder
 
@@ -277,6 +277,21 @@ class _BadBase(Lc0WeightsError):
         self.net_id = net_id
 
 
+class _HeldNet:
+    """A held net read when first needed, once: a patch's download starts before its base is
+    read (gunzipped and checked), so the two overlap. A net missing or corrupt is _BadBase."""
+
+    def __init__(self, cache: NetCache, net_id: str):
+        self.cache, self.id, self._net = cache, net_id, None
+
+    def __call__(self) -> Net:
+        if self._net is None:
+            self._net = self.cache.load(self.id)
+            if self._net is None:
+                raise _BadBase(self.id)
+        return self._net
+
+
 class _StepFailed(Lc0WeightsError):
     """One object of a route failed; carries its path so the route search skips it."""
 
@@ -308,9 +323,7 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
     current, previous = None, None
     book = plan and plan.book
     if route.start is not None:
-        current = cache.load(route.start)
-        if current is None:
-            raise _BadBase(route.start)
+        current = _HeldNet(cache, route.start)    # read once its patch has started to download
     sweep_cache(cache.root)
     partial_dir = cache.root / PARTIAL_DIR
     partial_dir.mkdir(exist_ok=True)
@@ -328,9 +341,7 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
                 history = None
                 if step.history is not None:
                     history = previous if previous is not None and previous.id == step.history \
-                        else cache.load(step.history)
-                    if history is None:
-                        raise _BadBase(step.history)
+                        else _HeldNet(cache, step.history)
                 # The rebuilt net is the size of its target (a lossy one too): refuse
                 # a patch that declares more before anything is allocated for it.
                 entry = catalogue.net(step.target)
@@ -348,11 +359,12 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
                                                   max_size, book=book, link=plan and plan.link)
                     rebuilt = checked_net(raw, step.result, f"patch {step.path}")
                 where.unlink(missing_ok=True)
-                current, previous = rebuilt, current
+                current, previous = rebuilt, held(current)
             except Lc0WeightsError as e:
                 if isinstance(e, _BadBase):
                     raise
                 raise _StepFailed(step.path, e) from None
+        current = held(current)
         _keep_published(current, cache.root)
     return current
 

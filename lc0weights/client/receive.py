@@ -98,11 +98,11 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     CPU time spread over the cores it had, not its wall time: on a slow link
     the decoder waits for bytes, and that wait says nothing of how fast it is.
     """
-    def rebuild(open_patch):
+    def rebuild(base, history, open_patch):
         raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size, open_patch=open_patch)
         return raw, len(raw)
 
-    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild)
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild, base, history)
 
 
 class RebuiltNetFile:
@@ -147,7 +147,7 @@ def rebuild_file_while_downloading(source, step, where: Path, output: Path, part
     """
     gzip_cpu = [0.0]
 
-    def rebuild(open_patch):
+    def rebuild(base, history, open_patch):
         size = 0
         with closing(rebuilt_pieces(base, step.path, history, max_size=max_size, open_patch=open_patch)) \
                 as pieces, atomic_file(output) as f:
@@ -167,16 +167,24 @@ def rebuild_file_while_downloading(source, step, where: Path, output: Path, part
             gzip_cpu[0] += time.thread_time() - started
         return RebuiltNetFile(output, net_id, size), size
 
-    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild, gzip_cpu)
+    return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild, base, history,
+                              gzip_cpu)
 
 
-def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, link, rebuild,
+def held(net):
+    """A held net given either as it is or as a function that reads it (see :func:`_while_downloading`)."""
+    return net() if callable(net) else net
+
+
+def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, link, rebuild, base, history,
                        gzip_cpu=None):
-    """Run ``rebuild(open_patch)`` on patch ``step`` while a thread downloads it into ``where``;
-    ``rebuild`` returns (result, rebuilt raw size). The result is handed back
-    only once the download's checksums have been verified too, and only then
-    are the rates recorded. ``gzip_cpu[0]``, when given, is the CPU time
-    ``rebuild`` spent gzipping: the gzip rate's, not the rebuild's."""
+    """Run ``rebuild(base, history, open_patch)`` on patch ``step`` while a thread downloads it
+    into ``where``; ``rebuild`` returns (result, rebuilt raw size). ``base`` and ``history``
+    may be functions that read the held nets: they are called once the download has started,
+    so reading (gunzipping, hashing) them overlaps the patch's first bytes instead of coming
+    before them. The result is handed back only once the download's checksums have been
+    verified too, and only then are the rates recorded. ``gzip_cpu[0]``, when given, is the
+    CPU time ``rebuild`` spent gzipping: the gzip rate's, not the rebuild's."""
     policy = getattr(source, "policy", None)
     wait = 2 * policy.deadline_for(step.size) if policy is not None else 3600.0
     arrival = ArrivingPatch(step.size, step.path, wait + _WAIT_SLACK_SECONDS)
@@ -192,10 +200,11 @@ def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, 
             arrival.fail(e)
 
     thread = threading.Thread(target=download, name=f"download {step.path}", daemon=True)
-    cpu_started = time.process_time()
     thread.start()
     try:
-        result, size = rebuild(lambda _path: arrival.source())
+        base, history = held(base), held(history)       # read while the patch's first bytes arrive
+        cpu_started = time.process_time()
+        result, size = rebuild(base, history, lambda _path: arrival.source())
         arrival.wait_verified()
         if book is not None:
             gzipping = gzip_cpu[0] if gzip_cpu is not None else 0.0
