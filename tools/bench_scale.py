@@ -33,16 +33,14 @@ compiled kernels, measured on a tiny pair), which is what grows with the net.
 With ``--out docs/BENCHMARKS.md`` the "## At lc0's scale" section is written
 there (replaced if present), its first line the exact command.
 
-    python tools/bench_scale.py --quick                       # scale 0.02: 5 min idle, 10-15 min loaded
+    python tools/bench_scale.py --quick                       # scale 0.02: 2 min idle
     python tools/bench_scale.py --out docs/BENCHMARKS.md      # BT4 size, 17 + 2 nets: see below
 
 The default run is BT4 size with 17 nets, the fewest whose last one is
 published in steady state (``--count``; fewer is allowed and the section
-then says what the steady state adds). Scaled up from the --quick run's
-per-weight CPU (about 4,200 s of CPU beyond start-ups, half of it the two
-publishes), it should take about 45 min on 2 idle cores, hours on a loaded
-machine, and about 14 GB in its work folder (the nets, the repository's
-copies and patches, the publisher's lossy nets).
+then says what the steady state adds). It took 13-14 min on 2 idle cores
+(much longer on a loaded machine) and needs about 14 GB in its work folder
+(the nets, the repository's copies and patches, the publisher's lossy nets).
 """
 from __future__ import annotations
 
