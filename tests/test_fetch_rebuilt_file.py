@@ -61,6 +61,7 @@ def test_a_one_patch_route_stores_the_net_it_rebuilt_into_a_file(published_two, 
     assert again.patches == 1 and gz_out.read_bytes() == stored
 
 
+@pytest.mark.slow      # the one-step route above is the quick case
 def test_only_the_last_step_of_a_longer_route_is_rebuilt_into_a_file(tmp_path, monkeypatch):
     repo = Repository.create(tmp_path / "repo")
     publish(repo, run_paths()[:3], tolerance=TOLERANCE, codec=FAST_CODEC, skips=(1,))

@@ -243,6 +243,7 @@ def test_prune_keeps_both_tiers_between_kept_nets_and_drops_the_rest(tiered_repo
     assert check_repository(str(copy.root), POLICY).ok
 
 
+@pytest.mark.slow      # lossy_history_gaps is tested quickly above; this publishes a lossy chain
 def test_the_fast_tier_lossy_chain_tries_one_history_gap(tmp_path):
     # The codec is forced to cm2 in both tiers: what is tested is which gaps are tried. On these nets the cm tier's last link
     # predicts best from two links back (test_history_publishing); the fast tier tries only the

@@ -30,6 +30,7 @@ def contents(repo: Repository) -> tuple[dict, dict]:
     return objects, index
 
 
+@pytest.mark.slow      # the patches' own thread-count determinism is tests/test_patch_chunks.py's
 def test_parallel_publish_writes_what_a_sequential_one_does(tmp_path):
     paths = SWA[:4]
     repos = {}
