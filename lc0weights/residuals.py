@@ -137,12 +137,17 @@ def linear16_residuals(codes, base, target: LayerTarget, tolerance=None, predict
 
 
 def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escapes: int) -> np.ndarray:
+    return _linear16_rebuild(values, base, _prediction_mode(base, target), target, quant_width, escapes)
+
+
+def _linear16_rebuild(values, base, mode: int, target: LayerTarget, quant_width: int, escapes: int):
+    """The codes ``values`` rebuild from ``base`` as ``mode`` reads it (we.PREDICTED: the
+    base's predicted codes themselves, exact in float32)."""
     if not 1 <= quant_width <= MAX_QUANT_WIDTH:
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
     q, positions, exact = _split_escapes(values, target.count, escapes)
     # One pass, no int64 copy of the layer (weight_error); the same sums as p + q*w.
-    k, status = we.linear16_rebuild(q, positions, exact, base, target.bounds, _prediction_mode(base, target),
-                                    quant_width, target.count)
+    k, status = we.linear16_rebuild(q, positions, exact, base, target.bounds, mode, quant_width, target.count)
     if status:
         raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
                                else "escape positions out of range")
@@ -155,25 +160,19 @@ TABLED_REBUILD_MIN = 1 << 17
 
 
 def linear16_base_table(base_min_bits: int, base_max_bits: int, target: LayerTarget) -> np.ndarray:
-    """The prediction (int64) of every LINEAR16 base code, exactly as :func:`linear16_rebuild`
+    """The prediction (as float32) of every LINEAR16 base code, exactly as :func:`linear16_rebuild`
     computes it from the decoded base weight (decoding is per element)."""
     all_codes = np.arange(1 << 16, dtype=np.uint16)
     base = enc.decode(enc.LINEAR16, all_codes, base_min_bits, base_max_bits)
-    return we.prediction(base, target.bounds, _prediction_mode(base, target), len(all_codes))
+    # float32: codes 0..65535 are exact, and it is what the passes read (we.PREDICTED)
+    return we.prediction(base, target.bounds, _prediction_mode(base, target), len(all_codes)).astype(np.float32)
 
 
 def linear16_rebuild_from_codes(values, base_codes, table, target: LayerTarget, quant_width: int,
                                 escapes: int) -> np.ndarray:
     """:func:`linear16_rebuild` of a LINEAR16 base given by its codes and
     :func:`linear16_base_table`; the same codes, the same errors."""
-    if not 1 <= quant_width <= MAX_QUANT_WIDTH:
-        raise PatchFormatError(f"quantisation width {quant_width} out of range")
-    q, positions, exact = _split_escapes(values, target.count, escapes)
-    k, status = we.linear16_rebuild_tabled(q, positions, exact, base_codes, table, quant_width, target.count)
-    if status:
-        raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
-                               else "escape positions out of range")
-    return k
+    return _linear16_rebuild(values, table[base_codes], we.PREDICTED, target, quant_width, escapes)
 
 
 # -- floats: order-preserving integer images, or value steps of 2T ------------------

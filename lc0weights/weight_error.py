@@ -253,40 +253,12 @@ def _rebuild_pass(values, positions, exact, base, lo, hi, span, mode, w, out):
     return 0 if j == len(positions) else 2
 
 
-@njit(cache=True, nogil=True)
-def _tabled_rebuild_pass(values, positions, exact, base_codes, table, w, out):
-    """_rebuild_pass with the prediction of each base code looked up in ``table``."""
-    j = 0
-    for i in range(len(out)):
-        p = table[base_codes[i]]
-        if j < len(positions) and positions[j] == i:
-            k = p + exact[j]
-            j += 1
-        else:
-            k = p + values[i] * w
-        if k < 0 or k > 65535:
-            return 1
-        out[i] = k
-    return 0 if j == len(positions) else 2
-
-
-def linear16_rebuild_tabled(values, positions, exact, base_codes, table, width: int, count: int):
-    """:func:`linear16_rebuild` of a base given by its LINEAR16 codes: ``table[c]`` is the
-    prediction of base code ``c`` (all 65,536 of them), so a large layer pays the float
-    steps once per code, not once per weight. Same codes and status."""
-    out = np.empty(count, np.uint16)
-    status = _tabled_rebuild_pass(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(positions, np.int64),
-                                  np.ascontiguousarray(exact, np.int64), np.ascontiguousarray(base_codes, np.uint16),
-                                  table, width, out)
-    return out, int(status)
-
-
 def linear16_rebuild(values, positions, exact, base, bounds, mode: int, width: int, count: int):
     """(rebuilt uint16 codes, status): status as :func:`_rebuild_pass`, the codes valid if 0."""
     out = np.empty(count, np.uint16)
     lo, hi = bounds
     status = _rebuild_pass(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(positions, np.int64),
                        np.ascontiguousarray(exact, np.int64),
-                       np.ascontiguousarray(base, np.float32) if mode == 1 else np.zeros(1, np.float32),
+                       np.ascontiguousarray(base, np.float32) if mode in (1, PREDICTED) else np.zeros(1, np.float32),
                        lo, hi, hi - lo, mode, width, out)
     return out, int(status)

@@ -166,9 +166,9 @@ def test_patches_rebuild_the_same_through_the_base_code_tables(monkeypatch, tole
     patch = make_patch(base, target, tolerance, tier=tier, verify=False, chunk_size=1 << 14)
     floated = apply_patch(base, patch)
     calls = []
-    real = we.linear16_rebuild_tabled
+    real = res.linear16_rebuild_from_codes
     monkeypatch.setattr(res, "TABLED_REBUILD_MIN", 1)
-    monkeypatch.setattr(we, "linear16_rebuild_tabled", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(res, "linear16_rebuild_from_codes", lambda *a: calls.append(1) or real(*a))
     assert apply_patch(base, patch, workers=3) == floated
     assert len(calls) > 20
     # The encoder takes its predictions from the same tables: the same patch, byte for byte.

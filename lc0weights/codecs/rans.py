@@ -31,19 +31,10 @@ from ..errors import PatchFormatError
 from . import register
 from .base import Codec, LayerInfo
 from .context_model import MAX_MAGNITUDE
-from .temporal import UNSURE_SLOPE, _predict, _units, _usable, fit_slope
+from .temporal import UNSURE_SLOPE, _predict, _units, _usable, _varint, fit_slope
 
 MODE_PLAIN, MODE_PREDICTED = 0, 1
 MAX_SLOPE = 1 << 16
-
-
-def _varint(z: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((z & 0x7F) | (0x80 if z > 0x7F else 0))
-        z >>= 7
-        if not z:
-            return bytes(out)
 
 
 class _Reader:
