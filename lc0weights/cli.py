@@ -22,7 +22,7 @@ from .errors import Lc0WeightsError, NetFormatError, VerificationError, WrongBas
 from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
 from .net_stream import NetStream, file_pieces
-from .patch import apply_patch_to_file, make_patch, max_error, read_patch_info
+from .patch import apply_patch_to_file, make_patch, max_error, preload_decoders, read_patch_info
 from .patching import max_layer_error, rebuilt_pieces
 from .patching.encode import TIERS
 from .settings import parse_tolerance
@@ -59,11 +59,14 @@ def parse_codec(text: str) -> str:
     return text
 
 
-def _load_net(path: str | None, max_size: int | None = None) -> Net | None:
+def _load_net(path: str | None, max_size: int | None = None, spill_beside: str | None = None) -> Net | None:
+    """The net at ``path`` (None for no base); a large one kept in a file beside
+    ``spill_beside`` (the output) while it is patched, see ``Net.load``."""
     if path is None or path.lower() == NO_BASE:
         return None
     require_regular_path(path, "net")
-    return Net.load(path, max_size)
+    spill_dir = (Path(spill_beside).parent if spill_beside else None)
+    return Net.load(path, max_size, spill_dir=spill_dir)
 
 
 def _head(path: str, what: str) -> bytes:
@@ -239,7 +242,9 @@ def cmd_apply(args) -> int:
     _require_patch(args.patch)
     check_output(args.output, (args.base, args.patch, args.history), args.force)
     started = time.monotonic()
-    base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    preload_decoders()          # while the base is read
+    base = _load_net(args.base, args.max_size, args.output)
+    history = _load_net(args.history, args.max_size, args.output)
     _require_history(args.patch, history, args.history)
     log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
     try:

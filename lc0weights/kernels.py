@@ -646,3 +646,7 @@ def history_prediction(history, scale, slope, low, pred, rembits):
             if rem < 0:
                 bits |= np.int64(1) << 31
             rembits[i] = np.int32(bits - (np.int64(1) << 32) if bits >= (np.int64(1) << 31) else bits)
+
+
+# What a patch's decoding calls (lc0weights.kernel_preload loads them ahead of time).
+DECODING_KERNELS = (decode_layer, history_units, history_prediction)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ GZIP_MAGIC = gzipio.MAGIC
 DEFAULT_MAX_SIZE = 2 << 30
 # Nets written on a client (rebuilt, fetched) favour speed (see gzipio for the levels).
 GZIP_LEVEL = gzipio.FAST_LEVEL
+# A gzip net at least this large (raw) that is loaded with a spill folder is kept in a file there
+# and mapped, not held on the heap (see Net.load): below it, the file is not worth its writes.
+SPILL_MIN = 64 << 20
+_FAULT_AROUND = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,14 @@ class Net:
 
     ``raw`` holds the raw protobuf bytes, as ``bytes`` or (when loaded from a
     gzip file, or rebuilt by a patch) a ``bytearray`` that is never modified:
-    large nets are kept in one buffer, without a second copy.
+    large nets are kept in one buffer, without a second copy. A large net
+    loaded with a spill folder has a read-only ``mmap`` of an unnamed file
+    instead (:meth:`load`, :meth:`release`).
     """
 
     def __init__(self, raw: bytes, source: str = "<bytes>"):
-        # A bytearray is kept as it is (no copy of a large net); treat it as read-only.
-        self.raw = raw if isinstance(raw, (bytes, bytearray)) else bytes(raw)
+        # A bytearray or a map is kept as it is (no copy of a large net); treat it as read-only.
+        self.raw = raw if isinstance(raw, (bytes, bytearray, mmap.mmap)) else bytes(raw)
         self.source = source
         try:
             magic = read_magic(self.raw)
@@ -126,18 +133,29 @@ class Net:
         return cls(maybe_gunzip(data, source, max_size), source)
 
     @classmethod
-    def load(cls, path, max_size: int | None = None) -> "Net":
+    def load(cls, path, max_size: int | None = None, *, spill_dir=None) -> "Net":
         """A net from a ``.pb.gz`` or ``.pb`` file (gzip is detected, not guessed).
 
         ``max_size`` bounds the raw size as in :meth:`from_bytes` (say, the
-        size a repository index declares for the net).
+        size a repository index declares for the net). With ``spill_dir``, a
+        gzip net of :data:`SPILL_MIN` raw bytes or more is gunzipped (and
+        hashed) into an unnamed file in that folder and mapped read-only: a
+        patch rebuilt from it touches a few chunks of it at a time and lets
+        each go (:meth:`release`), so the base's pages stay in the page cache
+        instead of the process's memory. Pass a folder on the disk the output
+        goes to (a tmpfs would hold the bytes in memory after all).
         """
         path = Path(path)
         limit = _limit(max_size)
+        net_id = None
         try:
             with open(path, "rb") as f:
                 if f.read(2) == GZIP_MAGIC:
-                    raw = _gunzip_file(f, str(path), limit)
+                    size = _trailer_size(f, str(path), limit)
+                    if spill_dir is not None and size >= SPILL_MIN:
+                        raw, net_id = _gunzip_to_map(f, str(path), size, limit, Path(spill_dir))
+                    else:
+                        raw = _gunzip_file(f, str(path), size, limit)
                 else:
                     if os.fstat(f.fileno()).st_size > limit:
                         raise _too_large(str(path), limit)
@@ -149,7 +167,9 @@ class Net:
             raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
         if not raw:
             raise NetFormatError(f"{path}: empty file, not an lc0 net")
-        return cls(raw, str(path))
+        net = cls(raw, str(path))
+        net._id = net_id
+        return net
 
     # -- identity -----------------------------------------------------------
     @property
@@ -192,6 +212,17 @@ class Net:
     def values(self, layer: Layer) -> np.ndarray:
         """The layer's weights as float32, decoded as the engine decodes them."""
         return enc.decode(layer.encoding, self.codes(layer), layer.min_bits, layer.max_bits)
+
+    def release(self, start: int, end: int) -> None:
+        """Bytes ``start:end`` will not be read again soon: a mapped net (see :meth:`load`)
+        drops their pages from memory (read back from its file if they are after all);
+        a net on the heap keeps them."""
+        if isinstance(self.raw, mmap.mmap) and end > start:
+            # A page fault maps its cached neighbours too (Linux's fault-around, 64 KB), which
+            # may lie in bytes released before: the margin takes those back out.
+            start = max(0, start - _FAULT_AROUND)
+            start -= start % mmap.PAGESIZE
+            self.raw.madvise(mmap.MADV_DONTNEED, start, min(end + _FAULT_AROUND, len(self.raw)) - start)
 
     @property
     def weight_count(self) -> int:
@@ -267,18 +298,24 @@ class RawSink:
         except gzipio.GzipError as e:
             raise NetFormatError(f"{self.source}: corrupt gzip stream ({e})") from None
         for piece in pieces:
-            end = self.pos + len(piece)
-            if end > len(self.out):
-                self.out.extend(bytes(end - len(self.out)))
-            self.out[self.pos:end] = piece
-            self.pos = end
+            self._store(piece)
+            self.pos += len(piece)
 
-    def finish(self) -> bytearray:
-        """The raw bytes, once the stream ended on a whole member."""
+    def _store(self, piece) -> None:
+        end = self.pos + len(piece)
+        if end > len(self.out):
+            self.out.extend(bytes(end - len(self.out)))
+        self.out[self.pos:end] = piece
+
+    def _check_end(self) -> None:
         try:
             self._inflater.finish()
         except ValueError as e:
             raise NetFormatError(f"{self.source}: {e}") from None
+
+    def finish(self) -> bytearray:
+        """The raw bytes, once the stream ended on a whole member."""
+        self._check_end()
         del self.out[self.pos:]
         return self.out
 
@@ -287,20 +324,69 @@ class RawSink:
         return self._inflater.hexdigest()
 
 
-def _gunzip_file(f, source: str, limit: int) -> bytearray:
-    """Decompress a gzip file into one buffer sized from its trailer: no second copy."""
+class _FileSink(RawSink):
+    """A :class:`RawSink` that writes the raw bytes to the open file ``fd`` instead."""
+
+    def __init__(self, fd: int, limit: int, source: str):
+        super().__init__(0, limit, source, hash_raw=True)
+        self.fd = fd
+
+    def _store(self, piece) -> None:
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def finish(self) -> None:
+        self._check_end()
+
+
+def _trailer_size(f, source: str, limit: int) -> int:
+    """The raw size a gzip file's trailer declares, as a hint (it is the length mod 2^32),
+    capped so a corrupt file cannot make us allocate gigabytes up front (nets compress far
+    less than 16x); leaves ``f`` at its start."""
     stored = os.fstat(f.fileno()).st_size
     if stored < 18:
         raise NetFormatError(f"{source}: truncated gzip stream")
     f.seek(-4, os.SEEK_END)
-    # The trailer holds the length mod 2^32: a hint, capped so a corrupt file cannot
-    # make us allocate gigabytes up front (nets compress far less than 16x).
     size = min(int.from_bytes(f.read(4), "little"), 16 * stored, limit)
     f.seek(0)
-    sink = RawSink(size, limit, source, hash_raw=False)
+    return size
+
+
+def _feed_file(f, sink: RawSink) -> None:
     for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
         sink.feed(block)
+
+
+def _gunzip_file(f, source: str, size: int, limit: int) -> bytearray:
+    """Decompress a gzip file into one buffer sized from its trailer: no second copy."""
+    sink = RawSink(size, limit, source, hash_raw=False)
+    _feed_file(f, sink)
     return sink.finish()
+
+
+def _gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
+    """Decompress a gzip file into an unnamed file in ``folder``; (its read-only map, the
+    raw bytes' id). The file loses its name as soon as it is made, so nothing is left
+    behind whatever happens after that (and a crash before it is a temp file the cache
+    sweeps); its space is freed with the map."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})") from None
+    try:
+        os.unlink(name)
+        sink = _FileSink(fd, limit, source)
+        try:
+            _feed_file(f, sink)
+        except OSError as e:
+            raise NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})") from None
+        sink.finish()
+        if sink.pos == 0:
+            return b"", None
+        return mmap.mmap(fd, sink.pos, access=mmap.ACCESS_READ), sink.raw_id
+    finally:
+        os.close(fd)
 
 
 NET_HEAD = b"\x0d" + MAGIC.to_bytes(4, "little")     # field 1 (fixed32) = 0x1c0: how every net begins

@@ -219,3 +219,7 @@ def decode_values(values, words, n_words, plain, n_plain, table_of, freq, cum, s
     if w != n_words or pos != n_plain or acc != 0:
         return 2
     return 0
+
+
+# What a patch's decoding calls (lc0weights.kernel_preload loads them ahead of time).
+DECODING_KERNELS = (decode_values,)

@@ -262,3 +262,7 @@ def linear16_rebuild(values, positions, exact, base, bounds, mode: int, width: i
                        np.ascontiguousarray(base, np.float32) if mode in (1, PREDICTED) else np.zeros(1, np.float32),
                        lo, hi, hi - lo, mode, width, out)
     return out, int(status)
+
+
+# What rebuilding LINEAR16 layers calls (lc0weights.kernel_preload loads them ahead of time).
+REBUILD_KERNELS = (_prediction_pass, _rebuild_pass)

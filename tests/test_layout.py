@@ -18,6 +18,7 @@ LAYERS = [
                 "lc0weights.proto", "lc0weights.wire", "lc0weights.encodings", "lc0weights.net", "lc0weights.net_stream",
                 "lc0weights.synthetic", "lc0weights.gzipio", "lc0weights.files")),
     ("codec", ("lc0weights.residuals", "lc0weights.weight_error", "lc0weights.kernels", "lc0weights.rans_kernels",
+               "lc0weights.kernel_preload",
                "lc0weights.codecs")),
     ("patch", ("lc0weights.container", "lc0weights.patching", "lc0weights.patch")),
     ("repository format", ("lc0weights.repository",)),

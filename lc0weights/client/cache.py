@@ -213,7 +213,8 @@ class NetCache:
                 log.warning("ignoring cached %s: a symlink", path)
                 continue
             try:
-                net = Net.load(path)
+                # A large net is kept in a file here while it is patched (see Net.load).
+                net = Net.load(path, spill_dir=self.root if self.root.is_dir() else None)
             except Lc0WeightsError as e:
                 log.warning("ignoring cached %s: %s", path, e)
                 self._forget(key)

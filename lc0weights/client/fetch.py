@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import Lc0WeightsError
 from ..net import Net, atomic_file, write_net_file
+from ..patch import preload_decoders
 from ..repository.errors import NoRouteError
 from ..repository.index import Catalogue, NetEntry
 from ..repository.updater import Updater
@@ -322,6 +323,8 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
     """
     current, previous = None, None
     book = plan and plan.book
+    if any(not isinstance(step, NetEntry) for step in route.steps):
+        preload_decoders()          # while the held nets are read and the first bytes arrive
     if route.start is not None:
         current = _HeldNet(cache, route.start)    # read once its patch has started to download
     sweep_cache(cache.root)

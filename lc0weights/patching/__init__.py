@@ -12,15 +12,16 @@ large layer's elements coded as its own stream), in parallel across chunks
 ``measure`` gives the largest weight error of a lossy result.
 """
 from .chunks import CHUNK_SIZE
-from .decode import (PatchInfo, apply_patch, apply_patch_to_file, check_patch, read_patch_info, rebuilt_pieces,
-                     skeleton_layers)
+from .decode import (PatchInfo, apply_patch, apply_patch_to_file, check_patch, preload_decoders, read_patch_info,
+                     rebuilt_pieces, skeleton_layers)
 from .encode import DEFAULT_CODECS, HISTORY_CODECS, TIERS, make_patch
 from .layers import LayerContext, infer_shape, paired_layer
 from .limits import MAX_RESULT_SIZE, SKELETON_CAP, UNDECODABLE, WRITER
 from .measure import max_error, max_layer_error
 from .skeleton import decode_skeleton, encode_skeleton, skeleton_stream
 
-__all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "read_patch_info",
+__all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "preload_decoders",
+           "read_patch_info",
            "rebuilt_pieces", "skeleton_layers",
            "DEFAULT_CODECS", "HISTORY_CODECS", "TIERS", "make_patch", "LayerContext", "infer_shape", "paired_layer",
            "MAX_RESULT_SIZE", "SKELETON_CAP", "UNDECODABLE", "WRITER", "max_error", "max_layer_error",

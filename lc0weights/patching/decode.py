@@ -13,7 +13,9 @@ import numpy as np
 from .. import container
 from .. import encodings as enc
 from .. import gzipio
+from .. import kernels, rans_kernels, weight_error
 from .. import residuals as res
+from ..kernel_preload import preload
 from ..codecs import get_codec
 from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
                       VerificationError, WrongBaseError)
@@ -62,6 +64,12 @@ def _hostile_input():
     except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError, MemoryError,
             struct.error) as e:
         raise PatchFormatError(f"{UNDECODABLE} ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def preload_decoders():
+    """Start loading the decoding kernels from numba's cache on a helper thread (returned),
+    so a caller about to read a large base pays for them while it reads."""
+    return preload(kernels.DECODING_KERNELS + rans_kernels.DECODING_KERNELS + weight_error.REBUILD_KERNELS)
 
 
 def _check_patch_argument(patch) -> None:
@@ -163,6 +171,7 @@ def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chun
             else:
                 codes = res.float_step_rebuild(values, base_codes, target, plan.ctx.tolerance,
                                                chunk.escapes)
+        plan.ctx.release(base_layer, chunk.lo, chunk.hi)
         return codes.tobytes()
     except PatchFormatError as e:
         raise PatchFormatError(f"{where}: {e}") from None

@@ -103,6 +103,17 @@ class LayerContext:
         return self.tables.get((base_layer.index, layer.min_bits, layer.max_bits),
                                lambda: res.linear16_base_table(base_layer.min_bits, base_layer.max_bits, target))
 
+    def release(self, base_layer: Layer | None, lo: int, hi: int) -> None:
+        """Elements ``lo:hi`` of ``base_layer`` (and of its history layer) are done with:
+        a chunk is decoded once, so a mapped base or history lets their pages go."""
+        if base_layer is None or not base_layer.count:
+            return
+        size = base_layer.nbytes // base_layer.count
+        for net, paired in ((self.base, base_layer), (self.history, paired_layer(self.history, base_layer))):
+            if paired is not None:
+                start = paired.span.params_start
+                net.release(start + lo * size, start + hi * size)
+
     def base_layer(self, layer: Layer, lp) -> Layer | None:
         if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
             return None
