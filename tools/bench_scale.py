@@ -319,14 +319,14 @@ class Bench:
                 runs = self.fetch(proxy.url, trust, f"full-{mbit:g}", always=always)
                 full, r, rates = runs.median
                 self.row(f"full download, empty cache, {mbit:g} Mbit/s", full,
-                         f"{full.wall:.2f} s{runs.note()} ({self.wall(full):.2f} s after start-up; the .pb.gz "
+                         f"{full.wall:.2f} s ({spread(runs)}{self.wall(full):.2f} s after start-up; the .pb.gz "
                          f"alone {gz / rate:.2f} s on the link), {r['bytes_downloaded'] / 1e6:,.1f} MB", runs=runs.n)
                 runs = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
                                   rates_from=rates, always=always)
                 patch, r, rates = runs.median
                 ratio = self.judged_wall(patch) / self.judged_wall(full)
                 self.row(f"fetch net N+1 holding nets N-1 and N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
-                         f"{patch.wall:.2f} s{runs.note()} ({self.wall(patch):.2f} s after start-up) = "
+                         f"{patch.wall:.2f} s ({spread(runs)}{self.wall(patch):.2f} s after start-up) = "
                          f"{ratio:.2f}x full; {r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
                          f"(route {r['route']}), {patch.cpu:.1f} s CPU", runs=runs.n)
                 if mbit == self.args.rates[0]:
@@ -339,7 +339,7 @@ class Bench:
                 limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"],
                          TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
                 self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
-                         f"{chosen.wall:.2f} s{runs.note()} ({self.wall(chosen):.2f} s after start-up) = "
+                         f"{chosen.wall:.2f} s ({spread(runs)}{self.wall(chosen):.2f} s after start-up) = "
                          f"{ratio:.2f}x full; "
                          f"chose {'the full net' if r['patches'] == 0 else 'the patch route'} "
                          f"(route {r['route']}), {r['bytes_downloaded'] / 1e6:,.1f} MB, {chosen.cpu:.1f} s CPU",
@@ -412,10 +412,15 @@ class Bench:
                  f"{mw / self.cpu(one):.1f} M weights/CPU s{small}", runs=runs[1].n)
         limit, ratio = TARGETS["apply_2cores_vs_1"], self.judged_wall(two) / self.judged_wall(one)
         self.row(f"apply {label}, 2 cores (`taskset -c 0,1`)", two,
-                 f"{two.wall:.2f} s wall{runs[2].note()} ({two.cpu:.2f} s CPU) = {ratio:.2f}x 1 core; "
+                 f"{two.wall:.2f} s wall ({spread(runs[2])}{two.cpu:.2f} s CPU) = {ratio:.2f}x 1 core; "
                  f"after start-up {mw / self.wall(two):.1f} M weights/s{small}",
                  f"<= {limit:g}x 1 core wall", self.judge(ratio <= limit, one, two), runs=runs[2].n)
         self.rss_row(f"apply {label}", runs[2], info, "rss_apply")
+
+
+def spread(runs: harness.Runs) -> str:
+    """``median of 3: 4.30-4.62 s; `` to open a parenthesis after the median's figure; empty for one run."""
+    return f"{runs.spread_text()}; " if runs.n > 1 else ""
 
 
 def check_fetched(path: Path, net_id: str, target_id: str) -> None:

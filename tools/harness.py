@@ -153,12 +153,16 @@ class Runs:
         """The highest peak RSS of any run: a peak is a peak, not a median."""
         return max(self.measured(r).max_rss for r in self.results)
 
-    def note(self, unit: str = "s") -> str:
-        """`` (median of 3: 4.30-4.62 s)`` to follow the median's figure; empty for a single run."""
+    def spread_text(self, unit: str = "s") -> str:
+        """``median of 3: 4.30-4.62 s`` (the runs' lowest and highest ``key``); empty for a single run."""
         if self.n == 1:
             return ""
         low, high = self.spread
-        return f" (median of {self.n}: {low:.2f}-{high:.2f} {unit})"
+        return f"median of {self.n}: {low:.2f}-{high:.2f} {unit}"
+
+    def note(self, unit: str = "s") -> str:
+        """`` (median of 3: 4.30-4.62 s)`` to follow the median's figure; empty for a single run."""
+        return f" ({self.spread_text(unit)})" if self.n > 1 else ""
 
 
 def median_run(runner: Callable[[], Any], n: int, key: Callable[[Any], float], *, first=None,
