@@ -27,6 +27,24 @@ each row beside its acceptance target (``TARGETS``) and whether it holds:
 * peak RSS as a multiple of the raw net: apply at most 2x, diff and publish
   at most 4x (fetch and verify: reported against apply's 2x).
 
+Short measurements are repeated (``--repeats N``, default 3) and reported as
+their median run, because on 2 cores a 4-10 s command varies by about 0.8 s
+from run to run, enough to flip a verdict. The rule (``Bench.repeated``): a
+fetch, ``gzip -dc`` or apply whose first run took under 15 s wall, and every
+fetch at 1 Gbit/s (full, ``--prefer bytes``, ``--prefer time``: they set one
+another's ratios), is run N times, each fetch from a fresh cache seeded from
+the same state and each fetched net checked. The median is by the figure the
+row is judged on (wall; CPU for the client-CPU row and its ``gzip -dc``), its
+range shown beside it ("median of 3: 4.30-4.62 s"); ratios are of medians; a
+peak RSS row gives the highest peak of the runs. Publish (it changes the
+repository), diff and verify, and fetches and applies of 15 s or more (at BT4
+size: the 100 Mbit/s full and ``--prefer bytes`` fetches, ``apply`` of the cm
+tier), stay single runs. At BT4 size the repeats add about 3 min (from a run's
+row times: 1 Gbit/s fetches 4 + 24 + 5 s, 100 Mbit/s ``--prefer time`` 13 s,
+loopback fetch 5 s and ``gzip -dc`` 3 s, fast-tier applies 9 + 7 s, biglayer
+applies 10 + 6 s: 86 s a run, twice more, and the extra fetched nets' checks);
+``--repeats 1`` measures each row once.
+
 At ``--scale 1`` a row is judged on the whole command, as a user pays it; on
 smaller runs on what it costs beyond a command's fixed start-up (imports and
 compiled kernels, measured on a tiny pair), which is what grows with the net.
@@ -40,7 +58,8 @@ The default run is BT4 size with 17 nets, the fewest whose last one is
 published in steady state (``--count``; fewer is allowed and the section
 then says what the steady state adds). It took 13-14 min on 2 idle cores
 (much longer on a loaded machine) and needs about 14 GB in its work folder
-(the nets, the repository's copies and patches, the publisher's lossy nets).
+(the nets, the repository's copies and patches, the publisher's lossy nets);
+that was before the repeats, which add about 3 min (above).
 """
 from __future__ import annotations
 
@@ -86,6 +105,8 @@ TARGETS = {
     "rss_diff_publish": 4.0,
 }
 PATCH_RATE, TIME_RATE = 100.0, 1000.0   # Mbit/s the two fetch targets are set at
+# Which measurements are repeated (``--repeats``) and reported as their median run: see Bench.repeated.
+REPEAT_BELOW_S = 15.0
 
 
 @dataclass
@@ -96,6 +117,7 @@ class Row:
     target: str
     holds: bool | None
     counted: bool = True        # False: reported against a target, not one of the acceptance targets
+    runs: int | None = None     # runs of a repeatable measurement (Bench.repeated); None: never repeated
 
     def cells(self) -> list[str]:
         if self.holds is None:
@@ -135,9 +157,24 @@ class Bench:
         self.log(f"[bench_scale]   wall {m.wall:.2f} s, cpu {m.cpu:.2f} s, peak RSS {m.max_rss / 1e6:.0f} MB")
         return m
 
-    def row(self, what, m, measured, target="-", holds=None, counted=True) -> None:
+    def row(self, what, m, measured, target="-", holds=None, counted=True, runs: int | None = None) -> None:
         self.rows.append(Row(what, self.show(m) if isinstance(m, harness.Measured) else m,
-                             measured, target, holds, counted))
+                             measured, target, holds, counted, runs))
+
+    def repeated(self, runner, key, measured=lambda r: r, always: bool = False) -> harness.Runs:
+        """Run a fetch, `gzip -dc` or apply once, and again up to ``--repeats`` runs in all when it is short.
+
+        The one rule for what is repeated: a run is short if its first run took under REPEAT_BELOW_S
+        wall, or ``always`` (every fetch at TIME_RATE: its three rows set one another's ratios, and
+        its target compares seconds with seconds). On a 2-core machine single runs of 4-10 s commands
+        vary by about 0.8 s, enough to flip a verdict; 15 s and more vary by a few per cent. Publish
+        (it changes the repository), diff and verify are always single runs.
+        ``key`` is the figure the row is judged on (wall, or CPU for the CPU rows): the median run
+        by it is the row's, and its spread is shown.
+        """
+        first = runner()
+        short = always or measured(first).wall < REPEAT_BELOW_S
+        return harness.median_run(runner, self.args.repeats if short else 1, key, first=first, measured=measured)
 
     # -- nets and repository --------------------------------------------------------------
 
@@ -218,22 +255,38 @@ class Bench:
     def judged_wall(self, m: harness.Measured) -> float:
         return m.wall if self.full_scale else self.wall(m)
 
-    def rss_row(self, name: str, m: harness.Measured, info: dict, target: str, counted=True) -> None:
+    def rss_row(self, name: str, m: harness.Measured | harness.Runs, info: dict, target: str,
+                counted=True) -> None:
+        """Peak RSS of ``m`` against TARGETS[target]; of repeated runs the highest peak of any."""
+        runs = m if isinstance(m, harness.Runs) else None
+        m = runs.measured(runs.median) if runs else m
+        peak = runs.max_rss if runs else m.max_rss
         base = self.base(m).max_rss
-        whole, above = m.max_rss / info["raw"], (m.max_rss - base) / info["raw"]
+        whole, above = peak / info["raw"], (peak - base) / info["raw"]
         limit = TARGETS[target]
         self.row(f"peak RSS: {name}", m,
-                 f"{m.max_rss / 1e6:,.0f} MB = {whole:.2f}x raw ({above:.2f}x above start-up's "
-                 f"{base / 1e6:.0f} MB)",
+                 f"{peak / 1e6:,.0f} MB = {whole:.2f}x raw ({above:.2f}x above start-up's "
+                 f"{base / 1e6:.0f} MB){f', the highest of {runs.n} runs' if runs and runs.n > 1 else ''}",
                  f"<= {limit:g}x raw", self.judge((whole if self.full_scale else above) <= limit, m), counted)
 
     def fetch(self, url: str, trust: str, label: str, have=(), prefer: str | None = None,
-              rates_from: Path | None = None):
-        """One fetch into a fresh cache, checked to leave the verified net as .pb.gz; returns the
-        measurement, the JSON result and a folder with the cache's state files. ``rates_from`` (such
-        a folder) seeds the cache with what a client's earlier fetches left: the link and machine
-        rates, and the ids of the held nets it already identified (a client that follows a run
-        does not hash its held net again on every fetch)."""
+              rates_from: Path | None = None, key=lambda m: m.wall, always: bool = False) -> harness.Runs:
+        """A fetch, repeated if short (``repeated``: ``key`` and ``always``), each run into a fresh cache
+        seeded from the same ``rates_from`` and checked to leave the verified net as .pb.gz.
+
+        Returns the runs, each result (measurement, JSON result, a folder with the cache's state
+        files after it); the median's state folder is the one to seed later fetches from.
+        ``rates_from`` (such a folder) seeds the cache with what a client's earlier fetches left:
+        the link and machine rates, and the ids of the held nets it already identified (a client
+        that follows a run does not hash its held net again on every fetch)."""
+        done = []
+
+        def once():
+            done.append(None)
+            return self.fetch_once(url, trust, label, len(done), have, prefer, rates_from)
+        return self.repeated(once, lambda r: key(r[0]), measured=lambda r: r[0], always=always)
+
+    def fetch_once(self, url: str, trust: str, label: str, run: int, have, prefer, rates_from):
         cache = self.work / "caches" / label
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
@@ -244,10 +297,10 @@ class Bench:
         for held in have:
             argv += ["--have", held]
         argv += ["--prefer", prefer] if prefer else []
-        m = self.run(argv, f"fetch {label}")
+        m = self.run(argv, f"fetch {label}, run {run}")
         result = json.loads(m.stdout)
         check_fetched(Path(result["path"]), result["net_id"], self.target_id)
-        state = self.work / "caches" / f"{label}.state"
+        state = self.work / "caches" / f"{label}.{run}.state"
         state.mkdir(exist_ok=True)
         for name in STATE_FILES:
             if (cache / name).exists():
@@ -261,43 +314,53 @@ class Bench:
         self.target_id = info["ids"][-1]
         for mbit in self.args.rates:
             rate = mbit * 1e6 / 8
+            always = mbit == TIME_RATE
             with harness.ThrottledProxy(port, rate) as proxy:
-                full, r, rates = self.fetch(proxy.url, trust, f"full-{mbit:g}")
+                runs = self.fetch(proxy.url, trust, f"full-{mbit:g}", always=always)
+                full, r, rates = runs.median
                 self.row(f"full download, empty cache, {mbit:g} Mbit/s", full,
-                         f"{full.wall:.2f} s ({self.wall(full):.2f} s after start-up; the .pb.gz alone "
-                         f"{gz / rate:.2f} s on the link), {r['bytes_downloaded'] / 1e6:,.1f} MB")
-                patch, r, rates = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
-                                             rates_from=rates)
+                         f"{full.wall:.2f} s ({spread(runs)}{self.wall(full):.2f} s after start-up; the .pb.gz "
+                         f"alone {gz / rate:.2f} s on the link), {r['bytes_downloaded'] / 1e6:,.1f} MB", runs=runs.n)
+                runs = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
+                                  rates_from=rates, always=always)
+                patch, r, rates = runs.median
                 ratio = self.judged_wall(patch) / self.judged_wall(full)
                 self.row(f"fetch net N+1 holding nets N-1 and N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
-                         f"{patch.wall:.2f} s ({self.wall(patch):.2f} s after start-up) = {ratio:.2f}x full; "
-                         f"{r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
-                         f"(route {r['route']}), {patch.cpu:.1f} s CPU")
+                         f"{patch.wall:.2f} s ({spread(runs)}{self.wall(patch):.2f} s after start-up) = "
+                         f"{ratio:.2f}x full; {r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
+                         f"(route {r['route']}), {patch.cpu:.1f} s CPU", runs=runs.n)
                 if mbit == self.args.rates[0]:
-                    self.rss_row("fetch, patch route", patch, info, "rss_fetch_verify", counted=False)
+                    self.rss_row("fetch, patch route", runs, info, "rss_fetch_verify", counted=False)
                 # The client's default: the route costed by time, at the rates its earlier fetches measured.
-                chosen, r, _ = self.fetch(proxy.url, trust, f"time-{mbit:g}", have=held, prefer="time",
-                                          rates_from=rates)
+                runs = self.fetch(proxy.url, trust, f"time-{mbit:g}", have=held, prefer="time",
+                                  rates_from=rates, always=always)
+                chosen, r, _ = runs.median
                 ratio = self.judged_wall(chosen) / self.judged_wall(full)
                 limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"],
                          TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
                 self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
-                         f"{chosen.wall:.2f} s ({self.wall(chosen):.2f} s after start-up) = {ratio:.2f}x full; "
+                         f"{chosen.wall:.2f} s ({spread(runs)}{self.wall(chosen):.2f} s after start-up) = "
+                         f"{ratio:.2f}x full; "
                          f"chose {'the full net' if r['patches'] == 0 else 'the patch route'} "
                          f"(route {r['route']}), {r['bytes_downloaded'] / 1e6:,.1f} MB, {chosen.cpu:.1f} s CPU",
                          f"<= {limit:g}x full download" if limit else "-",
-                         self.judge(ratio <= limit, chosen, full) if limit else None)
+                         self.judge(ratio <= limit, chosen, full) if limit else None, runs=runs.n)
 
     def client_cpu_rows(self, info: dict, port: int, trust: str) -> None:
-        full, _, _ = self.fetch(f"http://127.0.0.1:{port}/", trust, "loopback")
-        gunzip = self.run(["gzip", "-dc", info["paths"][-1]], "gzip -dc", stdout_path=Path("/dev/null"))
+        cpu = lambda m: m.cpu  # the figure these two rows are judged on
+        fetches = self.fetch(f"http://127.0.0.1:{port}/", trust, "loopback", key=cpu)
+        full = fetches.median[0]
+        gunzips = self.repeated(lambda: self.run(["gzip", "-dc", info["paths"][-1]], "gzip -dc",
+                                                 stdout_path=Path("/dev/null")), cpu)
+        gunzip = gunzips.median
         limit = TARGETS["fetch_cpu_vs_gzip"]
         ratio = self.judged_cpu(full) / max(gunzip.cpu, 1e-3)
         self.row("client CPU of a full download, loopback", full,
-                 f"{full.cpu:.2f} s CPU, {self.cpu(full):.2f} s after start-up ({full.wall:.2f} s wall) vs "
-                 f"{gunzip.cpu:.2f} s for `gzip -dc` = {ratio:.2f}x",
-                 f"<= {limit:g}x gzip -dc", self.judge(ratio <= limit, full))
-        self.rss_row("fetch, full download", full, info, "rss_fetch_verify", counted=False)
+                 f"{full.cpu:.2f} s CPU{fetches.note('s CPU')}, {self.cpu(full):.2f} s after start-up "
+                 f"({full.wall:.2f} s wall) vs {gunzip.cpu:.2f} s{gunzips.note('s CPU')} for `gzip -dc` = "
+                 f"{ratio:.2f}x",
+                 f"<= {limit:g}x gzip -dc", self.judge(ratio <= limit, full), runs=min(fetches.n, gunzips.n))
+        self.rss_row("fetch, full download", fetches, info, "rss_fetch_verify", counted=False)
 
     def diff_rows(self, info: dict) -> tuple[Path, Path]:
         """diff in both tiers and lossy; returns the lossless patches (cm tier, fast tier)."""
@@ -332,23 +395,32 @@ class Bench:
 
     def apply_rows(self, info: dict, patch: Path, label: str) -> None:
         base, mw = info["paths"][-2], info["weights"] / 1e6
-        times = {}
+        runs = {}
         for cpus, workers in (("0", 1), ("0,1", 2)):
             out = self.work / f"applied-{label.replace(', ', '-').replace(' ', '-')}-{workers}.pb.gz"
-            times[workers] = self.run(CLIENT + ["-q", "apply", base, patch, "-o", out, "-f",
-                                                "--workers", workers], f"apply {label} x{workers}", cpus=cpus)
-            out.unlink()
-        one, two = times[1], times[2]
+
+            def once(cpus=cpus, workers=workers, out=out):
+                m = self.run(CLIENT + ["-q", "apply", base, patch, "-o", out, "-f", "--workers", workers],
+                             f"apply {label} x{workers}", cpus=cpus)
+                out.unlink()
+                return m
+            runs[workers] = self.repeated(once, lambda m: m.wall)
+        one, two = runs[1].median, runs[2].median
         small = "" if self.measurable(one, two) else " (within start-up's noise)"
         self.row(f"apply {label}, 1 core (`taskset -c 0`)", one,
-                 f"{one.wall:.2f} s wall, {one.cpu:.2f} s CPU; after start-up "
-                 f"{mw / self.cpu(one):.1f} M weights/CPU s{small}")
+                 f"{one.wall:.2f} s wall{runs[1].note()}, {one.cpu:.2f} s CPU; after start-up "
+                 f"{mw / self.cpu(one):.1f} M weights/CPU s{small}", runs=runs[1].n)
         limit, ratio = TARGETS["apply_2cores_vs_1"], self.judged_wall(two) / self.judged_wall(one)
         self.row(f"apply {label}, 2 cores (`taskset -c 0,1`)", two,
-                 f"{two.wall:.2f} s wall ({two.cpu:.2f} s CPU) = {ratio:.2f}x 1 core; after start-up "
-                 f"{mw / self.wall(two):.1f} M weights/s{small}",
-                 f"<= {limit:g}x 1 core wall", self.judge(ratio <= limit, one, two))
-        self.rss_row(f"apply {label}", two, info, "rss_apply")
+                 f"{two.wall:.2f} s wall ({spread(runs[2])}{two.cpu:.2f} s CPU) = {ratio:.2f}x 1 core; "
+                 f"after start-up {mw / self.wall(two):.1f} M weights/s{small}",
+                 f"<= {limit:g}x 1 core wall", self.judge(ratio <= limit, one, two), runs=runs[2].n)
+        self.rss_row(f"apply {label}", runs[2], info, "rss_apply")
+
+
+def spread(runs: harness.Runs) -> str:
+    """``median of 3: 4.30-4.62 s; `` to open a parenthesis after the median's figure; empty for one run."""
+    return f"{runs.spread_text()}; " if runs.n > 1 else ""
 
 
 def check_fetched(path: Path, net_id: str, target_id: str) -> None:
@@ -367,6 +439,23 @@ def net_line(label: str, info: dict) -> str:
             f"{info['largest_layer']:,}), {info['raw'] / 1e6:,.1f} MB raw, {info['gz'] / 1e6:,.1f} MB .pb.gz; "
             f"{info['count']} nets generated in {info['generate'].wall:.0f} s "
             f"({info['generate'].cpu:.0f} s CPU, peak RSS {info['generate'].max_rss / 1e6:,.0f} MB)")
+
+
+def repeats_text(bench: Bench) -> str:
+    """What the section says of single runs and medians (the rule: Bench.repeated)."""
+    n = bench.args.repeats
+    if n == 1:
+        return "Every row is one run of a child process (wall, CPU and peak RSS from wait4)."
+    single = [f"\"{r.what}\"" for r in bench.rows if r.runs == 1]
+    return (f"Every row is a child process (wall, CPU and peak RSS from wait4). The short ones are run {n} "
+            f"times and reported as their median run: each fetch, `gzip -dc` and apply whose first run took "
+            f"under {REPEAT_BELOW_S:g} s wall, and every fetch at {TIME_RATE:g} Mbit/s (the rows that set one "
+            f"another's ratios); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
+            f"net is checked. The median is by the figure the row is judged on (wall; CPU for the client-CPU row "
+            f"and its `gzip -dc`), shown as \"median of {n}: lowest-highest\"; ratios are of medians, and a peak "
+            f"RSS row gives the highest peak of the runs. Single runs: publish, the diffs and verify"
+            + (f", and (their first run {REPEAT_BELOW_S:g} s or more) " + ", ".join(single) if single else "")
+            + ".")
 
 
 def render(bench: Bench, infos: dict, command: str, minutes: float, machine: str) -> str:
@@ -388,7 +477,7 @@ def render(bench: Bench, infos: dict, command: str, minutes: float, machine: str
     judged = ("whole commands, as a user pays them" if bench.full_scale else
               "what each command costs after its start-up (this run is smaller than lc0's nets, so the "
               "fixed start-up would otherwise decide the verdicts)")
-    lines += ["", (f"Every row is one child process (wall, CPU and peak RSS from wait4). Where a row says "
+    lines += ["", (f"{repeats_text(bench)} Where a row says "
               f"\"after start-up\", a command's fixed cost is taken off: imports ({im.cpu:.2f} s CPU, "
               f"{im.max_rss / 1e6:.0f} MB) for a full download, imports and compiled kernels (`apply` of a "
               f"tiny pair: {st.cpu:.2f} s CPU, {st.max_rss / 1e6:.0f} MB) for the rest; its CPU time is taken "
@@ -426,6 +515,10 @@ def main(argv=None) -> int:
                         help=f"link rates of the proxies in Mbit/s (default {PATCH_RATE:g},{TIME_RATE:g}; "
                              "the fetch targets are set at those two)")
     parser.add_argument("--workers", type=int, default=2, help="--workers for diff and verify (default 2)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each short measurement, reported as the median run (default 3; 1: all "
+                             f"single runs); short: a fetch, apply or gzip -dc under {REPEAT_BELOW_S:g} s wall, "
+                             f"every fetch at {TIME_RATE:g} Mbit/s")
     parser.add_argument("--no-biglayer", action="store_true", help="skip the one-big-layer apply rows")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -435,8 +528,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick and "--scale" not in argv:
         args.scale = 0.02
-    if args.count < 3 or not 0 < args.scale <= 1:
-        parser.error("need --count >= 3 and 0 < --scale <= 1")
+    if args.count < 3 or not 0 < args.scale <= 1 or args.repeats < 1:
+        parser.error("need --count >= 3, 0 < --scale <= 1 and --repeats >= 1")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     started, machine = time.perf_counter(), harness.machine_line()

@@ -3,7 +3,9 @@
 Each bench file keeps only what it measures; what they all do lives here:
 
 - measuring: ``run`` (a child process: wall, its own CPU and peak RSS),
-  ``timed`` (a call in this process: its result and wall seconds);
+  ``timed`` (a call in this process: its result and wall seconds),
+  ``median_run`` (a measurement repeated, reported as its median run with
+  the spread: ``Runs``);
 - serving: ``ServerThread`` (an in-process HTTP server on a thread),
   ``ChildServer`` (a server as a child process), ``ThrottledProxy`` (a link
   of a given rate in front of either);
@@ -27,8 +29,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +122,64 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+@dataclass
+class Runs:
+    """One measurement run several times: every result in run order, judged by ``key`` (a result's figure,
+    e.g. its wall or CPU seconds); ``measured`` finds the ``Measured`` in a result."""
+
+    results: list
+    key: Callable[[Any], float]
+    measured: Callable[[Any], Measured]
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def median(self):
+        """The median run by ``key`` (an actual run, not an average; of an even count the lower middle one)."""
+        return sorted(self.results, key=self.key)[(self.n - 1) // 2]
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The smallest and largest ``key`` over the runs."""
+        figures = [self.key(r) for r in self.results]
+        return min(figures), max(figures)
+
+    @property
+    def max_rss(self) -> int:
+        """The highest peak RSS of any run: a peak is a peak, not a median."""
+        return max(self.measured(r).max_rss for r in self.results)
+
+    def spread_text(self, unit: str = "s") -> str:
+        """``median of 3: 4.30-4.62 s`` (the runs' lowest and highest ``key``); empty for a single run."""
+        if self.n == 1:
+            return ""
+        low, high = self.spread
+        return f"median of {self.n}: {low:.2f}-{high:.2f} {unit}"
+
+    def note(self, unit: str = "s") -> str:
+        """`` (median of 3: 4.30-4.62 s)`` to follow the median's figure; empty for a single run."""
+        return f" ({self.spread_text(unit)})" if self.n > 1 else ""
+
+
+def median_run(runner: Callable[[], Any], n: int, key: Callable[[Any], float], *, first=None,
+               measured: Callable[[Any], Measured] | None = None) -> Runs:
+    """Call ``runner()`` until there are ``n`` results (``first``, a result already in hand, counts as
+    the first of them) and return them as ``Runs``: its ``median`` by ``key``, ``spread`` and ``max_rss``.
+    A result is a ``Measured`` or holds one (``measured`` finds it).
+
+    Each call must start from the same state (the runner's job), so the runs differ only by the
+    machine's noise.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one run, not {n}")
+    results = [] if first is None else [first]
+    while len(results) < n:
+        results.append(runner())
+    return Runs(results, key, measured or (lambda r: r))
 
 
 def log(msg) -> None:
