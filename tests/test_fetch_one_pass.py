@@ -83,3 +83,28 @@ def test_the_receiver_holds_a_net_to_its_signed_size_and_id(repo):
     _feed(receiver, gz[:-10])
     with pytest.raises(IntegrityError, match="truncated"):
         receiver.net()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_net_wanted_as_its_file_is_checked_as_strictly(repo, keep):
+    """The last object of a route is checked as it arrives but not held (keep=False):
+    the same size and id checks refuse the same streams."""
+    entry = _entry(repo, 0)
+    gz = (repo.root / entry.path).read_bytes()
+    receiver = NetReceiver(entry, keep)
+    _feed(receiver, gz)
+    net = receiver.net()
+    assert (net.id == entry.id and len(net.raw) == entry.raw_size) if keep else net is None
+    raw = gzip.decompress(gz)
+    short = NetEntry(**{**entry.to_dict(), "raw_size": len(raw) + 1})
+    receiver = NetReceiver(short, keep)
+    _feed(receiver, gz)
+    with pytest.raises(IntegrityError, match="raw bytes, the index says"):
+        receiver.net()
+    other = NetEntry(**{**entry.to_dict(), "id": "0" * 64})
+    receiver = NetReceiver(other, keep)
+    _feed(receiver, gz)
+    with pytest.raises(IntegrityError, match="the index says 0000"):
+        receiver.net()
+    with pytest.raises(IntegrityError, match="larger than"):
+        _feed(NetReceiver(NetEntry(**{**entry.to_dict(), "raw_size": len(raw) - 1}), keep), gz)

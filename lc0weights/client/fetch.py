@@ -338,7 +338,9 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
                 if isinstance(step, NetEntry):
                     # Gunzipped and hashed as it arrives; the published gzip stays a file.
                     with timing(book, plan and plan.link) as transfer:   # rates: link bytes/s
-                        current, previous = fetch_full_net(source, step, where, partial_dir, desc), None
+                        last = i == len(route.steps) - 1       # wanted as its file: not held
+                        current, previous = fetch_full_net(source, step, where, partial_dir, desc,
+                                                           keep=not last), None
                         transfer.amount = step.size
                     continue
                 history = None

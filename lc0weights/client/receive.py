@@ -33,11 +33,23 @@ from .link_rate import rebuild_rate_name, timing
 _WAIT_SLACK_SECONDS = 30.0
 
 
-class NetReceiver:
-    """The tap that gunzips a published net as it is staged (see :class:`.staging.StagedFile`)."""
+class _CheckingSink(RawSink):
+    """Gunzips and hashes, keeping nothing: for a net that is wanted only as its file."""
 
-    def __init__(self, entry: NetEntry):
+    def _store(self, piece) -> None:
+        pass
+
+
+class NetReceiver:
+    """The tap that gunzips a published net as it is staged (see :class:`.staging.StagedFile`).
+
+    With ``keep`` false the raw bytes are checked (size, id) but not kept: the
+    net is wanted as the published file only (the last object of a route).
+    """
+
+    def __init__(self, entry: NetEntry, keep: bool = True):
         self.entry = entry
+        self.keep = keep
         self._sink: RawSink | None = None
 
     def reset(self, staged=None) -> None:
@@ -47,14 +59,16 @@ class NetReceiver:
         e = self.entry
         if self._sink is None:
             # The signed raw size both sizes the buffer and bounds a gzip bomb.
-            self._sink = RawSink(e.raw_size, e.raw_size, e.path)
+            self._sink = RawSink(e.raw_size, e.raw_size, e.path) if self.keep \
+                else _CheckingSink(0, e.raw_size, e.path)
         try:
             self._sink.feed(chunk)
         except NetFormatError as err:
             raise IntegrityError(str(err)) from None
 
     def net(self) -> Net:
-        """The verified net (call once the download returned): raw size and id checked."""
+        """The verified net (call once the download returned): raw size and id checked; its
+        raw bytes are empty unless ``keep``."""
         e = self.entry
         if self._sink is None:
             raise IntegrityError(f"{e.path}: empty object")
@@ -62,23 +76,29 @@ class NetReceiver:
             raw = self._sink.finish()
         except NetFormatError as err:
             raise IntegrityError(str(err)) from None
-        if len(raw) != e.raw_size:
-            raise IntegrityError(f"{e.path}: {len(raw)} raw bytes, the index says {e.raw_size}")
+        if self._sink.pos != e.raw_size:
+            raise IntegrityError(f"{e.path}: {self._sink.pos} raw bytes, the index says {e.raw_size}")
         if self._sink.raw_id != e.id:
             raise IntegrityError(f"{e.path}: the net has id {self._sink.raw_id[:16]}..., "
                                  f"the index says {e.id[:16]}...")
+        if not self.keep:
+            return None
         net = Net(raw, e.path)
         net._id = e.id                       # just hashed on the way in
         return net
 
 
-def fetch_full_net(source, entry: NetEntry, where: Path, partial_dir, desc: str) -> Net:
+def fetch_full_net(source, entry: NetEntry, where: Path, partial_dir, desc: str, keep: bool = True):
     """Download a published net into ``where`` and return it, verified, with
-    ``published_gz`` set to ``where`` (the object as published)."""
-    receiver = NetReceiver(entry)
+    ``published_gz`` set to ``where`` (the object as published). With ``keep``
+    false it is checked as it arrives but not held: a :class:`RebuiltNetFile`
+    of the published file (for the last object of a route)."""
+    receiver = NetReceiver(entry, keep)
     source.fetch_object(entry.path, where, entry.size, entry.sha256, desc=desc,
                         partial_dir=partial_dir, tap=receiver)
     net = receiver.net()
+    if not keep:
+        return RebuiltNetFile(where, entry.id, entry.raw_size)
     net.published_gz = Path(where)
     return net
 
