@@ -12,12 +12,14 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .container import MAGIC as PATCH_MAGIC
+from .container import open_patch
 from .errors import Lc0WeightsError, NetFormatError, VerificationError, WrongBaseError
 from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
@@ -242,16 +244,19 @@ def cmd_apply(args) -> int:
     _require_patch(args.patch)
     check_output(args.output, (args.base, args.patch, args.history), args.force)
     started = time.monotonic()
-    preload_decoders()          # while the base is read
-    base = _load_net(args.base, args.max_size, args.output)
-    history = _load_net(args.history, args.max_size, args.output)
-    _require_history(args.patch, history, args.history)
-    log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
-    try:
-        net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
-                                     progress=_byte_bar(args, "decoding"), max_size=args.max_size)
-    except WrongBaseError as e:
-        raise _wrong_base(args.base, e) from None
+    preload_decoders()          # while the base is read, as is the patch's checksum:
+    with ThreadPoolExecutor(1, thread_name_prefix="patch") as pool:
+        opened = pool.submit(open_patch, args.patch)
+        base = _load_net(args.base, args.max_size, args.output)
+        history = _load_net(args.history, args.max_size, args.output)
+        _require_history(args.patch, history, args.history)
+        log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
+        try:
+            net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
+                                         progress=_byte_bar(args, "decoding"), max_size=args.max_size,
+                                         open_patch=lambda _patch: opened.result())
+        except WrongBaseError as e:
+            raise _wrong_base(args.base, e) from None
     log.info("rebuilt, checked and wrote the net in %.2f s", time.monotonic() - started)
     _report(args, {"output": args.output, "net_id": net_id}, f"wrote {args.output}: net {net_id}")
     return 0

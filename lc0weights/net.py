@@ -326,58 +326,73 @@ class RawSink:
         return self._inflater.hexdigest()
 
 
-class _HashingThread:
-    """sha256 of the pieces handed to :meth:`update` (immutable, in order), on a thread of
-    its own: hashing a large net takes about as long as gunzipping it, and both let go of
-    the GIL, so on two cores the two take the time of one."""
+class _SpillWriter:
+    """Writes the pieces handed to :meth:`put` (immutable, in order) to the open file ``fd``
+    and hashes them, on a thread of its own: writing and hashing a large net take about as
+    long as gunzipping it, and all three let go of the GIL, so on two cores they overlap."""
 
-    def __init__(self):
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.error: OSError | None = None
         self._pieces: queue.Queue = queue.Queue(maxsize=16)
         self._sha256 = hashlib.sha256()
-        self._thread = threading.Thread(target=self._run, name="net hash", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="net spill", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (piece := self._pieces.get()) is not None:
+            if self.error is not None:
+                continue                      # drain: the reader stops at its next put
             self._sha256.update(piece)
+            view = memoryview(piece)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as e:
+                self.error = e
 
-    def update(self, piece: bytes) -> None:
+    def put(self, piece: bytes) -> None:
+        if self.error is not None:
+            raise self.error
         self._pieces.put(piece)
+
+    def close(self) -> None:
+        """Wait for every piece put; raise the write's error if one failed."""
+        if self._thread.is_alive():
+            self._pieces.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
 
     def hexdigest(self) -> str:
         self.close()
         return self._sha256.hexdigest()
 
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._pieces.put(None)
-            self._thread.join()
-
 
 class _FileSink(RawSink):
-    """A :class:`RawSink` that writes the raw bytes to the open file ``fd`` instead, hashing
-    them on a thread of its own (:attr:`raw_id`; :meth:`close` whatever happens)."""
+    """A :class:`RawSink` whose raw bytes go to the open file ``fd`` instead, written and
+    hashed on a thread of its own (:attr:`raw_id`; :meth:`close` whatever happens)."""
 
     def __init__(self, fd: int, limit: int, source: str):
         super().__init__(0, limit, source, hash_raw=False)
-        self.fd = fd
-        self._hash = _HashingThread()
+        self._writer = _SpillWriter(fd)
 
     def _store(self, piece) -> None:
-        self._hash.update(piece)
-        view = memoryview(piece)
-        while view:
-            view = view[os.write(self.fd, view):]
+        self._writer.put(piece)
 
     def finish(self) -> None:
         self._check_end()
+        self._writer.close()
 
     @property
     def raw_id(self) -> str:
-        return self._hash.hexdigest()
+        return self._writer.hexdigest()
 
     def close(self) -> None:
-        self._hash.close()
+        try:
+            self._writer.close()
+        except OSError:
+            pass                              # raised where it mattered (finish or put)
 
 
 def _trailer_size(f, source: str, limit: int) -> int:

@@ -112,3 +112,14 @@ def test_preloaded_kernels_come_from_the_cache(tmp_path, run_nets):
     for step in ("fill", "check"):
         done = subprocess.run([sys.executable, "-c", script, step], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_full_disk_is_a_clear_error(spill_everything, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(net_module.os, "write", full)
+    with pytest.raises(NetFormatError, match="cannot unpack into .*No space left"):
+        Net.load(run_paths()[0], spill_dir=tmp_path)
+    assert os.listdir(tmp_path) == []
