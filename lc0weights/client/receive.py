@@ -2,8 +2,11 @@
 
 A full net is gunzipped and its raw bytes hashed as the gzip arrives
 (:class:`NetReceiver`, a tap on the staged file), so verifying it reads
-nothing twice and holds one copy of the raw net; the published gzip stays a
-file, renamed into the cache. A patch is decoded while it arrives
+nothing twice and holds one copy of the raw net, or none when the net is the
+route's last object (wanted only as its file); the published gzip stays a
+file, renamed into the cache. Held nets a patch starts from are read from the
+cache into an unnamed file there and mapped (``Net.load``'s spill folder), so
+a rebuild holds a few chunks of its base and history, not the whole nets. A patch is decoded while it arrives
 (:func:`apply_while_downloading`): a thread downloads into the staged file and
 the decoder rebuilds each layer once its section is in; the last patch of a
 route rebuilds straight into a gzip file (:func:`rebuild_file_while_downloading`),

@@ -441,7 +441,8 @@ def apply_patch_to_file(base: Net | None, patch, output, history: Net | None = N
 
     The rebuilt bytes are streamed to a temp file and hashed on the way; the
     file replaces ``output`` only if they match the id the patch promises, so
-    memory holds the base and a few layers, never the output net. Returns the
+    memory holds the base (a few chunks of it when it is mapped: ``Net.load``'s
+    spill folder) and a few layers, never the output net. Returns the
     id of the written net. Checks and errors (and ``open_patch``) as
     :func:`apply_patch`.
     """
