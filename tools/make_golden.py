@@ -44,7 +44,7 @@ def tiny_run(encoding: str, count: int = 4, seed: int = 11, persistence: float =
               "residual.conv1.weights": 8 * 8 * 9, "residual.conv1.bn_betas": 8,
               "residual.se.w1": 8 * 4, "residual.se.b1": 4, "ip1_val_w": 32 * 16, "ip1_val_b": 16}
     values = {k: rng.normal(0, 0.2, n).astype(np.float32) for k, n in shapes.items()}
-    nets = []
+    nets, moves = [], {}
     for step in range(count):
         net = pb.Net(magic=0x1C0, license="golden test net")
         net.training_params.training_steps = 100 * step
@@ -65,8 +65,8 @@ def tiny_run(encoding: str, count: int = 4, seed: int = 11, persistence: float =
                 layer.params = enc.encode_float(code, v).tobytes()
         nets.append(Net(net.SerializeToString()))
         fresh = {k: rng.normal(0, 2e-3, len(v)).astype(np.float32) for k, v in values.items()}
-        steps = {k: persistence * steps[k] + fresh[k] for k in values} if step else fresh
-        values = {k: v + steps[k] for k, v in values.items()}
+        moves = {k: persistence * moves[k] + fresh[k] for k in values} if step else fresh
+        values = {k: v + moves[k] for k, v in values.items()}
     return nets
 
 
