@@ -97,7 +97,7 @@ class Scratch:
                 gzipped = f.read(2) == GZIP_MAGIC
                 f.seek(0)
                 # ISA-L when installed (gzipio): this is the publisher's serial part, once per base.
-                inflater = gzipio.Inflater(MAX_RESULT_SIZE) if gzipped else None
+                inflater = gzipio.Inflater(MAX_RESULT_SIZE, hash_raw=False) if gzipped else None
                 digest = hashlib.sha256()
                 try:
                     with open(path, "wb") as out:       # scratch: wiped at every publish, never fsynced
@@ -114,6 +114,15 @@ class Scratch:
                     os.unlink(path)
                     raise VerificationError(f"{source}: holds net {digest.hexdigest()[:16]}..., "
                                             f"not {net_id[:16]}...; the repository is damaged")
+        return str(path)
+
+    def put_raw_net(self, net_id: str, raw) -> str:
+        """The raw file of net ``net_id`` written from ``raw``, bytes already checked to be
+        that net (the net being published): not read back from its gzip again."""
+        path = self.root / f"{net_id}.raw"
+        if not path.exists():
+            with open(path, "wb") as out:
+                out.write(raw)
         return str(path)
 
     def close(self) -> None:

@@ -143,7 +143,7 @@ def _publish_loaded(repo: Repository, loaded: list, source, tolerance, codec, sk
                                   fast_tier_min_weights)
             plan = _Plan(repo, scratch, seq, horizon, entry, codec, fast)
             try:
-                plan.target = plan.read(net.id, repo.object_file(entry.path))
+                plan.target = plan.write(net)
                 del net                       # from here on the raw file's map stands for it
                 plan.add_lossless(skips, history)
                 if tolerance is not None:
@@ -186,6 +186,11 @@ class _Plan:
         self.tiers: dict[str, str] = {}                  # job key -> coding tier
         self.lossy: tuple | None = None       # (tolerance, chain links, lossy cache, link base id)
         self._keys: dict[str, str] = {}       # patch sha256 -> the job key whose scratch file holds it
+
+    def write(self, net: Net) -> Future:
+        """The raw file of the net being published, written from its bytes on a reader thread."""
+        self._reads[net.id] = self._readers.submit(self.scratch.put_raw_net, net.id, net.raw)
+        return self._reads[net.id]
 
     def read(self, net_id: str, source: Path) -> Future:
         """The raw file of net ``net_id`` (read from ``source`` once, on a reader thread)."""
