@@ -86,8 +86,9 @@ def test_the_cache_spills_held_nets_into_its_folder(spill_everything, tmp_path, 
     cache = tmp_path / "cache"
     copy_into_cache(run_paths()[1], cache, run_nets[1].id)
     before = sorted(os.listdir(cache))
-    held = NetCache(cache).load(run_nets[1].id)
+    held = NetCache(cache).load(run_nets[1].id, spill=True)
     assert isinstance(held.raw, mmap.mmap) and held.id == run_nets[1].id
+    assert not isinstance(NetCache(cache).load(run_nets[1].id).raw, mmap.mmap)   # a check, not a rebuild
     assert sorted(os.listdir(cache)) == before          # the spilled copy has no name there
 
 
@@ -123,3 +124,25 @@ def test_a_full_disk_is_a_clear_error(spill_everything, tmp_path, monkeypatch):
     with pytest.raises(NetFormatError, match="cannot unpack into .*No space left"):
         Net.load(run_paths()[0], spill_dir=tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_fetch_rebuilds_from_a_spilled_base(spill_everything, published_three, held_cache, run_nets,
+                                              monkeypatch):
+    """A client holding net 1 fetches net 2 through the patch: the held base is read into an
+    unnamed file in the cache folder, and the fetched net checks out."""
+    from lc0weights.client import TransferPolicy, fetch
+    from repo_fixtures import cache_files, leftovers, serving
+    spilled = []
+    load = Net.load
+
+    def watched(path, max_size=None, *, spill_dir=None):
+        net = load(path, max_size, spill_dir=spill_dir)
+        spilled.append((spill_dir, isinstance(net.raw, mmap.mmap)))
+        return net
+    monkeypatch.setattr(Net, "load", staticmethod(watched))
+    with serving(published_three.root) as srv:
+        result = fetch(srv.url, cache_dir=held_cache, policy=TransferPolicy(timeout=5.0, progress=False))
+    assert result.net_id == run_nets[2].id and result.patches == 1
+    assert (held_cache, True) in spilled
+    assert leftovers(held_cache) == []
+    assert cache_files(held_cache) == sorted(f"{n.id}.pb.gz" for n in run_nets[1:3])

@@ -205,16 +205,18 @@ class NetCache:
         for path in self.have:
             yield path, str(path.resolve())
 
-    def load(self, net_id: str) -> Net | None:
-        """The held net, verified against its id; None when no file holding it checks out."""
+    def load(self, net_id: str, spill: bool = False) -> Net | None:
+        """The held net, verified against its id; None when no file holding it checks out.
+
+        ``spill``: a large net is kept in an unnamed file in the cache folder and mapped
+        (see ``Net.load``), for a net a patch is about to be rebuilt from."""
         places = self._where.get(net_id) or [(self.file_for(net_id), None)]
         for path, key in places:
             if key is None and path.parent == self.root and path.is_symlink():
                 log.warning("ignoring cached %s: a symlink", path)
                 continue
             try:
-                # A large net is kept in a file here while it is patched (see Net.load).
-                net = Net.load(path, spill_dir=self.root if self.root.is_dir() else None)
+                net = Net.load(path, spill_dir=self.root if spill and self.root.is_dir() else None)
             except Lc0WeightsError as e:
                 log.warning("ignoring cached %s: %s", path, e)
                 self._forget(key)

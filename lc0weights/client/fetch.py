@@ -287,7 +287,7 @@ class _HeldNet:
 
     def __call__(self) -> Net:
         if self._net is None:
-            self._net = self.cache.load(self.id)
+            self._net = self.cache.load(self.id, spill=True)
             if self._net is None:
                 raise _BadBase(self.id)
         return self._net
