@@ -252,21 +252,29 @@ def test_json_from_diff_apply_and_verify_agree(pair, tmp_path):
 
 # -- item 11: wording ----------------------------------------------------------------------
 
-def test_tolerances_that_keep_the_base_or_change_nothing_are_warned_about(pair, tmp_path):
+@pytest.fixture(scope="module")
+def lossy_diff(pair, tmp_path_factory):
+    """``diff --tolerance 2^-10`` of the pair: the finished command and the patch it wrote."""
+    base, target, _, _ = pair
+    lossy = tmp_path_factory.mktemp("lossy") / "lossy"
+    return cli("diff", base, target, "-o", lossy, "--tolerance", "2^-10"), lossy
+
+
+def test_tolerances_that_keep_the_base_or_change_nothing_are_warned_about(pair, lossy_diff, tmp_path):
     base, target, _, _ = pair
     wide = cli("diff", base, target, "-o", tmp_path / "wide", "--tolerance", "100")
     assert wide.returncode == 0 and "warning: tolerance 100 is at least every weight's change" in wide.stderr
     tiny = cli("diff", base, target, "-o", tmp_path / "tiny", "--tolerance", "1e-99")
     assert tiny.returncode == 0 and "warning: tolerance 1e-99" in tiny.stderr
     assert "effectively lossless" in tiny.stderr
-    usual = cli("diff", base, target, "-o", tmp_path / "usual", "--tolerance", "2^-10")
+    usual, _ = lossy_diff
     assert usual.returncode == 0 and "warning" not in usual.stderr
 
 
-def test_inspect_patch_names_the_tolerance_once_and_heads_its_layer_table(pair, tmp_path):
+def test_inspect_patch_names_the_tolerance_once_and_heads_its_layer_table(pair, lossy_diff):
     base, target, _, _ = pair
-    lossy = tmp_path / "lossy"
-    assert cli("diff", base, target, "-o", lossy, "--tolerance", "2^-10").returncode == 0
+    made, lossy = lossy_diff
+    assert made.returncode == 0, made.stderr
     done = cli("inspect", lossy)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -26,7 +26,9 @@ def nets(run_nets):
 
 
 def patch_path(repo, base, target):
-    p = repo.read_index().patch(base.id, target.id)
+    """The patch a client holding only ``base`` takes to ``target``: the smallest without history."""
+    plain = [p for p in repo.read_index().patches_between(base.id, target.id) if p.history is None]
+    p = min(plain, key=lambda p: p.size)
     return "/" + p.path, p
 
 
