@@ -67,6 +67,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -153,6 +154,9 @@ class Bench:
 
     def run(self, argv, what: str = "", **kw) -> harness.Measured:
         self.log(f"[bench_scale] {what or ''} {harness.shell_line(argv)[:300]}")
+        # What earlier rows wrote (nets, caches, gigabytes of them) goes to disk first, untimed:
+        # otherwise its writeback lands in whichever row comes next and slows that row's fsync.
+        os.sync()
         m = harness.run(argv, **kw).check()
         self.log(f"[bench_scale]   wall {m.wall:.2f} s, cpu {m.cpu:.2f} s, peak RSS {m.max_rss / 1e6:.0f} MB")
         return m
@@ -445,9 +449,11 @@ def repeats_text(bench: Bench) -> str:
     """What the section says of single runs and medians (the rule: Bench.repeated)."""
     n = bench.args.repeats
     if n == 1:
-        return "Every row is one run of a child process (wall, CPU and peak RSS from wait4)."
+        return ("Every row is one run of a child process (wall, CPU and peak RSS from wait4), started after "
+                "a `sync` so no earlier row's writes are flushed during it.")
     single = [f"\"{r.what}\"" for r in bench.rows if r.runs == 1]
-    return (f"Every row is a child process (wall, CPU and peak RSS from wait4). The short ones are run {n} "
+    return (f"Every row is a child process (wall, CPU and peak RSS from wait4), started after a `sync` "
+            f"so no earlier row's writes are flushed during it. The short ones are run {n} "
             f"times and reported as their median run: each fetch, `gzip -dc` and apply whose first run took "
             f"under {REPEAT_BELOW_S:g} s wall, and every fetch at {TIME_RATE:g} Mbit/s (the rows that set one "
             f"another's ratios); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
