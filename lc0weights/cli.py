@@ -67,8 +67,7 @@ def _load_net(path: str | None, max_size: int | None = None, spill_beside: str |
     if path is None or path.lower() == NO_BASE:
         return None
     require_regular_path(path, "net")
-    spill_dir = (Path(spill_beside).parent if spill_beside else None)
-    return Net.load(path, max_size, spill_dir=spill_dir)
+    return Net.load(path, max_size, spill_dir=Path(spill_beside).parent if spill_beside else None)
 
 
 def _head(path: str, what: str) -> bytes:

@@ -425,10 +425,13 @@ def _gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
     raw bytes' id). The file loses its name as soon as it is made, so nothing is left
     behind whatever happens after that (and a crash before it is a temp file the cache
     sweeps); its space is freed with the map."""
+    def cannot_unpack(e: OSError) -> NetFormatError:
+        return NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})")
+
     try:
         fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})") from None
+        raise cannot_unpack(e) from None
     try:
         os.unlink(name)
         sink = _FileSink(fd, limit, source)
@@ -436,7 +439,7 @@ def _gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
             _feed_file(f, sink)
             sink.finish()
         except OSError as e:
-            raise NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})") from None
+            raise cannot_unpack(e) from None
         finally:
             sink.close()
         if sink.pos == 0:

@@ -6,13 +6,13 @@ nothing twice and holds one copy of the raw net, or none when the net is the
 route's last object (wanted only as its file); the published gzip stays a
 file, renamed into the cache. Held nets a patch starts from are read from the
 cache into an unnamed file there and mapped (``Net.load``'s spill folder), so
-a rebuild holds a few chunks of its base and history, not the whole nets. A patch is decoded while it arrives
-(:func:`apply_while_downloading`): a thread downloads into the staged file and
-the decoder rebuilds each layer once its section is in; the last patch of a
-route rebuilds straight into a gzip file (:func:`rebuild_file_while_downloading`),
-so the rebuilt net is never held beside its base. Either way the result
-is handed back only after the object's sha256 (from the signed record) and
-the net's id have been checked.
+a rebuild holds a few chunks of its base and history, not the whole nets. A
+patch is decoded while it arrives (:func:`apply_while_downloading`): a thread
+downloads into the staged file and the decoder rebuilds each layer once its
+section is in; the last patch of a route rebuilds straight into a gzip file
+(:func:`rebuild_file_while_downloading`), so the rebuilt net is never held
+beside its base. Either way the result is handed back only after the object's
+sha256 (from the signed record) and the net's id have been checked.
 """
 from __future__ import annotations
 

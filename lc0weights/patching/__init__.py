@@ -21,8 +21,7 @@ from .measure import max_error, max_layer_error
 from .skeleton import decode_skeleton, encode_skeleton, skeleton_stream
 
 __all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "preload_decoders",
-           "read_patch_info",
-           "rebuilt_pieces", "skeleton_layers",
+           "read_patch_info", "rebuilt_pieces", "skeleton_layers",
            "DEFAULT_CODECS", "HISTORY_CODECS", "TIERS", "make_patch", "LayerContext", "infer_shape", "paired_layer",
            "MAX_RESULT_SIZE", "SKELETON_CAP", "UNDECODABLE", "WRITER", "max_error", "max_layer_error",
            "decode_skeleton", "encode_skeleton", "skeleton_stream"]
