@@ -6,6 +6,7 @@ stderr here, in one place (exit 1 for failures, 2 for usage).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from .container import open_patch
 from .errors import Lc0WeightsError, NetFormatError, VerificationError, WrongBaseError
 from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
+from .net_arriving import ArrivingNet, SizeNotAsDeclared, load_arriving
 from .net_stream import NetStream, file_pieces
 from .patch import apply_patch_to_file, make_patch, max_error, preload_decoders, read_patch_info
 from .patching import max_layer_error, rebuilt_pieces
@@ -61,13 +63,18 @@ def parse_codec(text: str) -> str:
     return text
 
 
-def _load_net(path: str | None, max_size: int | None = None, spill_beside: str | None = None) -> Net | None:
+def _load_net(path: str | None, max_size: int | None = None, spill_beside: str | None = None,
+              arriving: bool = False) -> Net | ArrivingNet | None:
     """The net at ``path`` (None for no base); a large one kept in a file beside
-    ``spill_beside`` (the output) while it is patched, see ``Net.load``."""
+    ``spill_beside`` (the output) while it is patched, see ``Net.load``, and with
+    ``arriving`` read while it is used (``net_arriving.load_arriving``)."""
     if path is None or path.lower() == NO_BASE:
         return None
     require_regular_path(path, "net")
-    return Net.load(path, max_size, spill_dir=Path(spill_beside).parent if spill_beside else None)
+    spill_dir = Path(spill_beside).parent if spill_beside else None
+    if arriving and spill_dir is not None:
+        return load_arriving(path, max_size, spill_dir=spill_dir)
+    return Net.load(path, max_size, spill_dir=spill_dir)
 
 
 def _head(path: str, what: str) -> bytes:
@@ -246,14 +253,23 @@ def cmd_apply(args) -> int:
     preload_decoders()          # while the base is read, as is the patch's checksum:
     with ThreadPoolExecutor(1, thread_name_prefix="patch") as pool:
         opened = pool.submit(open_patch, args.patch)
-        base = _load_net(args.base, args.max_size, args.output)
+        # A large gzip base is gunzipped while its first layers are rebuilt (net_arriving).
+        base = _load_net(args.base, args.max_size, args.output, arriving=True)
         history = _load_net(args.history, args.max_size, args.output)
         _require_history(args.patch, history, args.history)
-        log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
+        if isinstance(base, ArrivingNet):
+            log.info("reading the base while the net is rebuilt from it (its id is checked at the end)")
+        else:
+            log.info("read the base %s in %.2f s", base.id[:16] if base else "none", time.monotonic() - started)
+        rebuild = functools.partial(apply_patch_to_file, patch=args.patch, output=args.output, history=history,
+                                    workers=args.workers, progress=_byte_bar(args, "decoding"),
+                                    max_size=args.max_size)
         try:
-            net_id = apply_patch_to_file(base, args.patch, args.output, history, workers=args.workers,
-                                         progress=_byte_bar(args, "decoding"), max_size=args.max_size,
-                                         open_patch=lambda _patch: opened.result())
+            try:
+                net_id = rebuild(base, open_patch=lambda _patch: opened.result())
+            except SizeNotAsDeclared as e:
+                log.info("%s; reading the base whole first", e)
+                net_id = rebuild(_load_net(args.base, args.max_size, args.output))
         except WrongBaseError as e:
             raise _wrong_base(args.base, e) from None
     log.info("rebuilt, checked and wrote the net in %.2f s", time.monotonic() - started)

@@ -196,6 +196,10 @@ class Net:
             return layer
         raise KeyError(path)
 
+    def layer_at(self, index: int) -> Layer | None:
+        """Layer ``index``, or None if there is no such layer."""
+        return self.layers[index] if 0 <= index < len(self.layers) else None
+
     def _by_path(self) -> dict[str, list[Layer]]:
         if self._paths is None:
             paths: dict[str, list[Layer]] = {}

@@ -111,16 +111,21 @@ class NetStream:
     Iterate :meth:`layers` to the end: it yields ``(layer, message)`` for every
     ``Weights.Layer``, where ``message`` holds the layer message's bytes and
     ``layer.span`` is located in them (so ``message[span.params_start:
-    span.params_end]`` is the payload). Only then are :attr:`size`,
+    span.params_end]`` is the payload). A caller that keeps the bytes itself
+    (written to a file it maps, say) passes ``locate(path, start, end)``,
+    which returns the layer's :class:`~lc0weights.wire.LayerSpan` from the
+    message at ``start:end`` of the whole net once those bytes have passed;
+    then ``message`` is None and no layer is copied. Only then are :attr:`size`,
     :attr:`id` (with ``hash_raw``) and the net's magic known and checked.
     Errors are :class:`NetFormatError` naming ``source``, worded as
     :class:`~lc0weights.net.Net` words them. The caller bounds the pieces'
     total (see :func:`file_pieces`).
     """
 
-    def __init__(self, pieces: Iterable, source: str, hash_raw: bool = True):
+    def __init__(self, pieces: Iterable, source: str, hash_raw: bool = True, locate=None):
         self.source = source
         self._reader = _Forward(pieces, hash_raw)
+        self._locate = locate
         self.size = None
         self._magic = None
         self._seen: dict[str, int] = {}
@@ -173,7 +178,11 @@ class NetStream:
                     continue
                 name, repeated, child = entry
                 name = _path(prefix, name, repeated, counters)
-                if child is None:
+                if child is None and self._locate is not None:
+                    start = r.pos
+                    r.skip(length)
+                    yield self._locate(self._unique(name), start, start + length), None
+                elif child is None:
                     message = r.read(length)
                     span = _parse_layer(message, self._unique(name), 0, length)
                     yield span, message

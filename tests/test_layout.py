@@ -15,7 +15,7 @@ PACKAGES = ("lc0weights", "service")
 # Lowest first; the first matching prefix decides a module's layer.
 LAYERS = [
     ("format", ("lc0weights.errors", "lc0weights.settings", "lc0weights.console",
-                "lc0weights.proto", "lc0weights.wire", "lc0weights.encodings", "lc0weights.net", "lc0weights.net_stream",
+                "lc0weights.proto", "lc0weights.wire", "lc0weights.encodings", "lc0weights.net", "lc0weights.net_stream", "lc0weights.net_arriving",
                 "lc0weights.synthetic", "lc0weights.gzipio", "lc0weights.files")),
     ("codec", ("lc0weights.residuals", "lc0weights.weight_error", "lc0weights.kernels", "lc0weights.rans_kernels",
                "lc0weights.kernel_preload",

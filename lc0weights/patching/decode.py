@@ -20,11 +20,13 @@ from ..codecs import get_codec
 from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
                       VerificationError, WrongBaseError)
 from ..net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net, atomic_file
+from ..net_arriving import ArrivingNet
 from ..proto import patch_pb2
 from ..wire import find_skeleton_layers
 from .chunks import chunk_sections, total_escapes
 from .layers import LayerContext, layer_values, value_count
-from .limits import INTRA_ALLOWANCE, INTRA_VALUES_PER_BYTE, MAX_CODEC_CONFIG, MAX_RESULT_SIZE, MAX_SKELETON_FIELDS, UNDECODABLE
+from .limits import (INTRA_ALLOWANCE, INTRA_VALUES_PER_BYTE, MAX_CODEC_CONFIG, MAX_RESULT_SIZE, MAX_SKELETON_FIELDS,
+                     SKELETON_CAP, UNDECODABLE)
 from .parallel import bounded_map, worker_count
 from .skeleton import decode_skeleton, skeleton_stream
 
@@ -131,8 +133,8 @@ def _check_header_fields(header) -> None:
             raise PatchFormatError(f"unknown residual kind {lp.residual}")
 
 
-def _check_ids(header, base: Net | None, history: Net | None):
-    if header.base_id:
+def _check_ids(header, base: Net | None, history: Net | None, base_arriving: bool = False):
+    if header.base_id and not base_arriving:      # an arriving base is checked once it has arrived
         if base is None:
             raise WrongBaseError(f"this patch needs base net {header.base_id.hex()}; none was given")
         if base.id != header.base_id.hex():
@@ -146,7 +148,7 @@ def _check_ids(header, base: Net | None, history: Net | None):
 def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chunk_index: int) -> bytes:
     """The rebuilt payload bytes of one chunk of layer ``index``: decoded from its own
     stream against its slice of the base, so the work and memory are the chunk's."""
-    layer, lp, base_layer = plan.layers[index], plan.header.layers[index], plan.base_layers[index]
+    layer, lp, base_layer = plan.layers[index], plan.header.layers[index], _base_layer(plan, index)
     chunk = plan.chunks[index][chunk_index]
     where = f"layer {layer.path}" + (f" chunk {chunk_index}" if len(plan.chunks[index]) > 1 else "")
     try:
@@ -180,7 +182,7 @@ def _decode_chunk(plan: "_Plan", source: container.PatchSource, index: int, chun
 def _linear16_rebuild(plan: "_Plan", index: int, chunk, values, info, target, lp) -> np.ndarray:
     """A LINEAR16 chunk's codes: through the layer's table of base-code predictions when
     the base layer is LINEAR16 and the layer large, else from the decoded base weights."""
-    base_layer = plan.base_layers[index]
+    base_layer = _base_layer(plan, index)
     width = lp.quant_width or 1
     table = plan.ctx.base_table(plan.layers[index], base_layer)
     if table is not None:
@@ -253,6 +255,26 @@ class _Plan:
     base_layers: list = field(default_factory=list)      # each one's paired base layer, or None
     codecs: list = field(default_factory=list)           # per layer, a codec per chunk
     chunks: list = field(default_factory=list)           # per layer, its ChunkSpecs
+    arriving: ArrivingNet | None = None                 # the base, still being read
+
+
+_PENDING = object()                 # a base layer not looked up yet (the base is arriving)
+
+
+def _base_layer(plan: _Plan, index: int) -> Layer | None:
+    """Layer ``index``'s base layer; from an arriving base, once it has arrived."""
+    found = plan.base_layers[index]
+    if found is _PENDING:
+        found = plan.ctx.base_layer(plan.layers[index], plan.header.layers[index])
+        plan.base_layers[index] = found
+    return found
+
+
+def _while_arriving(header, base) -> bool:
+    """Whether the rebuild can start before ``base`` has arrived in full: the skeleton
+    must be readable without the base's (see docs/FORMAT.md, "Skeleton")."""
+    return isinstance(base, ArrivingNet) and header.skeleton.codec == "brotli" \
+        and header.skeleton_size <= SKELETON_CAP
 
 
 def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
@@ -267,8 +289,11 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
     """
     header = source.header
     _check_header_fields(header)
+    arriving = base if header.base_id and _while_arriving(header, base) else None
+    if isinstance(base, ArrivingNet) and arriving is None and header.base_id:
+        base = base.complete()
     if complete:
-        _check_ids(header, base, history)
+        _check_ids(header, base, history, base_arriving=arriving is not None)
     if not header.base_id:
         base = None
     if not header.history_id:
@@ -287,7 +312,7 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
             return plan                    # the skeleton cannot be read without the base
         base_stream = None
     else:
-        base_stream = skeleton_stream(base) if base is not None else None
+        base_stream = skeleton_stream(base) if base is not None and arriving is None else None
     cuts, body = decode_skeleton(header.skeleton, source.section(0), header.skeleton_size,
                                  base_stream, len(header.layers))
     layers = [layer for layer in skeleton_layers(body, cuts) if layer.has_params]
@@ -304,29 +329,66 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
     plan.chunks = [plan.ctx.chunks(layer, lp) for layer, lp in zip(layers, header.layers)]
     if header.base_id and base is None:
         return plan
+    plan.arriving = arriving
     _check_layer_sizes(plan, base)
     return plan
 
 
+def _pairs_with_base(lp) -> bool:
+    return not (lp.intra or lp.residual == patch_pb2.RAW_BYTES)
+
+
 def _check_layer_sizes(plan: _Plan, base: Net | None) -> None:
-    """Delta layers are bounded by the base, intra layers by their stored bytes."""
-    delta_bytes, intra_values, intra_stored = 0, 0, 0
+    """Delta layers are bounded by the base, intra layers by their stored bytes. The
+    base layers of an arriving base are looked up as they arrive (:func:`_base_layer`)
+    and their total checked once it has (:func:`_check_arrived_base`)."""
+    intra_values, intra_stored = 0, 0
     for layer, lp in zip(plan.layers, plan.header.layers):
+        if plan.arriving is not None and _pairs_with_base(lp):
+            plan.base_layers.append(_PENDING)
+            continue
         base_layer = plan.ctx.base_layer(layer, lp)
         plan.base_layers.append(base_layer)
-        if base_layer is not None:
-            delta_bytes += base_layer.nbytes
-        else:
+        if base_layer is None:
             intra_values += value_count(layer, lp)
             intra_stored += lp.section.stored_size
-    if base is not None and delta_bytes > len(base.raw):
-        raise PatchFormatError("the patch pairs more bytes with base layers than the base has")
+    if plan.arriving is None:
+        _check_delta_bytes(plan, base)
     if intra_values > INTRA_ALLOWANCE + INTRA_VALUES_PER_BYTE * intra_stored:
         raise PatchFormatError(f"layers coded without a base declare {intra_values:,} values "
                                f"in {intra_stored:,} bytes, more than any codec packs")
 
 
+def _check_delta_bytes(plan: _Plan, base: Net | None) -> None:
+    delta_bytes = sum(base_layer.nbytes for base_layer in plan.base_layers if base_layer is not None)
+    if base is not None and delta_bytes > len(base.raw):
+        raise PatchFormatError("the patch pairs more bytes with base layers than the base has")
+
+
+def _check_arrived_base(plan: _Plan) -> None:
+    """An arriving base, once in: the net the patch names, and every layer paired as declared."""
+    base = plan.arriving.complete()
+    _check_ids(plan.header, base, plan.ctx.history)
+    for index in range(len(plan.layers)):
+        _base_layer(plan, index)
+    _check_delta_bytes(plan, base)
+
+
 def _rebuild(plan: _Plan, source: container.PatchSource, workers):
+    """The rebuilt net's pieces (:func:`_rebuild_pieces`); with an arriving base, a failure
+    is first put down to a wrong base if the base is not the one the patch names."""
+    if plan.arriving is None:
+        yield from _rebuild_pieces(plan, source, workers)
+        return
+    try:
+        yield from _rebuild_pieces(plan, source, workers)
+    except PatchFormatError:
+        _check_arrived_base(plan)
+        raise
+    _check_arrived_base(plan)
+
+
+def _rebuild_pieces(plan: _Plan, source: container.PatchSource, workers):
     """The rebuilt net's bytes as a sequence of pieces, in order: skeleton bytes and
     decoded chunks. Chunks (not layers) are spread over the threads, with bounded
     work in flight, so one large layer uses every core and a few chunks' memory."""

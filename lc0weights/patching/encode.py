@@ -236,7 +236,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None, *,
     if len(stream) > skeleton_limit(base_stream):
         raise PatchFormatError(f"the target's skeleton of {len(stream):,} bytes is larger than "
                                f"readers accept ({skeleton_limit(base_stream):,})")
-    skeleton_codec, skeleton_data = encode_skeleton(stream, base_stream)
+    skeleton_codec, skeleton_data = encode_skeleton(stream, base_stream, base.raw_size if base is not None else 0)
     header.skeleton.CopyFrom(patch_pb2.Section(codec=skeleton_codec, stored_size=len(skeleton_data)))
     header.skeleton_size = len(stream)
 

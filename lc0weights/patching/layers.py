@@ -118,9 +118,9 @@ class LayerContext:
         if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
             return None
         index = layer.index + lp.base_shift
-        if self.base is None or not 0 <= index < len(self.base.layers):
+        found = self.base.layer_at(index) if self.base is not None else None
+        if found is None:
             raise PatchFormatError(f"layer {layer.path}: base layer {index} does not exist")
-        found = self.base.layers[index]
         if not found.codable or found.encoding != layer.encoding or found.count != layer.count:
             raise PatchFormatError(f"layer {layer.path}: base layer {index} does not match")
         return found

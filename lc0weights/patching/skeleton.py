@@ -7,7 +7,7 @@ import numpy as np
 
 from ..codecs.varint_brotli import decompress_limited, leb128
 from ..errors import (NetFormatError, PatchFormatError)
-from ..net import Net
+from ..net import SPILL_MIN, Net
 from ..proto import patch_pb2
 from ..wire import read_varint
 from .limits import SKELETON_CAP
@@ -35,9 +35,18 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).tobytes()
 
 
-def encode_skeleton(stream: bytes, base_stream: bytes | None) -> tuple[str, bytes]:
+# A base at least this large (raw) is read while the rebuild starts (``net_arriving``): the
+# skeleton is then coded on its own, readable before the base has arrived, for a few hundred
+# bytes more on a patch of a hundred megabytes.
+STANDALONE_SKELETON_MIN = SPILL_MIN
+
+
+def encode_skeleton(stream: bytes, base_stream: bytes | None, base_size: int = 0) -> tuple[str, bytes]:
+    """(codec, bytes) of a skeleton stream: the smaller of brotli alone and brotli of its XOR
+    with the base's (same length only), except against a base of
+    :data:`STANDALONE_SKELETON_MIN` raw bytes or more, where it stands alone."""
     options = [("brotli", brotli.compress(stream, quality=11))]
-    if base_stream is not None and len(base_stream) == len(stream):
+    if base_stream is not None and len(base_stream) == len(stream) and base_size < STANDALONE_SKELETON_MIN:
         options.append(("brotli-xor-base", brotli.compress(_xor(stream, base_stream), quality=11)))
     return min(options, key=lambda o: len(o[1]))
 
