@@ -11,7 +11,6 @@ from .errors import (Lc0WeightsError, MissingHistoryError, NetFormatError,
                      PatchFormatError, UnknownCodecError, VerificationError,
                      WrongBaseError)
 from .net import Net
-from .patch import PatchInfo, apply_patch, make_patch, max_error, read_patch_info
 
 __version__ = "0.1.0"
 __all__ = [
@@ -21,3 +20,14 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_PATCH_NAMES = ("PatchInfo", "apply_patch", "make_patch", "max_error", "read_patch_info")
+
+
+def __getattr__(name: str):
+    # The patch functions load the numba kernels: imported on first use, so a command
+    # that reads a large net first (apply) starts reading it before they load.
+    if name in _PATCH_NAMES:
+        from . import patch
+        return getattr(patch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

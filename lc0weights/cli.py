@@ -26,9 +26,7 @@ from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
 from .net_arriving import ArrivingNet, SizeNotAsDeclared, load_arriving
 from .net_stream import NetStream, file_pieces
-from .patch import apply_patch_to_file, make_patch, max_error, preload_decoders, read_patch_info
-from .patching import max_layer_error, rebuilt_pieces
-from .patching.encode import TIERS
+from .tiers import TIERS
 from .settings import parse_tolerance
 from .console import NO_BASE, check_output
 from . import encodings as enc
@@ -108,6 +106,7 @@ def _require_history(patch_path: str, history: Net | None, history_path: str | N
     """A --history that is not the net the patch was made with is named as the wrong net."""
     if history is None:
         return
+    from .patch import read_patch_info
     wanted = read_patch_info(patch_path).history_id
     if wanted is None:
         raise Lc0WeightsError(f"{history_path}: --history given, but {patch_path} was made without one; "
@@ -126,6 +125,7 @@ def _wrong_base(base_path: str, e: WrongBaseError) -> Lc0WeightsError:
 def cmd_inspect(args) -> int:
     if _is_patch(args.file, "net or patch"):
         base = _load_net(args.base, args.max_size)
+        from .patch import read_patch_info
         try:
             info = read_patch_info(args.file, base, max_size=args.max_size)
         except WrongBaseError as e:
@@ -213,6 +213,7 @@ def _warn(args, text: str) -> None:
 
 def _change(base: Net, target: Net) -> float:
     """The largest change of any weight from base to target (infinite across layouts)."""
+    from .patch import max_error
     try:
         return max_error(base, target)
     except Lc0WeightsError:
@@ -226,6 +227,7 @@ def cmd_diff(args) -> int:
     history = _load_net(args.history)
     log.info("read the nets in %.2f s: target %s, %d layers, %s bytes raw; base %s", time.monotonic() - started,
              target.id[:16], len(target.layers), f"{len(target.raw):,}", base.id[:16] if base else "none")
+    from .patch import make_patch, read_patch_info
     patch = make_patch(base, target, args.tolerance, codec=args.codec, history=history,
                        workers=args.workers, progress=_layer_bar(args, "encoding"), tier=args.tier)
     log.info("encoded and verified the patch in %.2f s", time.monotonic() - started)
@@ -250,11 +252,13 @@ def cmd_apply(args) -> int:
     _require_patch(args.patch)
     check_output(args.output, (args.base, args.patch, args.history), args.force)
     started = time.monotonic()
-    preload_decoders()          # while the base is read, as is the patch's checksum:
+    # A large gzip base is gunzipped while its first layers are rebuilt (net_arriving), and
+    # from the start: the decoders (numba) load while it is read, as does the patch's checksum.
+    base = _load_net(args.base, args.max_size, args.output, arriving=True)
     with ThreadPoolExecutor(1, thread_name_prefix="patch") as pool:
         opened = pool.submit(open_patch, args.patch)
-        # A large gzip base is gunzipped while its first layers are rebuilt (net_arriving).
-        base = _load_net(args.base, args.max_size, args.output, arriving=True)
+        from .patch import apply_patch_to_file, preload_decoders
+        preload_decoders()
         history = _load_net(args.history, args.max_size, args.output)
         _require_history(args.patch, history, args.history)
         if isinstance(base, ArrivingNet):
@@ -282,6 +286,8 @@ def cmd_verify(args) -> int:
     _require_patch(args.patch, swapped_with=args.target, role="TARGET")
     base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
     _require_history(args.patch, history, args.history)
+    from .patch import read_patch_info
+    from .patching import rebuilt_pieces
     try:
         info = read_patch_info(args.patch, base, max_size=args.max_size)
     except WrongBaseError as e:
@@ -339,6 +345,7 @@ def _streamed_error(rebuilt: NetStream, target: NetStream) -> float:
         except Lc0WeightsError as e:
             failures[name] = e
 
+    from .patching import max_layer_error
     try:
         error = max_layer_error(until_failure("rebuilt", rebuilt.layers()),
                                 until_failure("target", target.layers()))

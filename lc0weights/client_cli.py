@@ -7,7 +7,6 @@ import sys
 
 from .errors import Lc0WeightsError
 from .settings import PREFER_CHOICES, config_path, parse_tolerance, prefer_setting, setting
-from .client.download import TransferPolicy
 
 
 INTERVAL, KEEP = 60.0, 2          # fetch --follow's defaults
@@ -62,8 +61,8 @@ def add_commands(subparsers) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(run=run_check)
 
-    from .serving.mirror import add_mirror_command
-    add_mirror_command(subparsers)
+    from .serving.mirror_options import add_mirror_command
+    add_mirror_command(subparsers, run_mirror)
 
 
 def add_trust_option(p) -> None:
@@ -89,6 +88,7 @@ def client_settings(args):
 
 def run_fetch(args) -> int:
     from .client.fetch import fetch
+    from .client.transfer_policy import TransferPolicy
     client_settings(args)
     args.prefer = prefer_setting(args.prefer)
     policy = TransferPolicy(timeout=args.timeout, retries=args.retries,
@@ -136,8 +136,14 @@ def run_fetch(args) -> int:
     return 0
 
 
+def run_mirror(args) -> int:
+    from .serving.mirror import run_mirror
+    return run_mirror(args)
+
+
 def run_check(args) -> int:
     from .client.check import check_repository
+    from .client.transfer_policy import TransferPolicy
     client_settings(args)
     report = check_repository(args.url, TransferPolicy(timeout=args.timeout, progress=False), trust=args.trust)
     if args.json:

@@ -27,7 +27,7 @@ from pathlib import Path
 import brotli
 from google.protobuf.message import DecodeError
 
-from .codecs.varint_brotli import decompress_limited
+from .brotli_bounded import decompress_limited
 from .errors import PatchFormatError
 from .proto.patch_pb2 import PatchHeader
 

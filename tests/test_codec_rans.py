@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lc0weights import Net, apply_patch, make_patch, read_patch_info
+from lc0weights import apply_patch, make_patch, read_patch_info
 from lc0weights.codecs import LayerInfo, get_codec
 from lc0weights.codecs import rans
 from lc0weights.errors import PatchFormatError

@@ -9,6 +9,7 @@ from __future__ import annotations
 import brotli
 import numpy as np
 
+from ..brotli_bounded import decompress_limited
 from ..errors import PatchFormatError
 from . import register
 from .base import Codec, LayerInfo
@@ -57,19 +58,6 @@ def unleb128(data: bytes, count: int) -> np.ndarray:
         sel = lengths > k
         out[sel] |= (b[starts[sel] + k] & np.uint64(0x7F)).astype(np.uint64) << np.uint64(7 * k)
     return out
-
-
-def decompress_limited(data, limit: int) -> bytes:
-    """brotli-decompress, refusing output beyond ``limit`` bytes (no bombs)."""
-    limit = min(int(limit), 1 << 40)          # a bound, not a size: never past what brotli takes
-    try:
-        d = brotli.Decompressor()
-        out = d.process(bytes(data), output_buffer_limit=limit + 1)
-        if len(out) > limit or not d.is_finished():
-            raise PatchFormatError("brotli stream is larger than declared or incomplete")
-        return out
-    except brotli.error as e:
-        raise PatchFormatError(f"corrupt brotli stream ({e})") from None
 
 
 @register

@@ -12,6 +12,7 @@ from .. import encodings as enc
 from .. import residuals as res
 from ..codecs import codec_ids, get_codec
 from ..errors import PatchFormatError, VerificationError
+from ..tiers import TIERS
 from ..net import Layer, Net
 from ..proto import patch_pb2
 from .decode import apply_patch, check_patch
@@ -40,7 +41,7 @@ FAST_HISTORY_CODECS = ("rans1", "cm2", "stored")
 TIER_CODECS = {"cm": (DEFAULT_CODECS, HISTORY_CODECS), "fast": (FAST_CODECS, FAST_HISTORY_CODECS)}
 # Coding tiers: "cm" codes with the context model (smallest bytes, slow to decode), "fast"
 # large chunks with rans1 (several times faster to decode, a percent or two more bytes).
-TIERS = tuple(TIER_CODECS)          # "cm" first: the default
+assert tuple(TIER_CODECS) == TIERS, "lc0weights.tiers lists the tiers, in this order"
 SLOW_CODECS = ("cm1", "cm2")
 
 

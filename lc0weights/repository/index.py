@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..patching.encode import TIERS
+from ..tiers import TIERS
 from .errors import RepositoryIndexError
 from .strict import Strict, show
 

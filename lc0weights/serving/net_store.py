@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
+from .mirror_options import DEFAULT_MAX_NETS
 from ..client.cache import default_cache_dir
 from ..client.client_cache import gzip_stream_id, net_files
-from ..client.download import TransferPolicy
+from ..client.transfer_policy import TransferPolicy
 from ..repository.errors import DownloadError, IntegrityError, NoRouteError, RepositoryIndexError
 
 log = logging.getLogger("lc0weights.serving.mirror")
 
 CHUNK = 1 << 16
-DEFAULT_MAX_NETS = 4
 DEFAULT_MAX_FETCHES = 4
 FALLBACK_MAX_BYTES = 2 << 30        # a gzip net from the fallback; lc0 nets are 150-400 MB
 FALLBACK_MAX_RAW_BYTES = 4 << 30
