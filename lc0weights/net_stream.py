@@ -43,15 +43,20 @@ class _Forward:
         self.pos = 0
         self.sha256 = hashlib.sha256() if hash_raw else None
 
-    def _pull(self) -> bool:
+    def _next_piece(self):
+        """The next piece, hashed; None at the end."""
         try:
             piece = next(self._pieces, None)
         except Lc0WeightsError as e:
             raise _SourceFailed(e) from None
+        if piece is not None and self.sha256 is not None:
+            self.sha256.update(piece)
+        return piece
+
+    def _pull(self) -> bool:
+        piece = self._next_piece()
         if piece is None:
             return False
-        if self.sha256 is not None:
-            self.sha256.update(piece)
         if self._at >= _COMPACT_AT or self._at == len(self._buf):
             del self._buf[:self._at]
             self._at = 0
@@ -97,12 +102,28 @@ class _Forward:
     def skip(self, n: int) -> None:
         left = n
         while left:
-            if self.at_end():
-                raise NetFormatError("protobuf field runs past the end of its message")
+            if self._at == len(self._buf):
+                passed = self._pass_whole(left)
+                if passed:
+                    left -= passed
+                    continue
             take = min(left, len(self._buf) - self._at)
             self._at += take
             left -= take
         self.pos += n
+
+    def _pass_whole(self, left: int) -> int:
+        """With nothing buffered, the next piece: passed over uncopied if the skip of ``left``
+        bytes covers it (a layer's payload, when only its place is wanted; returns its
+        length), else buffered (returns 0)."""
+        piece = self._next_piece()
+        if piece is None:
+            raise NetFormatError("protobuf field runs past the end of its message")
+        if len(piece) <= left:
+            return len(piece)
+        self._buf = bytearray(piece)
+        self._at = 0
+        return 0
 
 
 class NetStream:
