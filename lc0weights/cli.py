@@ -273,6 +273,9 @@ def cmd_apply(args) -> int:
                 net_id = rebuild(base, open_patch=lambda _patch: opened.result())
             except SizeNotAsDeclared as e:
                 log.info("%s; reading the base whole first", e)
+                net_id = None
+            if net_id is None:
+                base = None                   # its reserved file goes before the base is read again
                 net_id = rebuild(_load_net(args.base, args.max_size, args.output))
         except WrongBaseError as e:
             raise _wrong_base(args.base, e) from None

@@ -7,6 +7,7 @@ what is loaded is exactly what is saved.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import mmap
@@ -424,26 +425,44 @@ def _gunzip_file(f, source: str, size: int, limit: int) -> bytearray:
     return sink.finish()
 
 
-def _gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
-    """Decompress a gzip file into an unnamed file in ``folder``; (its read-only map, the
-    raw bytes' id). The file loses its name as soon as it is made, so nothing is left
-    behind whatever happens after that (and a crash before it is a temp file the cache
-    sweeps); its space is freed with the map."""
-    def cannot_unpack(e: OSError) -> NetFormatError:
-        return NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})")
+def _cannot_unpack(source: str, folder: Path, e: OSError) -> NetFormatError:
+    return NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})")
 
+
+def spill_file(folder: Path, size: int, source: str) -> int:
+    """An unnamed file in ``folder`` (open for writing) for the raw bytes of ``source``,
+    ``size`` bytes reserved where the file system can, so a full disk fails here and not
+    halfway. It loses its name as soon as it is made, so nothing is left behind whatever
+    happens after that (a crash before it leaves a temp file the cache sweeps)."""
     try:
         fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise cannot_unpack(e) from None
+        raise _cannot_unpack(source, folder, e) from None
     try:
         os.unlink(name)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):    # not on this file system
+                raise
+            os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise _cannot_unpack(source, folder, e) from None
+    return fd
+
+
+def _gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
+    """Decompress a gzip file into a :func:`spill_file` in ``folder``; (its read-only map,
+    the raw bytes' id). Its space is freed with the map."""
+    fd = spill_file(folder, size, source)
+    try:
         sink = _FileSink(fd, limit, source)
         try:
             _feed_file(f, sink)
             sink.finish()
         except OSError as e:
-            raise cannot_unpack(e) from None
+            raise _cannot_unpack(source, folder, e) from None
         finally:
             sink.close()
         if sink.pos == 0:

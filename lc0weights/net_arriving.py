@@ -18,17 +18,15 @@ size (several members, or a corrupt trailer) stops with
 """
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import queue
-import tempfile
 import threading
 from pathlib import Path
 
 from . import gzipio
 from .errors import NetFormatError
-from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _too_large, _trailer_size
+from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _too_large, _trailer_size, spill_file
 from .net_stream import NetStream
 from .wire import _parse_layer
 
@@ -73,7 +71,7 @@ class ArrivingNet:
         self._net: Net | None = None
         self._changed = threading.Condition()
         self._pieces: queue.Queue = queue.Queue(maxsize=16)
-        self._fd = _reserved_file(folder, size, self.source)
+        self._fd = spill_file(folder, size, self.source)
         try:
             self.raw = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
         except OSError as e:
@@ -182,26 +180,3 @@ class ArrivingNet:
         while not self._inflated and self._pieces.get() is not None:
             pass                                  # let the gunzip thread see the error and end
 
-
-def _reserved_file(folder: Path, size: int, source: str) -> int:
-    """An unnamed file of ``size`` bytes in ``folder``, its space reserved where the file
-    system can (so a full disk fails here, not halfway)."""
-    def cannot_unpack(e: OSError) -> NetFormatError:
-        return NetFormatError(f"{source}: cannot unpack into {folder} ({e.strerror})")
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise cannot_unpack(e) from None
-    try:
-        os.unlink(name)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):    # not on this file system
-                raise
-            os.ftruncate(fd, size)
-    except OSError as e:
-        os.close(fd)
-        raise cannot_unpack(e) from None
-    return fd

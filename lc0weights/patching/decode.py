@@ -24,7 +24,7 @@ from ..net_arriving import ArrivingNet
 from ..proto import patch_pb2
 from ..wire import find_skeleton_layers
 from .chunks import chunk_sections, total_escapes
-from .layers import LayerContext, layer_values, value_count
+from .layers import LayerContext, layer_values, pairs_with_base, value_count
 from .limits import (INTRA_ALLOWANCE, INTRA_VALUES_PER_BYTE, MAX_CODEC_CONFIG, MAX_RESULT_SIZE, MAX_SKELETON_FIELDS,
                      SKELETON_CAP, UNDECODABLE)
 from .parallel import bounded_map, worker_count
@@ -334,17 +334,13 @@ def _plan(source: container.PatchSource, base: Net | None, history: Net | None,
     return plan
 
 
-def _pairs_with_base(lp) -> bool:
-    return not (lp.intra or lp.residual == patch_pb2.RAW_BYTES)
-
-
 def _check_layer_sizes(plan: _Plan, base: Net | None) -> None:
     """Delta layers are bounded by the base, intra layers by their stored bytes. The
     base layers of an arriving base are looked up as they arrive (:func:`_base_layer`)
     and their total checked once it has (:func:`_check_arrived_base`)."""
     intra_values, intra_stored = 0, 0
     for layer, lp in zip(plan.layers, plan.header.layers):
-        if plan.arriving is not None and _pairs_with_base(lp):
+        if plan.arriving is not None and pairs_with_base(lp):
             plan.base_layers.append(_PENDING)
             continue
         base_layer = plan.ctx.base_layer(layer, lp)

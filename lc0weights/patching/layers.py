@@ -115,7 +115,7 @@ class LayerContext:
                 net.release(start + lo * size, start + hi * size)
 
     def base_layer(self, layer: Layer, lp) -> Layer | None:
-        if lp.intra or lp.residual == patch_pb2.RAW_BYTES:
+        if not pairs_with_base(lp):
             return None
         index = layer.index + lp.base_shift
         found = self.base.layer_at(index) if self.base is not None else None
@@ -158,6 +158,11 @@ class LayerContext:
                          count=hi - lo, dims=dims, shape=shape,
                          quant_width=lp.quant_width or 1, tolerance=self.tolerance,
                          base=base_values, history=history, scale=unit_scale(layer, lp, self.tolerance))
+
+
+def pairs_with_base(lp) -> bool:
+    """Whether a layer is coded against a base layer (not intra, not raw bytes)."""
+    return not (lp.intra or lp.residual == patch_pb2.RAW_BYTES)
 
 
 def layer_values(net: Net, layer: Layer, lo: int, hi: int) -> np.ndarray:
