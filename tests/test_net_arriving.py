@@ -33,7 +33,7 @@ def slow_gunzip(monkeypatch):
     feed = gzipio.Inflater.feed
 
     def slow_feed(self, data):
-        time.sleep(0.01)
+        time.sleep(0.02)
         return feed(self, data)
     monkeypatch.setattr(gzipio, "READ_SIZE", 1 << 14)
     monkeypatch.setattr(gzipio.Inflater, "feed", slow_feed)
