@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,15 +62,14 @@ def parse_codec(text: str) -> str:
     return text
 
 
-def _load_net(path: str | None, max_size: int | None = None, spill_beside: str | None = None,
+def _load_net(path: str | None, max_size: int | None = None, spill_dir: Path | None = None,
               arriving: bool = False) -> Net | ArrivingNet | None:
-    """The net at ``path`` (None for no base); a large one kept in a file beside
-    ``spill_beside`` (the output) while it is patched, see ``Net.load``, and with
-    ``arriving`` read while it is used (``net_arriving.load_arriving``)."""
+    """The net at ``path`` (None for no base); a large one kept in a file in ``spill_dir``
+    while it is patched, see ``Net.load``, and with ``arriving`` read while it is used
+    (``net_arriving.load_arriving``)."""
     if path is None or path.lower() == NO_BASE:
         return None
     require_regular_path(path, "net")
-    spill_dir = Path(spill_beside).parent if spill_beside else None
     if arriving and spill_dir is not None:
         return load_arriving(path, max_size, spill_dir=spill_dir)
     return Net.load(path, max_size, spill_dir=spill_dir)
@@ -254,12 +254,13 @@ def cmd_apply(args) -> int:
     started = time.monotonic()
     # A large gzip base is gunzipped while its first layers are rebuilt (net_arriving), and
     # from the start: the decoders (numba) load while it is read, as does the patch's checksum.
-    base = _load_net(args.base, args.max_size, args.output, arriving=True)
+    spill_dir = Path(args.output).parent          # the output's disk
+    base = _load_net(args.base, args.max_size, spill_dir, arriving=True)
     with ThreadPoolExecutor(1, thread_name_prefix="patch") as pool:
         opened = pool.submit(open_patch, args.patch)
         from .patch import apply_patch_to_file, preload_decoders
         preload_decoders()
-        history = _load_net(args.history, args.max_size, args.output)
+        history = _load_net(args.history, args.max_size, spill_dir)
         _require_history(args.patch, history, args.history)
         if isinstance(base, ArrivingNet):
             log.info("reading the base while the net is rebuilt from it (its id is checked at the end)")
@@ -276,7 +277,7 @@ def cmd_apply(args) -> int:
                 net_id = None
             if net_id is None:
                 base = None                   # its reserved file goes before the base is read again
-                net_id = rebuild(_load_net(args.base, args.max_size, args.output))
+                net_id = rebuild(_load_net(args.base, args.max_size, spill_dir))
         except WrongBaseError as e:
             raise _wrong_base(args.base, e) from None
     log.info("rebuilt, checked and wrote the net in %.2f s", time.monotonic() - started)
@@ -287,45 +288,64 @@ def cmd_apply(args) -> int:
 def cmd_verify(args) -> int:
     _refuse_swapped(args.base)
     _require_patch(args.patch, swapped_with=args.target, role="TARGET")
-    base, history = _load_net(args.base, args.max_size), _load_net(args.history, args.max_size)
+    # As in apply, a large base is read while the net is rebuilt from it (kept in the temp folder).
+    spill_dir = Path(tempfile.gettempdir())
+    base = _load_net(args.base, args.max_size, spill_dir, arriving=True)
+    history = _load_net(args.history, args.max_size, spill_dir)
     _require_history(args.patch, history, args.history)
     from .patch import read_patch_info
     from .patching import rebuilt_pieces
     try:
-        info = read_patch_info(args.patch, base, max_size=args.max_size)
+        # An arriving base is checked when it is in (the rebuild raises WrongBaseError then).
+        info = read_patch_info(args.patch, base if isinstance(base, Net) else None, max_size=args.max_size)
+        # The rebuilt net and the target are both walked as they come, never held: memory is
+        # the base's and a few layers'. The rebuilt bytes are checked against the patch's
+        # result id as they stream by: no second hash.
+        rebuilt = rebuilt_pieces(base, args.patch, history, workers=args.workers, max_size=args.max_size,
+                                 progress=_byte_bar(args, "decoding"))
+        record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": info.result_id}
+        if info.mode == "lossless":
+            ok, text = _verify_lossless(args, rebuilt, info.result_id, record)
+        else:
+            ok, text = _verify_tolerance(args, rebuilt, info, record)
     except WrongBaseError as e:
         raise _wrong_base(args.base, e) from None
-    # The rebuilt net and the target are both walked as they come, never held: memory is
-    # the base's and a few layers'. The rebuilt bytes are checked against the patch's
-    # result id as they stream by: no second hash.
-    rebuilt = rebuilt_pieces(base, args.patch, history, workers=args.workers, max_size=args.max_size,
-                             progress=_byte_bar(args, "decoding"))
-    rebuilt_id = info.result_id
-    record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": rebuilt_id}
-    if info.mode == "lossless":
-        for _ in rebuilt:
-            pass
-        target = _target_stream(args)
-        for _ in target.layers():            # parsed as a net is, and hashed, layer by layer
-            pass
-        record["target_id"] = target.id
-        ok = rebuilt_id == target.id
-        text = (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt_id} "
-                f"{'equals' if ok else 'differs from'} target {target.id}")
-    else:
-        target = _target_stream(args)
-        error = _streamed_error(NetStream(rebuilt, "rebuilt net", hash_raw=False), target)
-        record["target_id"] = target.id
-        ok = error <= info.tolerance
-        record["max_error"] = error
-        text = (f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
-                f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {rebuilt_id})")
     record["ok"] = ok
     if args.json:
         print(json.dumps(record, indent=1))
     else:
         print(text)
     return 0 if ok else 1
+
+
+def _verify_lossless(args, rebuilt, rebuilt_id: str, record: dict) -> tuple[bool, str]:
+    """The rebuilt net's id against the target's; the target is read and hashed on a thread
+    of its own meanwhile (the two are independent, and each is a core's work at BT4 size)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="target") as pool:
+        target_id = pool.submit(_streamed_id, _target_stream(args))
+        for _ in rebuilt:
+            pass
+        record["target_id"] = target_id.result()
+    ok = rebuilt_id == record["target_id"]
+    return ok, (f"{'OK' if ok else 'FAILED'}: rebuilt net {rebuilt_id} "
+                f"{'equals' if ok else 'differs from'} target {record['target_id']}")
+
+
+def _streamed_id(target: NetStream) -> str:
+    for _ in target.layers():            # parsed as a net is, and hashed, layer by layer
+        pass
+    return target.id
+
+
+def _verify_tolerance(args, rebuilt, info, record: dict) -> tuple[bool, str]:
+    """The largest weight error of the rebuilt net against the target, within the tolerance?"""
+    target = _target_stream(args)
+    error = _streamed_error(NetStream(rebuilt, "rebuilt net", hash_raw=False), target)
+    record["target_id"] = target.id
+    ok = error <= info.tolerance
+    record["max_error"] = error
+    return ok, (f"{'OK' if ok else 'FAILED'}: maximum error {error:.6g} "
+                f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {info.result_id})")
 
 
 def _target_stream(args) -> NetStream:

@@ -129,3 +129,17 @@ def test_a_base_of_two_gzip_members_is_read_whole_instead(large_everywhere, tmp_
     assert main(["-q", "apply", str(two), str(patch_path), "-o", str(out)]) == 0
     assert Net.load(out).id == run_nets[2].id
     assert read_patch_info(str(patch_path)).result_id == run_nets[2].id
+
+
+def test_verify_reads_an_arriving_base_and_names_a_wrong_one(large_everywhere, tmp_path, run_nets, monkeypatch,
+                                                              capsys):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)          # TMPDIR is read again
+    patch = tmp_path / "p.lc0p"
+    patch.write_bytes(make_patch(run_nets[1], run_nets[2], verify=False))
+    base, wrong, target = (str(p) for p in (run_paths()[1], run_paths()[3], run_paths()[2]))
+    assert main(["-q", "verify", base, str(patch), target, "--json"]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+    assert main(["-q", "verify", wrong, str(patch), target]) != 0
+    assert "not this patch's base" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["p.lc0p"]       # no spill file left in the temp folder

@@ -16,6 +16,7 @@ each row beside its acceptance target (``TARGETS``) and whether it holds:
   (the route it chose is shown); every fetched net is checked to be verified
   and written as .pb.gz;
 * ``diff`` in both coding tiers (cm, fast), and ``apply`` of each;
+* ``verify`` of the lossless patch no slower than its ``apply``, both on 2 cores;
 * the client's CPU for a full download on loopback: at most 1.5x ``gzip -dc``
   of the same file;
 * ``apply`` on 2 cores: at most 0.6x its wall time on one core (``taskset``),
@@ -30,16 +31,16 @@ each row beside its acceptance target (``TARGETS``) and whether it holds:
 Short measurements are repeated (``--repeats N``, default 3) and reported as
 their median run, because on 2 cores a 4-10 s command varies by about 0.8 s
 from run to run, enough to flip a verdict. The rule (``Bench.repeated``): a
-fetch, ``gzip -dc`` or apply whose first run took under 15 s wall, and every
+fetch, ``gzip -dc``, apply or verify whose first run took under 15 s wall, and every
 fetch at 1 Gbit/s (full, ``--prefer bytes``, ``--prefer time``: they set one
 another's ratios), is run N times, each fetch from a fresh cache seeded from
 the same state and each fetched net checked. The median is by the figure the
 row is judged on (wall; CPU for the client-CPU row and its ``gzip -dc``), its
 range shown beside it ("median of 3: 4.30-4.62 s"); ratios are of medians; a
 peak RSS row gives the highest peak of the runs. Publish (it changes the
-repository), diff and verify, and fetches and applies of 15 s or more (at BT4
-size: the 100 Mbit/s full and ``--prefer bytes`` fetches, ``apply`` of the cm
-tier), stay single runs. At BT4 size the repeats add about 3 min (from a run's
+repository), diff, and fetches, applies and verifies of 15 s or more (at BT4
+size: the 100 Mbit/s full and ``--prefer bytes`` fetches, ``apply`` and
+``verify`` of the cm tier), stay single runs. At BT4 size the repeats add about 3 min (from a run's
 row times: 1 Gbit/s fetches 4 + 24 + 5 s, 100 Mbit/s ``--prefer time`` 13 s,
 loopback fetch 5 s and ``gzip -dc`` 3 s, fast-tier applies 9 + 7 s, biglayer
 applies 10 + 6 s: 86 s a run, twice more, and the extra fetched nets' checks);
@@ -101,6 +102,7 @@ TARGETS = {
     "apply_2cores_vs_1": 0.6,       # apply wall on 2 cores <= this x on 1 core
     "lossy_diff_vs_lossless": 1.5,  # diff --tolerance CPU <= this x lossless diff
     "publish_s_bt4": 120.0,         # one new BT4 net, steady-state patch set, wall; scaled by weight count
+    "verify_vs_apply": 1.0,         # verify wall on 2 cores <= this x apply's (the lossless cm patch)
     "rss_apply": 2.0,               # peak RSS, x the raw net
     "rss_fetch_verify": 2.0,        # reported against apply's target
     "rss_diff_publish": 4.0,
@@ -172,7 +174,7 @@ class Bench:
         wall, or ``always`` (every fetch at TIME_RATE: its three rows set one another's ratios, and
         its target compares seconds with seconds). On a 2-core machine single runs of 4-10 s commands
         vary by about 0.8 s, enough to flip a verdict; 15 s and more vary by a few per cent. Publish
-        (it changes the repository), diff and verify are always single runs.
+        (it changes the repository) and diff are always single runs.
         ``key`` is the figure the row is judged on (wall, or CPU for the CPU rows): the median run
         by it is the row's, and its spread is shown.
         """
@@ -393,11 +395,22 @@ class Bench:
                  f"patch {sizes[1] / 1e6:,.1f} MB = {sizes[1] / info['gz']:.3f} of the .pb.gz",
                  f"<= {limit:g}x lossless CPU", self.judge(ratio <= limit, lossy, lossless))
         self.rss_row("diff", lossless, info, "rss_diff_publish")
-        verify = self.run(CLIENT + ["-q", "verify", base, lossless_patch, target] + w, "verify")
-        self.rss_row("verify", verify, info, "rss_fetch_verify", counted=False)
         return lossless_patch, fast_patch
 
-    def apply_rows(self, info: dict, patch: Path, label: str) -> None:
+    def verify_rows(self, info: dict, patch: Path, apply_two: harness.Measured) -> None:
+        """``verify`` of the lossless patch on 2 cores, against its ``apply`` there (``apply_two``)."""
+        base, target = info["paths"][-2], info["paths"][-1]
+        runs = self.repeated(lambda: self.run(CLIENT + ["-q", "verify", base, patch, target, "--workers", "2"],
+                                              "verify x2", cpus="0,1"), lambda m: m.wall)
+        two = runs.median
+        limit, ratio = TARGETS["verify_vs_apply"], self.judged_wall(two) / self.judged_wall(apply_two)
+        self.row("verify, 2 cores (`taskset -c 0,1`)", two,
+                 f"{two.wall:.2f} s wall ({spread(runs)}{two.cpu:.2f} s CPU) = {ratio:.2f}x `apply` on 2 cores",
+                 f"<= {limit:g}x apply", self.judge(ratio <= limit, apply_two, two), runs=runs.n)
+        self.rss_row("verify", runs, info, "rss_fetch_verify", counted=False)
+
+    def apply_rows(self, info: dict, patch: Path, label: str) -> harness.Measured:
+        """Rows for ``apply`` on 1 and 2 cores; returns the 2-core median run."""
         base, mw = info["paths"][-2], info["weights"] / 1e6
         runs = {}
         for cpus, workers in (("0", 1), ("0,1", 2)):
@@ -420,6 +433,7 @@ class Bench:
                  f"after start-up {mw / self.wall(two):.1f} M weights/s{small}",
                  f"<= {limit:g}x 1 core wall", self.judge(ratio <= limit, one, two), runs=runs[2].n)
         self.rss_row(f"apply {label}", runs[2], info, "rss_apply")
+        return two
 
 
 def spread(runs: harness.Runs) -> str:
@@ -454,12 +468,12 @@ def repeats_text(bench: Bench) -> str:
     single = [f"\"{r.what}\"" for r in bench.rows if r.runs == 1]
     return (f"Every row is a child process (wall, CPU and peak RSS from wait4), started after a `sync` "
             f"so no earlier row's writes are flushed during it. The short ones are run {n} "
-            f"times and reported as their median run: each fetch, `gzip -dc` and apply whose first run took "
+            f"times and reported as their median run: each fetch, `gzip -dc`, apply and verify whose first run took "
             f"under {REPEAT_BELOW_S:g} s wall, and every fetch at {TIME_RATE:g} Mbit/s (the rows that set one "
             f"another's ratios); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
             f"net is checked. The median is by the figure the row is judged on (wall; CPU for the client-CPU row "
             f"and its `gzip -dc`), shown as \"median of {n}: lowest-highest\"; ratios are of medians, and a peak "
-            f"RSS row gives the highest peak of the runs. Single runs: publish, the diffs and verify"
+            f"RSS row gives the highest peak of the runs. Single runs: publish and the diffs"
             + (f", and (their first run {REPEAT_BELOW_S:g} s or more) " + ", ".join(single) if single else "")
             + ".")
 
@@ -552,7 +566,7 @@ def main(argv=None) -> int:
             bench.fetch_rows(info, served.port, trust)
             bench.client_cpu_rows(info, served.port, trust)
         patch, fast_patch = bench.diff_rows(info)
-        bench.apply_rows(info, patch, args.net)
+        bench.verify_rows(info, patch, bench.apply_rows(info, patch, args.net))
         bench.apply_rows(info, fast_patch, f"{args.net}, fast tier")
         if "biglayer" in infos and args.net != "biglayer":
             big = infos["biglayer"]
