@@ -6,6 +6,7 @@ stderr here, in one place (exit 1 for failures, 2 for usage).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ from .files import require_regular_path
 from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
 from .net_arriving import ArrivingNet, SizeNotAsDeclared, load_arriving
 from .net_stream import NetStream, file_pieces
+from .wire import LayerSpan
 from .tiers import TIERS
 from .settings import parse_tolerance
 from .console import NO_BASE, check_output
@@ -295,21 +297,25 @@ def cmd_verify(args) -> int:
     _require_history(args.patch, history, args.history)
     from .patch import read_patch_info
     from .patching import rebuilt_pieces
-    try:
-        # An arriving base is checked when it is in (the rebuild raises WrongBaseError then).
-        info = read_patch_info(args.patch, base if isinstance(base, Net) else None, max_size=args.max_size)
-        # The rebuilt net and the target are both walked as they come, never held: memory is
-        # the base's and a few layers'. The rebuilt bytes are checked against the patch's
-        # result id as they stream by: no second hash.
-        rebuilt = rebuilt_pieces(base, args.patch, history, workers=args.workers, max_size=args.max_size,
-                                 progress=_byte_bar(args, "decoding"))
-        record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": info.result_id}
-        if info.mode == "lossless":
-            ok, text = _verify_lossless(args, rebuilt, info.result_id, record)
-        else:
-            ok, text = _verify_tolerance(args, rebuilt, info, record)
-    except WrongBaseError as e:
-        raise _wrong_base(args.base, e) from None
+    # The patch is opened (and its checksum read) once, for its header and for its rebuild.
+    with open_patch(args.patch) as source:
+        opened = lambda _patch: contextlib.nullcontext(source)  # noqa: E731
+        try:
+            # An arriving base is checked when it is in (the rebuild raises WrongBaseError then).
+            info = read_patch_info(args.patch, base if isinstance(base, Net) else None, max_size=args.max_size,
+                                   open_patch=opened)
+            # The rebuilt net and the target are both walked as they come, never held: memory is
+            # the base's and a few layers'. The rebuilt bytes are checked against the patch's
+            # result id as they stream by: no second hash.
+            rebuilt = rebuilt_pieces(base, args.patch, history, workers=args.workers, max_size=args.max_size,
+                                     progress=_byte_bar(args, "decoding"), open_patch=opened)
+            record = {"mode": info.mode, "tolerance": info.tolerance, "rebuilt_id": info.result_id}
+            if info.mode == "lossless":
+                ok, text = _verify_lossless(args, rebuilt, info.result_id, record)
+            else:
+                ok, text = _verify_tolerance(args, rebuilt, info, record)
+        except WrongBaseError as e:
+            raise _wrong_base(args.base, e) from None
     record["ok"] = ok
     if args.json:
         print(json.dumps(record, indent=1))
@@ -322,7 +328,7 @@ def _verify_lossless(args, rebuilt, rebuilt_id: str, record: dict) -> tuple[bool
     """The rebuilt net's id against the target's; the target is read and hashed on a thread
     of its own meanwhile (the two are independent, and each is a core's work at BT4 size)."""
     with ThreadPoolExecutor(1, thread_name_prefix="target") as pool:
-        target_id = pool.submit(_streamed_id, _target_stream(args))
+        target_id = pool.submit(_streamed_id, args)
         for _ in rebuilt:
             pass
         record["target_id"] = target_id.result()
@@ -331,8 +337,12 @@ def _verify_lossless(args, rebuilt, rebuilt_id: str, record: dict) -> tuple[bool
                 f"{'equals' if ok else 'differs from'} target {record['target_id']}")
 
 
-def _streamed_id(target: NetStream) -> str:
-    for _ in target.layers():            # parsed as a net is, and hashed, layer by layer
+def _streamed_id(args) -> str:
+    """The target's id, its bytes walked as a net is (so a file that is not one is named) and
+    hashed; its layers are only passed over, never copied."""
+    target = NetStream(file_pieces(args.target, args.max_size), args.target,
+                       locate=lambda path, start, end: LayerSpan(path, start, end))
+    for _ in target.layers():
         pass
     return target.id
 

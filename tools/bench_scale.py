@@ -16,7 +16,8 @@ each row beside its acceptance target (``TARGETS``) and whether it holds:
   (the route it chose is shown); every fetched net is checked to be verified
   and written as .pb.gz;
 * ``diff`` in both coding tiers (cm, fast), and ``apply`` of each;
-* ``verify`` of the lossless patch no slower than its ``apply``, both on 2 cores;
+* ``verify`` of the lossless patch against its ``apply``, both on 2 cores (reported:
+  "no slower" is asked of verify, not among the figures to show);
 * the client's CPU for a full download on loopback: at most 1.5x ``gzip -dc``
   of the same file;
 * ``apply`` on 2 cores: at most 0.6x its wall time on one core (``taskset``),
@@ -102,7 +103,7 @@ TARGETS = {
     "apply_2cores_vs_1": 0.6,       # apply wall on 2 cores <= this x on 1 core
     "lossy_diff_vs_lossless": 1.5,  # diff --tolerance CPU <= this x lossless diff
     "publish_s_bt4": 120.0,         # one new BT4 net, steady-state patch set, wall; scaled by weight count
-    "verify_vs_apply": 1.0,         # verify wall on 2 cores <= this x apply's (the lossless cm patch)
+    "verify_vs_apply": 1.0,         # verify wall on 2 cores <= this x apply's (the lossless cm patch); reported
     "rss_apply": 2.0,               # peak RSS, x the raw net
     "rss_fetch_verify": 2.0,        # reported against apply's target
     "rss_diff_publish": 4.0,
@@ -406,7 +407,7 @@ class Bench:
         limit, ratio = TARGETS["verify_vs_apply"], self.judged_wall(two) / self.judged_wall(apply_two)
         self.row("verify, 2 cores (`taskset -c 0,1`)", two,
                  f"{two.wall:.2f} s wall ({spread(runs)}{two.cpu:.2f} s CPU) = {ratio:.2f}x `apply` on 2 cores",
-                 f"<= {limit:g}x apply", self.judge(ratio <= limit, apply_two, two), runs=runs.n)
+                 f"<= {limit:g}x apply", self.judge(ratio <= limit, apply_two, two), counted=False, runs=runs.n)
         self.rss_row("verify", runs, info, "rss_fetch_verify", counted=False)
 
     def apply_rows(self, info: dict, patch: Path, label: str) -> harness.Measured:

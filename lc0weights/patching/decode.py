@@ -79,17 +79,18 @@ def _check_patch_argument(patch) -> None:
         raise TypeError(f"a patch is bytes or a file path, not {type(patch).__name__}")
 
 
-def read_patch_info(patch, base: Net | None = None, *, max_size: int | None = None) -> PatchInfo:
+def read_patch_info(patch, base: Net | None = None, *, max_size: int | None = None,
+                    open_patch=container.open_patch) -> PatchInfo:
     """The header of a patch (bytes or a file path), after the checks ``apply`` runs.
 
     Every declared size is checked as :func:`apply_patch` checks it, so a
     patch that inspects cleanly decodes in bounded memory. Checks against the
     base run when ``base`` is the patch's base. Layer paths come from the
     skeleton, readable without the base for an intra patch and with it
-    otherwise; without it they are None.
+    otherwise; without it they are None. ``open_patch`` as :func:`apply_patch`'s.
     """
     _check_patch_argument(patch)
-    with _hostile_input(), container.open_patch(patch) as source:
+    with _hostile_input(), open_patch(patch) as source:
         header = source.header
         usable = base if base is not None and base.id == header.base_id.hex() else None
         plan = _plan(source, usable, None, max_size, complete=False)
