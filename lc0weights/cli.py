@@ -340,8 +340,7 @@ def _verify_lossless(args, rebuilt, rebuilt_id: str, record: dict) -> tuple[bool
 def _streamed_id(args) -> str:
     """The target's id, its bytes walked as a net is (so a file that is not one is named) and
     hashed; its layers are only passed over, never copied."""
-    target = NetStream(file_pieces(args.target, args.max_size), args.target,
-                       locate=lambda path, start, end: LayerSpan(path, start, end))
+    target = _target_stream(args, locate=LayerSpan)
     for _ in target.layers():
         pass
     return target.id
@@ -358,9 +357,9 @@ def _verify_tolerance(args, rebuilt, info, record: dict) -> tuple[bool, str]:
                 f"{'within' if ok else 'exceeds'} tolerance {info.tolerance:g} (rebuilt net {info.result_id})")
 
 
-def _target_stream(args) -> NetStream:
+def _target_stream(args, locate=None) -> NetStream:
     require_regular_path(args.target, "net")
-    return NetStream(file_pieces(args.target, args.max_size), args.target)
+    return NetStream(file_pieces(args.target, args.max_size), args.target, locate=locate)
 
 
 def _streamed_error(rebuilt: NetStream, target: NetStream) -> float:

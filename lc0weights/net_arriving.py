@@ -24,10 +24,9 @@ import queue
 import threading
 from pathlib import Path
 
-from . import gzipio
 from .errors import NetFormatError
-from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _too_large, _trailer_size, spill_file
-from .net_stream import NetStream
+from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _trailer_size, spill_file
+from .net_stream import NetStream, file_pieces
 from .wire import _parse_layer
 
 
@@ -112,22 +111,12 @@ class ArrivingNet:
         """Gunzip the file into pieces for :meth:`_walk`; an error is handed on as a piece,
         and the last piece is always None."""
         try:
-            inflater = gzipio.Inflater(self._limit, multi_member=True, hash_raw=False)
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
-                    for piece in inflater.feed(block):
-                        if self._error is not None:
-                            return
-                        self._pieces.put(piece)
-            inflater.finish()
-        except gzipio.TooLarge:
-            self._pieces.put(_too_large(self.source, self._limit))
-        except ValueError as e:
-            self._pieces.put(NetFormatError(f"{self.source}: {e}"))
-        except gzipio.GzipError as e:
-            self._pieces.put(NetFormatError(f"{self.source}: corrupt gzip stream ({e})"))
-        except OSError as e:
-            self._pieces.put(NetFormatError(f"{self.source}: cannot read ({e.strerror})"))
+            for piece in file_pieces(path, self._limit):
+                if self._error is not None:
+                    return
+                self._pieces.put(piece)
+        except NetFormatError as e:
+            self._pieces.put(e)
         finally:
             self._pieces.put(None)
 
