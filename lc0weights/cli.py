@@ -25,7 +25,8 @@ from .container import MAGIC as PATCH_MAGIC
 from .container import open_patch
 from .errors import Lc0WeightsError, NetFormatError, VerificationError, WrongBaseError
 from .files import require_regular_path
-from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, atomic_write, starts_like_a_net
+from .durable_files import atomic_write
+from .net import DEFAULT_MAX_SIZE, GZIP_MAGIC, Net, starts_like_a_net
 from .net_arriving import ArrivingNet, SizeNotAsDeclared, load_arriving
 from .net_stream import NetStream, file_pieces
 from .wire import LayerSpan

@@ -6,7 +6,6 @@ what is loaded is exactly what is saved.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import hashlib
@@ -22,6 +21,7 @@ import numpy as np
 
 from . import encodings as enc
 from . import gzipio
+from .durable_files import atomic_file
 from .errors import NetFormatError
 from .wire import LayerSpan, find_layers, read_magic
 
@@ -484,54 +484,6 @@ def starts_like_a_net(head) -> bool:
 def gzip_bytes(raw: bytes) -> bytes:
     """Deterministic gzip (no name, mtime 0), as an engine or client expects (see :mod:`.gzipio`)."""
     return gzipio.gzip_bytes(raw)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """A binary file object that becomes ``path`` only if the block succeeds.
-
-    Written to a temp file in the same folder, fsynced, then renamed over
-    ``path``; on any error the temp file is removed and ``path`` is untouched.
-    The file gets the usual permissions (0666 less the umask), not the private
-    ones of a temp file, so a web server can read what is published.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def place_file(tmp, path) -> None:
-    """Rename the complete, fsynced file ``tmp`` onto ``path``, with the permissions
-    :func:`atomic_file` gives (a staged download is private until then)."""
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, path)
-
-
-def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` by temp file, fsync and rename."""
-    with atomic_file(path) as f:
-        f.write(data)
 
 
 def write_net_file(path, raw: bytes) -> None:

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from . import encodings as enc
-from .net import atomic_write, gzip_bytes
+from .durable_files import atomic_write
+from .net import gzip_bytes
 from .proto import lc0net_pb2
 
 ENCODINGS = {"LINEAR16": enc.LINEAR16, "FLOAT16": enc.FLOAT16,

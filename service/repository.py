@@ -34,7 +34,7 @@ from lc0weights.repository.keys import SigningKey
 from lc0weights.repository.metadata import (ROOT_NAME, TIMESTAMP_NAME, Link, Record, Root, Timestamp,
                                               open_envelope, parse_record, parse_root,
                                               parse_timestamp, record_path, utc_now, utc_text)
-from lc0weights.net import atomic_file
+from lc0weights.durable_files import atomic_file
 
 from .sweep import sweep_temp_files
 

@@ -108,3 +108,31 @@ def test_a_net_wanted_as_its_file_is_checked_as_strictly(repo, keep):
         receiver.net()
     with pytest.raises(IntegrityError, match="larger than"):
         _feed(NetReceiver(NetEntry(**{**entry.to_dict(), "raw_size": len(raw) - 1}), keep), gz)
+
+
+_FETCH_IN_A_FRESH_PROCESS = """
+import sys
+from lc0weights.client import TransferPolicy, fetch
+result = fetch(sys.argv[1], cache_dir=sys.argv[2], policy=TransferPolicy(timeout=20, retries=2, progress=False))
+print(result.route.split()[0], "numba" in sys.modules, "lc0weights.kernels" in sys.modules)
+"""
+
+
+def test_a_full_download_never_loads_the_codecs(repo, tmp_path):
+    """numba and the compiled kernels cost a third of a second and 90 MB: a route of full
+    nets does not pay them; a route with a patch does (the same probe, so it can tell)."""
+    import subprocess
+    import sys
+
+    def fetch_in_a_fresh_process(cache):
+        out = subprocess.run([sys.executable, "-c", _FETCH_IN_A_FRESH_PROCESS, srv.url, str(cache)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.split()
+    latest = _entry(repo, 2)
+    with serving(repo.root) as srv:
+        assert fetch_in_a_fresh_process(tmp_path / "empty") == ["full", "False", "False"]
+        held = tmp_path / "held"
+        copy_into_cache(repo.root / _entry(repo, 1).path, held, _entry(repo, 1).id)
+        route, numba, kernels = fetch_in_a_fresh_process(held)
+    assert route != "full" and numba == "True" and kernels == "True"
+    assert (held / f"{latest.id}.pb.gz").exists()

@@ -57,7 +57,8 @@ from lc0weights.errors import Lc0WeightsError  # noqa: E402
 from lc0weights.client import TransferPolicy, fetch  # noqa: E402
 from lc0weights.repository import updater  # noqa: E402
 from lc0weights.repository.keys import SigningKey  # noqa: E402
-from lc0weights.net import Net, atomic_write, gzip_bytes  # noqa: E402
+from lc0weights.durable_files import atomic_write  # noqa: E402
+from lc0weights.net import Net, gzip_bytes  # noqa: E402
 from lc0weights.proto import lc0net_pb2 as pb  # noqa: E402
 from service.publish import publish_net  # noqa: E402
 from service.repository import Repository  # noqa: E402

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lc0weights import Net, apply_patch, make_patch  # noqa: E402
-from lc0weights.net import atomic_write  # noqa: E402
+from lc0weights.durable_files import atomic_write  # noqa: E402
 from lc0weights import encodings as enc  # noqa: E402
 from lc0weights.proto import lc0net_pb2 as pb  # noqa: E402
 import numpy as np  # noqa: E402

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..errors import Lc0WeightsError
 from ..files import NotARegularFileError, read_small_file
 from ..gzipio import write_gzip
-from ..net import GZIP_LEVEL, Net, atomic_file, atomic_write, place_file, write_net_file
+from ..durable_files import atomic_file, atomic_write, place_file
+from ..net import GZIP_LEVEL, Net, write_net_file
 from .client_cache import client_cache_dir, gzip_net_id, net_lock
 
 log = logging.getLogger(__name__)

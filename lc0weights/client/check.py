@@ -24,11 +24,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import max_error
 from ..console import counting_bar
 from ..errors import Lc0WeightsError
 from ..net import Net
-from ..patch import apply_patch
 from .download import TransferPolicy, open_source
 from .engine import checked_net
 from .receive import fetch_full_net
@@ -175,6 +173,7 @@ class _ToleranceExceeded(Lc0WeightsError):
 
 
 def _check_patch(p, source, store: Path, load, keep, have) -> None:
+    from ..patch import apply_patch, max_error    # the codecs load for a check, not for a fetch
     where = store / "patch"
     source.fetch_object(p.path, where, p.size, p.sha256)
     data = where.read_bytes()

@@ -1,5 +1,8 @@
 """The patch functions the distribution layer uses, in one place.
 
+The codecs (numba and its compiled kernels: a third of a second and 90 MB)
+are imported when a patch is first made or applied, not with the client.
+
 It also gives the one spot that turns a rebuilt net into a checked
 :class:`~lc0weights.net.Net`.
 """
@@ -7,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-from .. import patch as _patch
 from ..errors import VerificationError
 from ..net import Net
 from ..console import counting_bar, progress_bar
@@ -15,6 +17,7 @@ from ..console import counting_bar, progress_bar
 
 def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
                codec: str | None = None, history: Net | None = None) -> bytes:
+    from .. import patch as _patch      # loaded on first use: a fetch of full nets never needs it
     return _patch.make_patch(base, target, tolerance=tolerance, codec=codec, history=history,
                              progress=lambda layers, total: counting_bar(layers, total, "encoding"))
 
@@ -22,6 +25,7 @@ def make_patch(base: Net | None, target: Net, tolerance: float | None = None,
 def apply_patch(base: Net | None, patch: bytes, desc: str = "decoding",
                 max_size: int | None = None, history: Net | None = None) -> bytes:
     """Rebuild a net, with a progress bar over the decoding when on a terminal."""
+    from .. import patch as _patch
     return _patch.apply_patch(base, patch, history=history, max_size=max_size,
                               progress=lambda chunks, total: progress_bar(chunks, total, 0, desc))
 

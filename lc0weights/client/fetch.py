@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import Lc0WeightsError
-from ..net import Net, atomic_file, write_net_file
-from ..patch import preload_decoders
+from ..durable_files import atomic_file
+from ..net import Net, write_net_file
 from ..repository.errors import NoRouteError
 from ..repository.index import Catalogue, NetEntry
 from ..repository.updater import Updater
@@ -324,6 +324,7 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
     current, previous = None, None
     book = plan and plan.book
     if any(not isinstance(step, NetEntry) for step in route.steps):
+        from ..patch import preload_decoders     # a route of full nets never loads the codecs
         preload_decoders()          # while the held nets are read and the first bytes arrive
     if route.start is not None:
         current = _HeldNet(cache, route.start)    # read once its patch has started to download

@@ -171,7 +171,7 @@ class RateBook:
         """
         if self.path is None or not self.changed:
             return
-        from ..net import atomic_write
+        from ..durable_files import atomic_write
         with self._lock:
             doc = {"format": FORMAT, "rates": {name: list(v) for name, v in sorted(self._sums.items())}}
             self.changed = False

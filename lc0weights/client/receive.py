@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 
 from .. import gzipio
-from .. import patch as _patch
 from ..errors import NetFormatError
-from ..net import GZIP_LEVEL, Net, RawSink, atomic_file
-from ..patching import rebuilt_pieces
-from ..patching.streaming import ArrivingPatch
+from ..durable_files import atomic_file
+from ..net import GZIP_LEVEL, Net, RawSink
 from ..repository.errors import IntegrityError
 from ..repository.index import NetEntry
 from .link_rate import rebuild_rate_name, timing
@@ -122,7 +120,8 @@ def apply_while_downloading(source, step, where: Path, partial_dir, desc: str, b
     the decoder waits for bytes, and that wait says nothing of how fast it is.
     """
     def rebuild(base, history, open_patch):
-        raw = _patch.apply_patch(base, step.path, history=history, max_size=max_size, open_patch=open_patch)
+        from ..patch import apply_patch       # the codecs load only for a route with a patch
+        raw = apply_patch(base, step.path, history=history, max_size=max_size, open_patch=open_patch)
         return raw, len(raw)
 
     return _while_downloading(source, step, where, partial_dir, desc, book, link, rebuild, base, history)
@@ -171,6 +170,7 @@ def rebuild_file_while_downloading(source, step, where: Path, output: Path, part
     gzip_cpu = [0.0]
 
     def rebuild(base, history, open_patch):
+        from ..patching import rebuilt_pieces       # the codecs load only for a route with a patch
         size = 0
         with closing(rebuilt_pieces(base, step.path, history, max_size=max_size, open_patch=open_patch)) \
                 as pieces, atomic_file(output) as f:
@@ -208,6 +208,7 @@ def _while_downloading(source, step, where: Path, partial_dir, desc: str, book, 
     before them. The result is handed back only once the download's checksums have been
     verified too, and only then are the rates recorded. ``gzip_cpu[0]``, when given, is the
     CPU time ``rebuild`` spent gzipping: the gzip rate's, not the rebuild's."""
+    from ..patching.streaming import ArrivingPatch
     policy = getattr(source, "policy", None)
     wait = 2 * policy.deadline_for(step.size) if policy is not None else 3600.0
     arrival = ArrivingPatch(step.size, step.path, wait + _WAIT_SLACK_SECONDS)

@@ -29,6 +29,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..durable_files import WriteBehind
 from ..repository.errors import DownloadError
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -87,6 +88,7 @@ class StagedFile:
         self.path = path
         self.resumable = resumable          # kept after a network failure, for the next run
         self.file = os.fdopen(fd, "r+b")
+        self.write_behind = WriteBehind(self.file)
         self._hash = hashlib.sha256()
         self.size = 0
         self.tap = tap
@@ -178,6 +180,7 @@ class StagedFile:
         self.file.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
+        self.write_behind.wrote(len(chunk))
         if self.tap is not None:
             self.file.flush()                   # a tap may read the file as it grows
             self.tap.feed(chunk)
@@ -187,8 +190,7 @@ class StagedFile:
 
     def commit(self, dest: Path) -> None:
         """Flush, then rename onto ``dest`` (copying when the partial folder is on another disk)."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        self.write_behind.finish()
         try:
             os.replace(self.path, dest)
         except OSError as e:
@@ -216,6 +218,7 @@ class StagedFile:
             self.close()
 
     def close(self) -> None:
+        self.write_behind.wait()
         if not self.file.closed:
             self.file.close()                  # releases the lock
 

@@ -19,7 +19,8 @@ from ..kernel_preload import preload
 from ..codecs import get_codec
 from ..errors import (Lc0WeightsError, MissingHistoryError, NetFormatError, PatchFormatError,
                       VerificationError, WrongBaseError)
-from ..net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net, atomic_file
+from ..durable_files import atomic_file
+from ..net import DEFAULT_MAX_SIZE, GZIP_LEVEL, Layer, Net
 from ..net_arriving import ArrivingNet
 from ..proto import patch_pb2
 from ..wire import find_skeleton_layers

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..net import atomic_write
+from ..durable_files import atomic_write
 from .errors import DownloadError, NotFoundError, RepositoryIndexError, UntrustedError
 from .index import Catalogue, resolve_prefix
 from .key_hint import online_key_hint
