@@ -393,6 +393,10 @@ class ThrottledProxy:
                 if self.closed.is_set():
                     return
                 continue
+            # Forward each piece at once, as a CDN's edge does (nginx: tcp_nodelay on), not held
+            # back by Nagle's algorithm until the previous one is acknowledged.
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, self.bucket), daemon=True).start()
 
