@@ -35,7 +35,10 @@ from run to run, enough to flip a verdict. The rule (``Bench.repeated``): a
 fetch, ``gzip -dc``, apply or verify whose first run took under 15 s wall, and every
 fetch at 1 Gbit/s (full, ``--prefer bytes``, ``--prefer time``: they set one
 another's ratios), is run N times, each fetch from a fresh cache seeded from
-the same state and each fetched net checked. The median is by the figure the
+the same state and each fetched net checked. At 1 Gbit/s the full download
+and the ``--prefer time`` fetch (whose target is the full download's time,
+and which often takes the very same route) run 5 times each, taking turns, so
+a drift in the machine's speed falls on both alike. The median is by the figure the
 row is judged on (wall; CPU for the client-CPU row and its ``gzip -dc``), its
 range shown beside it ("median of 3: 4.30-4.62 s"); ratios are of medians; a
 peak RSS row gives the highest peak of the runs. Publish (it changes the
@@ -111,6 +114,8 @@ TARGETS = {
 PATCH_RATE, TIME_RATE = 100.0, 1000.0   # Mbit/s the two fetch targets are set at
 # Which measurements are repeated (``--repeats``) and reported as their median run: see Bench.repeated.
 REPEAT_BELOW_S = 15.0
+# The full download and the --prefer time fetch at TIME_RATE run this many times each, in turn.
+PAIRED_REPEATS = 5
 
 
 @dataclass
@@ -276,21 +281,27 @@ class Bench:
                  f"{base / 1e6:.0f} MB){f', the highest of {runs.n} runs' if runs and runs.n > 1 else ''}",
                  f"<= {limit:g}x raw", self.judge((whole if self.full_scale else above) <= limit, m), counted)
 
-    def fetch(self, url: str, trust: str, label: str, have=(), prefer: str | None = None,
-              rates_from: Path | None = None, key=lambda m: m.wall, always: bool = False) -> harness.Runs:
-        """A fetch, repeated if short (``repeated``: ``key`` and ``always``), each run into a fresh cache
-        seeded from the same ``rates_from`` and checked to leave the verified net as .pb.gz.
+    def fetcher(self, url: str, trust: str, label: str, have=(), prefer: str | None = None,
+                rates_from: Path | None = None):
+        """A runner for ``repeated`` or ``take_turns``: each call is one fetch into a fresh cache seeded from
+        the same ``rates_from`` and checked to leave the verified net as .pb.gz.
 
-        Returns the runs, each result (measurement, JSON result, a folder with the cache's state
-        files after it); the median's state folder is the one to seed later fetches from.
-        ``rates_from`` (such a folder) seeds the cache with what a client's earlier fetches left:
-        the link and machine rates, and the ids of the held nets it already identified (a client
-        that follows a run does not hash its held net again on every fetch)."""
+        A run's result is (measurement, JSON result, a folder with the cache's state files after it); the
+        median's state folder is the one to seed later fetches from. ``rates_from`` (such a folder) seeds
+        the cache with what a client's earlier fetches left: the link and machine rates, and the ids of
+        the held nets it already identified (a client that follows a run does not hash its held net
+        again on every fetch)."""
         done = []
 
         def once():
             done.append(None)
             return self.fetch_once(url, trust, label, len(done), have, prefer, rates_from)
+        return once
+
+    def fetch(self, url: str, trust: str, label: str, have=(), prefer: str | None = None,
+              rates_from: Path | None = None, key=lambda m: m.wall, always: bool = False) -> harness.Runs:
+        """A fetch (``fetcher``), repeated if short (``repeated``: ``key`` and ``always``)."""
+        once = self.fetcher(url, trust, label, have, prefer, rates_from)
         return self.repeated(once, lambda r: key(r[0]), measured=lambda r: r[0], always=always)
 
     def fetch_once(self, url: str, trust: str, label: str, run: int, have, prefer, rates_from):
@@ -317,41 +328,68 @@ class Bench:
 
     def fetch_rows(self, info: dict, port: int, trust: str) -> None:
         # A client following the run holds the last two nets (N and N-1: the history patch's second base).
-        gz, held = info["gz"], info["paths"][-3:-1]
+        held = info["paths"][-3:-1]
         self.target_id = info["ids"][-1]
         for mbit in self.args.rates:
             rate = mbit * 1e6 / 8
-            always = mbit == TIME_RATE
+            paired = mbit == TIME_RATE
             with harness.ThrottledProxy(port, rate) as proxy:
-                runs = self.fetch(proxy.url, trust, f"full-{mbit:g}", always=always)
-                full, r, rates = runs.median
-                self.row(f"full download, empty cache, {mbit:g} Mbit/s", full,
-                         f"{full.wall:.2f} s ({spread(runs)}{self.wall(full):.2f} s after start-up; the .pb.gz "
-                         f"alone {gz / rate:.2f} s on the link), {r['bytes_downloaded'] / 1e6:,.1f} MB", runs=runs.n)
-                runs = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
-                                  rates_from=rates, always=always)
-                patch, r, rates = runs.median
-                ratio = self.judged_wall(patch) / self.judged_wall(full)
-                self.row(f"fetch net N+1 holding nets N-1 and N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
-                         f"{patch.wall:.2f} s ({spread(runs)}{self.wall(patch):.2f} s after start-up) = "
-                         f"{ratio:.2f}x full; {r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
-                         f"(route {r['route']}), {patch.cpu:.1f} s CPU", runs=runs.n)
-                if mbit == self.args.rates[0]:
-                    self.rss_row("fetch, patch route", runs, info, "rss_fetch_verify", counted=False)
+                full_fetch = self.fetcher(proxy.url, trust, f"full-{mbit:g}")
+                by_wall, measured = (lambda r: r[0].wall), (lambda r: r[0])
+                full_runs = (harness.median_run(full_fetch, 1, by_wall, measured=measured) if paired else
+                             self.repeated(full_fetch, by_wall, measured=measured))
+                rates = full_runs.median[2]
+                bytes_runs = self.fetch(proxy.url, trust, f"patch-{mbit:g}", have=held, prefer="bytes",
+                                        rates_from=rates, always=paired)
                 # The client's default: the route costed by time, at the rates its earlier fetches measured.
-                runs = self.fetch(proxy.url, trust, f"time-{mbit:g}", have=held, prefer="time",
-                                  rates_from=rates, always=always)
-                chosen, r, _ = runs.median
-                ratio = self.judged_wall(chosen) / self.judged_wall(full)
-                limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"],
-                         TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
-                self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
-                         f"{chosen.wall:.2f} s ({spread(runs)}{self.wall(chosen):.2f} s after start-up) = "
-                         f"{ratio:.2f}x full; "
-                         f"chose {'the full net' if r['patches'] == 0 else 'the patch route'} "
-                         f"(route {r['route']}), {r['bytes_downloaded'] / 1e6:,.1f} MB, {chosen.cpu:.1f} s CPU",
-                         f"<= {limit:g}x full download" if limit else "-",
-                         self.judge(ratio <= limit, chosen, full) if limit else None, runs=runs.n)
+                time_fetch = self.fetcher(proxy.url, trust, f"time-{mbit:g}", have=held, prefer="time",
+                                          rates_from=bytes_runs.median[2])
+                if paired:
+                    # Its target compares it with the full download, often the very route it takes: the two
+                    # take turns, so a drift in the machine's speed falls on both alike.
+                    time_runs = self.take_turns(time_fetch, full_runs, full_fetch)
+                else:
+                    time_runs = self.repeated(time_fetch, by_wall, measured=measured)
+            self.fetch_row_group(info, mbit, full_runs, bytes_runs, time_runs)
+
+    def take_turns(self, runner, other: harness.Runs, other_runner) -> harness.Runs:
+        """``runner`` and ``other_runner`` run in turn (this one first) until each has PAIRED_REPEATS runs
+        (``other`` already holds some); returns this one's runs, judged like ``other``'s."""
+        n = PAIRED_REPEATS if self.args.repeats > 1 else 1
+        mine = []
+        while len(mine) < n or other.n < n:
+            if len(mine) < n:
+                mine.append(runner())
+            if other.n < n:
+                other.results.append(other_runner())
+        return harness.Runs(mine, other.key, other.measured)
+
+    def fetch_row_group(self, info: dict, mbit: float, full_runs, bytes_runs, time_runs) -> None:
+        link_s = info["gz"] / (mbit * 1e6 / 8)
+        full, r, _ = full_runs.median
+        self.row(f"full download, empty cache, {mbit:g} Mbit/s", full,
+                 f"{full.wall:.2f} s ({spread(full_runs)}{self.wall(full):.2f} s after start-up; the .pb.gz "
+                 f"alone {link_s:.2f} s on the link), {r['bytes_downloaded'] / 1e6:,.1f} MB", runs=full_runs.n)
+        patch, r, _ = bytes_runs.median
+        ratio = self.judged_wall(patch) / self.judged_wall(full)
+        self.row(f"fetch net N+1 holding nets N-1 and N, fewest bytes (--prefer bytes), {mbit:g} Mbit/s", patch,
+                 f"{patch.wall:.2f} s ({spread(bytes_runs)}{self.wall(patch):.2f} s after start-up) = "
+                 f"{ratio:.2f}x full; {r['bytes_downloaded'] / 1e6:,.1f} MB, {r['patches']} patch(es) "
+                 f"(route {r['route']}), {patch.cpu:.1f} s CPU", runs=bytes_runs.n)
+        if mbit == self.args.rates[0]:
+            self.rss_row("fetch, patch route", bytes_runs, info, "rss_fetch_verify", counted=False)
+        chosen, r, _ = time_runs.median
+        ratio = self.judged_wall(chosen) / self.judged_wall(full)
+        limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"], TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
+        took_full = r["patches"] == 0
+        turns = (" (runs taking turns with the full download's" + (": the same route" if took_full else "") + ")"
+                 if mbit == TIME_RATE else "")
+        self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
+                 f"{chosen.wall:.2f} s ({spread(time_runs)}{self.wall(chosen):.2f} s after start-up) = "
+                 f"{ratio:.2f}x full; chose {'the full net' if took_full else 'the patch route'} "
+                 f"(route {r['route']}){turns}, {r['bytes_downloaded'] / 1e6:,.1f} MB, {chosen.cpu:.1f} s CPU",
+                 f"<= {limit:g}x full download" if limit else "-",
+                 self.judge(ratio <= limit, chosen, full) if limit else None, runs=time_runs.n)
 
     def client_cpu_rows(self, info: dict, port: int, trust: str) -> None:
         cpu = lambda m: m.cpu  # the figure these two rows are judged on
@@ -471,7 +509,9 @@ def repeats_text(bench: Bench) -> str:
             f"so no earlier row's writes are flushed during it. The short ones are run {n} "
             f"times and reported as their median run: each fetch, `gzip -dc`, apply and verify whose first run took "
             f"under {REPEAT_BELOW_S:g} s wall, and every fetch at {TIME_RATE:g} Mbit/s (the rows that set one "
-            f"another's ratios); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
+            f"another's ratios; there the full download and the `--prefer time` fetch run "
+            f"{PAIRED_REPEATS} times each, taking turns, so a drift in the machine's speed falls on "
+            f"both alike); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
             f"net is checked. The median is by the figure the row is judged on (wall; CPU for the client-CPU row "
             f"and its `gzip -dc`), shown as \"median of {n}: lowest-highest\"; ratios are of medians, and a peak "
             f"RSS row gives the highest peak of the runs. Single runs: publish and the diffs"
