@@ -264,5 +264,34 @@ def linear16_rebuild(values, positions, exact, base, bounds, mode: int, width: i
     return out, int(status)
 
 
+def linear16_rebuild_tabled(values, positions, exact, base_codes, table, width: int, count: int):
+    """:func:`linear16_rebuild` in mode PREDICTED, the prediction of element i being
+    ``table[base_codes[i]]``: the same codes and status, with no array of predictions."""
+    out = np.empty(count, np.uint16)
+    if len(base_codes) != count or len(table) != 1 << 16:
+        raise ValueError("a tabled rebuild needs one LINEAR16 base code per element and a 65,536-entry table")
+    status = _tabled_rebuild_pass(np.ascontiguousarray(values, np.int64), np.ascontiguousarray(positions, np.int64),
+                                  np.ascontiguousarray(exact, np.int64), np.ascontiguousarray(base_codes, np.uint16),
+                                  np.ascontiguousarray(table, np.float32), width, out)
+    return out, int(status)
+
+
+@njit(cache=True, nogil=True)
+def _tabled_rebuild_pass(values, positions, exact, base_codes, table, w, out):
+    """:func:`_rebuild_pass` in mode PREDICTED, reading the prediction through ``table``."""
+    j = 0
+    for i in range(len(out)):
+        p = np.int64(table[base_codes[i]])
+        if j < len(positions) and positions[j] == i:
+            k = p + exact[j]
+            j += 1
+        else:
+            k = p + values[i] * w
+        if k < 0 or k > 65535:
+            return 1
+        out[i] = k
+    return 0 if j == len(positions) else 2
+
+
 # What rebuilding LINEAR16 layers calls (lc0weights.kernel_preload loads them ahead of time).
-REBUILD_KERNELS = (_prediction_pass, _rebuild_pass)
+REBUILD_KERNELS = (_prediction_pass, _rebuild_pass, _tabled_rebuild_pass)

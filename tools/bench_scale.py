@@ -382,7 +382,7 @@ class Bench:
         ratio = self.judged_wall(chosen) / self.judged_wall(full)
         limit = {PATCH_RATE: TARGETS["patch_vs_full_100mbit"], TIME_RATE: TARGETS["time_vs_full_1gbit"]}.get(mbit)
         took_full = r["patches"] == 0
-        turns = (" (runs taking turns with the full download's" + (": the same route" if took_full else "") + ")"
+        turns = ("; run in turns with the full download" + (", the same route" if took_full else "")
                  if mbit == TIME_RATE else "")
         self.row(f"fetch net N+1 holding nets N-1 and N, --prefer time (the default), {mbit:g} Mbit/s", chosen,
                  f"{chosen.wall:.2f} s ({spread(time_runs)}{self.wall(chosen):.2f} s after start-up) = "
