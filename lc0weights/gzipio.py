@@ -39,7 +39,13 @@ except ImportError:                    # pragma: no cover - exercised where isal
 MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 BLOCK = 1 << 20                        # compressor input block (fixed: see the module docstring)
-READ_SIZE = 1 << 20                    # file reads and inflate output pieces
+# File reads and inflate output pieces. Large, because inflating is done on a thread beside busy
+# Python threads (imports, decoders): each piece takes the GIL once to start and once to end,
+# and each take can wait a whole switch interval (5 ms), so 1 MiB pieces (3 ms of inflating)
+# ran at half speed while a command started. Pieces in flight between threads are bounded in
+# bytes (PIECES_IN_FLIGHT of them).
+READ_SIZE = 8 << 20
+PIECES_IN_FLIGHT = 4
 
 
 def decompressobj():

@@ -339,7 +339,7 @@ class _SpillWriter:
     def __init__(self, fd: int):
         self.fd = fd
         self.error: OSError | None = None
-        self._pieces: queue.Queue = queue.Queue(maxsize=16)
+        self._pieces: queue.Queue = queue.Queue(maxsize=gzipio.PIECES_IN_FLIGHT)
         self._sha256 = hashlib.sha256()
         self._thread = threading.Thread(target=self._run, name="net spill", daemon=True)
         self._thread.start()

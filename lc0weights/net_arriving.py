@@ -24,6 +24,7 @@ import queue
 import threading
 from pathlib import Path
 
+from . import gzipio
 from .errors import NetFormatError
 from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _trailer_size, spill_file
 from .net_stream import NetStream, file_pieces
@@ -69,7 +70,7 @@ class ArrivingNet:
         self._error: Exception | None = None
         self._net: Net | None = None
         self._changed = threading.Condition()
-        self._pieces: queue.Queue = queue.Queue(maxsize=16)
+        self._pieces: queue.Queue = queue.Queue(maxsize=gzipio.PIECES_IN_FLIGHT)
         self._fd = spill_file(folder, size, self.source)
         try:
             self.raw = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)

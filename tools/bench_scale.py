@@ -42,7 +42,8 @@ another's ratios), is run N times, each fetch from a fresh cache seeded from
 the same state and each fetched net checked. At 1 Gbit/s the full download
 and the ``--prefer time`` fetch (whose target is the full download's time,
 and which often takes the very same route) run 5 times each, taking turns, so
-a drift in the machine's speed falls on both alike. The median is by the figure the
+a drift in the machine's speed falls on both alike; so do an apply on 1 core
+and on 2 cores when both are short (they set each other's ratio). The median is by the figure the
 row is judged on (wall; CPU for the client-CPU row and its ``gzip -dc``), its
 range shown beside it ("median of 3: 4.30-4.62 s"); ratios are of medians; a
 peak RSS row gives the highest peak of the runs. Publish (it changes the
@@ -177,7 +178,7 @@ class Bench:
         self.rows.append(Row(what, self.show(m) if isinstance(m, harness.Measured) else m,
                              measured, target, holds, counted, runs))
 
-    def repeated(self, runner, key, measured=lambda r: r, always: bool = False) -> harness.Runs:
+    def repeated(self, runner, key, measured=lambda r: r, always: bool = False, first=None) -> harness.Runs:
         """Run a fetch, `gzip -dc` or apply once, and again up to ``--repeats`` runs in all when it is short.
 
         The one rule for what is repeated: a run is short if its first run took under REPEAT_BELOW_S
@@ -188,7 +189,7 @@ class Bench:
         ``key`` is the figure the row is judged on (wall, or CPU for the CPU rows): the median run
         by it is the row's, and its spread is shown.
         """
-        first = runner()
+        first = runner() if first is None else first
         short = always or measured(first).wall < REPEAT_BELOW_S
         return harness.median_run(runner, self.args.repeats if short else 1, key, first=first, measured=measured)
 
@@ -356,6 +357,19 @@ class Bench:
                     time_runs = self.repeated(time_fetch, by_wall, measured=measured)
             self.fetch_row_group(info, mbit, full_runs, bytes_runs, time_runs)
 
+    def in_turns(self, runners: dict, key) -> dict:
+        """Each of ``runners`` once; then, if every first run was short (``repeated``'s rule), all of them
+        in turn until each has ``--repeats`` runs, so a drift in the machine's speed falls on all alike
+        (the 1-core and 2-core applies set each other's ratio); else each repeated by its own rule."""
+        firsts = {name: runner() for name, runner in runners.items()}
+        if not all(m.wall < REPEAT_BELOW_S for m in firsts.values()):
+            return {name: self.repeated(runners[name], key, first=first) for name, first in firsts.items()}
+        results = {name: [first] for name, first in firsts.items()}
+        while len(results[next(iter(results))]) < self.args.repeats:
+            for name, runner in runners.items():
+                results[name].append(runner())
+        return {name: harness.Runs(done, key, lambda m: m) for name, done in results.items()}
+
     def take_turns(self, runner, other: harness.Runs, other_runner) -> harness.Runs:
         """``runner`` and ``other_runner`` run in turn (this one first) until each has PAIRED_REPEATS runs
         (``other`` already holds some); returns this one's runs, judged like ``other``'s."""
@@ -465,7 +479,7 @@ class Bench:
         """Rows for ``apply`` on 1 and 2 cores; returns the 2-core median run. ``counted``: whether the
         2-core ratio is one of the acceptance targets or reported against it."""
         base, mw = info["paths"][-2], info["weights"] / 1e6
-        runs = {}
+        runners = {}
         for cpus, workers in (("0", 1), ("0,1", 2)):
             out = self.work / f"applied-{label.replace(', ', '-').replace(' ', '-')}-{workers}.pb.gz"
 
@@ -474,7 +488,8 @@ class Bench:
                              f"apply {label} x{workers}", cpus=cpus)
                 out.unlink()
                 return m
-            runs[workers] = self.repeated(once, lambda m: m.wall)
+            runners[workers] = once
+        runs = self.in_turns(runners, lambda m: m.wall)
         one, two = runs[1].median, runs[2].median
         small = "" if self.measurable(one, two) else " (within start-up's noise)"
         self.row(f"apply {label}, 1 core (`taskset -c 0`)", one,
@@ -525,7 +540,7 @@ def repeats_text(bench: Bench) -> str:
             f"under {REPEAT_BELOW_S:g} s wall, and every fetch at {TIME_RATE:g} Mbit/s (the rows that set one "
             f"another's ratios; there the full download and the `--prefer time` fetch run "
             f"{PAIRED_REPEATS} times each, taking turns, so a drift in the machine's speed falls on "
-            f"both alike); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
+            f"both alike, as do a 1-core and a 2-core apply that are both short); a repeated fetch starts each time from a fresh cache seeded alike and each run's "
             f"net is checked. The median is by the figure the row is judged on (wall; CPU for the client-CPU row "
             f"and its `gzip -dc`), shown as \"median of {n}: lowest-highest\"; ratios are of medians, and a peak "
             f"RSS row gives the highest peak of the runs. Single runs: publish and the diffs"
