@@ -279,6 +279,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_no_net_is_evicted_under_a_fetch_and_a_vanished_one_is_no_error(repo, ids, tmp_path, monkeypatch):
+    """Another flight's fetch may be patching from any held net: eviction waits for it. A net
+    another eviction removed between listing and looking at it is passed over, not an error."""
+    mirror = Mirror(str(repo.root), cache_dir=tmp_path / "own", policy=POLICY, max_nets=1)
+    for age, sha in enumerate(ids):
+        path = mirror.file_for(sha)
+        path.write_bytes(b"x" * 10)
+        os.utime(path, ns=(age * 10**9, age * 10**9))
+    mirror._flights[ids[0]] = object()                  # a fetch of ids[0] in progress
+    mirror._evict(keep=ids[2])                          # another flight (ids[2]) ends
+    assert sorted(p.name[:64] for p in (tmp_path / "own").glob("*.pb.gz")) == sorted(ids)
+    assert mirror._eviction_deferred
+    del mirror._flights[ids[0]]
+    real_scandir = os.scandir
+
+    def listing_then_gone(folder):
+        entries = list(real_scandir(folder))
+        os.unlink(mirror.file_for(ids[1]))              # a concurrent eviction got there first
+        return iter(entries)
+    monkeypatch.setattr(net_store.os, "scandir", listing_then_gone)
+    mirror._evict(keep=ids[2])
+    monkeypatch.undo()
+    assert [p.name[:64] for p in (tmp_path / "own").glob("*.pb.gz")] == [ids[2]]
+
+
 @pytest.mark.parametrize("where", ["option", "config", "environment"])
 def test_a_malformed_trust_key_is_one_line_at_startup(repo, tmp_path, where):
     config = tmp_path / "config"

@@ -10,7 +10,9 @@ At most ``max_fetches`` flights run at once.
 
 A net a request is about to send is *pinned*: eviction (by count and bytes,
 oldest first) never removes a pinned net, so a request never finds the net
-it waited for gone; the cache may exceed its bound by the nets in use.
+it waited for gone, and removes nothing while another flight runs, since a
+fetch may be rebuilding from any held net; the cache may exceed its bound by
+the nets in use until then.
 
 With a fallback prefix, a net the repository does not list is passed through
 from there: its bytes are read as sent (no transparent decoding), bounded by
@@ -141,7 +143,10 @@ class Mirror:
                     del self._pins[sha]
                 deferred, self._eviction_deferred = self._eviction_deferred, False
             if deferred:                    # a net in use was spared: bring the cache back within bounds
-                self._evict(keep=None)
+                try:
+                    self._evict(keep=None)
+                except OSError as e:        # the net is served all the same; the next eviction retries
+                    log.warning("could not bring the mirror cache within its bounds: %s", e)
 
     def _serve_pinned(self, sha: str, wait: float | None, gone) -> Served:
         held = self._open_verified(sha)
@@ -225,23 +230,29 @@ class Mirror:
         return f, st
 
     def _evict(self, keep: str | None) -> None:
-        """Drop the least recently stored nets beyond the count and byte bounds, never a pinned one."""
+        """Drop the least recently stored nets beyond the count and byte bounds: never a pinned one,
+        and none while a flight other than ``keep``'s runs (its fetch may be reading any held net as
+        the base of a patch); what is spared is dropped by a later call (see :meth:`serve`)."""
         nets = []
         for entry in os.scandir(self.cache_dir):
             m = re.fullmatch(r"([0-9a-f]{64})\.pb\.gz", entry.name)
             if m and entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue                     # dropped by a concurrent eviction meanwhile
                 nets.append((m.group(1) == keep, st.st_mtime_ns, st.st_size, m.group(1), Path(entry.path)))
         nets.sort(reverse=True)                  # the kept net first, then newest first
         total = 0
         with self._lock:
+            other_flights = any(sha != keep for sha in self._flights)
             for i, (_, _, size, sha, path) in enumerate(nets):
                 total += size
                 over_count = i >= self.max_nets
                 over_bytes = self.max_bytes is not None and total > self.max_bytes and i > 0
                 if not (over_count or over_bytes):
                     continue
-                if sha in self._pins or sha in self._flights:
+                if other_flights or sha in self._pins or sha in self._flights:
                     self._eviction_deferred = True
                 else:
                     try:
