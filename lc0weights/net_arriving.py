@@ -26,7 +26,8 @@ from pathlib import Path
 
 from . import gzipio
 from .errors import NetFormatError
-from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net, _limit, _trailer_size, spill_file
+from .net import GZIP_MAGIC, SPILL_MIN, Layer, Net
+from .net_unpack import size_limit, spill_file, trailer_size
 from .net_stream import NetStream, file_pieces
 from .wire import _parse_layer
 
@@ -41,10 +42,10 @@ def load_arriving(path, max_size: int | None = None, *, spill_dir) -> "Net | Arr
     loads it with ``spill_dir``. Errors as ``Net.load``'s, some of them only when the
     arriving net is used."""
     path = Path(path)
-    limit = _limit(max_size)
+    limit = size_limit(max_size)
     try:
         with open(path, "rb") as f:
-            size = _trailer_size(f, str(path), limit) if f.read(2) == GZIP_MAGIC else 0
+            size = trailer_size(f, str(path), limit) if f.read(2) == GZIP_MAGIC else 0
     except OSError as e:
         raise NetFormatError(f"{path}: cannot read ({e.strerror})") from None
     if size < SPILL_MIN:

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from . import encodings as enc
 from . import gzipio
 from .errors import Lc0WeightsError, NetFormatError
-from .net import GZIP_MAGIC, MAGIC, Layer, _limit, _too_large
+from .net import GZIP_MAGIC, MAGIC, Layer
+from .net_unpack import size_limit, too_large
 from .proto import lc0net_pb2
 from .wire import _FIXED32, _FIXED64, _LENGTH, _VARINT, _message_fields, _parse_layer, _path
 
@@ -231,20 +232,20 @@ def file_pieces(path, max_size: int | None = None) -> Iterator:
     file as :meth:`Net.load` does.
     """
     source = str(path)
-    limit = _limit(max_size)
+    limit = size_limit(max_size)
     try:
         with open(path, "rb") as f:
             if f.read(2) == GZIP_MAGIC:
                 yield from _gunzip_pieces(f, source, limit)
                 return
             if os.fstat(f.fileno()).st_size > limit:
-                raise _too_large(source, limit)
+                raise too_large(source, limit)
             f.seek(0)
             size = 0
             for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
                 size += len(block)
                 if size > limit:
-                    raise _too_large(source, limit)
+                    raise too_large(source, limit)
                 yield block
     except OSError as e:
         raise NetFormatError(f"{source}: cannot read ({e.strerror})") from None
@@ -260,7 +261,7 @@ def _gunzip_pieces(f, source: str, limit: int) -> Iterator:
             yield from inflater.feed(block)
         inflater.finish()
     except gzipio.TooLarge:
-        raise _too_large(source, limit) from None
+        raise too_large(source, limit) from None
     except ValueError as e:
         raise NetFormatError(f"{source}: {e}") from None
     except gzipio.GzipError as e:

@@ -13,7 +13,8 @@ from conftest import run_paths
 
 from lc0weights import gzipio
 from lc0weights.errors import NetFormatError
-from lc0weights.net import Net, gunzip_limited, gzip_bytes, write_net_file
+from lc0weights.net import Net, gzip_bytes, write_net_file
+from lc0weights.net_unpack import gunzip_limited
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ LAYERS = [
     ("format", ("lc0weights.errors", "lc0weights.settings", "lc0weights.console",
                 "lc0weights.proto", "lc0weights.wire", "lc0weights.encodings", "lc0weights.net", "lc0weights.net_stream",
                 "lc0weights.net_arriving", "lc0weights.synthetic", "lc0weights.gzipio", "lc0weights.files",
-                "lc0weights.durable_files")),
+                "lc0weights.durable_files", "lc0weights.net_unpack")),
     ("codec", ("lc0weights.residuals", "lc0weights.weight_error", "lc0weights.kernels", "lc0weights.rans_kernels",
                "lc0weights.kernel_preload", "lc0weights.brotli_bounded", "lc0weights.tiers",
                "lc0weights.codecs")),

@@ -25,7 +25,8 @@ from pathlib import Path
 from .. import gzipio
 from ..errors import NetFormatError
 from ..durable_files import atomic_file
-from ..net import GZIP_LEVEL, Net, RawSink
+from ..net import GZIP_LEVEL, Net
+from ..net_unpack import RawSink
 from ..repository.errors import IntegrityError
 from ..repository.index import NetEntry
 from .link_rate import rebuild_rate_name, timing
