@@ -6,8 +6,8 @@ import logging
 import sys
 
 from lc0weights import __version__
-from lc0weights.cli import (SubcommandParser, finish_parser, output_options, parse_codec,
-                            positive_int, run_command, settle_output_options)
+from lc0weights.cli_args import (SubcommandParser, finish_parser, output_options, parse_codec,
+                                 positive_int, run_command, settle_output_options)
 from lc0weights.console import plural
 from lc0weights.errors import Lc0WeightsError
 from lc0weights.settings import parse_duration, parse_tolerance

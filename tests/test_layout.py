@@ -28,7 +28,8 @@ LAYERS = [
                    "service.encode_pool", "service.patch_policy",
                    "service.prune", "service.sweep")),
     ("serving", ("lc0weights.serving", "service.serve")),
-    ("command line", ("lc0weights.cli", "lc0weights.client_cli", "service.cli")),
+    ("command line", ("lc0weights.cli", "lc0weights.cli_args", "lc0weights.patch_cli", "lc0weights.client_cli",
+                      "service.cli")),
 ]
 # The packages' own front doors: lc0weights re-exports nets and patches (and the version),
 # service holds only its docstring.
