@@ -4,7 +4,7 @@
 bytes without layer payloads (the *skeleton*, ``skeleton``) coded against the
 base's skeleton, then every layer's residuals with the smallest codec
 (``layers`` pairs each layer with its base layer, ``encode`` codes them).
-``apply_patch`` (``decode``) checks every size the patch declares, runs the
+``apply_patch`` (``decode``) checks every size the patch declares (``plan``), runs the
 same steps backwards and checks the rebuilt bytes against the id the patch
 promises. Both work a chunk at a time (``chunks``: a layer, or a run of a
 large layer's elements coded as its own stream), in parallel across chunks
@@ -13,11 +13,12 @@ large layer's elements coded as its own stream), in parallel across chunks
 """
 from .chunks import CHUNK_SIZE
 from .decode import (PatchInfo, apply_patch, apply_patch_to_file, check_patch, preload_decoders, read_patch_info,
-                     rebuilt_pieces, skeleton_layers)
+                     rebuilt_pieces)
 from .encode import DEFAULT_CODECS, HISTORY_CODECS, TIERS, make_patch
 from .layers import LayerContext, infer_shape, paired_layer
 from .limits import MAX_RESULT_SIZE, SKELETON_CAP, UNDECODABLE, WRITER
 from .measure import max_error, max_layer_error
+from .plan import skeleton_layers
 from .skeleton import decode_skeleton, encode_skeleton, skeleton_stream
 
 __all__ = ["CHUNK_SIZE", "PatchInfo", "apply_patch", "apply_patch_to_file", "check_patch", "preload_decoders",
