@@ -39,13 +39,20 @@ except ImportError:                    # pragma: no cover - exercised where isal
 MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 BLOCK = 1 << 20                        # compressor input block (fixed: see the module docstring)
-# File reads and inflate output pieces. Large, because inflating is done on a thread beside busy
-# Python threads (imports, decoders): each piece takes the GIL once to start and once to end,
-# and each take can wait a whole switch interval (5 ms), so 1 MiB pieces (3 ms of inflating)
-# ran at half speed while a command started. Pieces in flight between threads are bounded in
-# bytes (PIECES_IN_FLIGHT of them).
-READ_SIZE = 8 << 20
+READ_SIZE = 1 << 20                    # file reads and inflate output pieces
+# A large net file is read and inflated in larger pieces, on a thread beside busy Python threads
+# (imports, decoders): each piece takes the GIL once to start and once to end, and each take can
+# wait a whole switch interval (5 ms), so 1 MiB pieces (3 ms of inflating) ran at half speed while
+# a command started. At most PIECES_IN_FLIGHT pieces wait between two threads.
+LARGE_PIECE = 8 << 20
 PIECES_IN_FLIGHT = 4
+
+
+def piece_for(size: int) -> int:
+    """The piece a file of ``size`` bytes is read and inflated in: up to :data:`LARGE_PIECE`,
+    a sixteenth of the file at most (pieces in flight stay a fraction of it), never under
+    :data:`READ_SIZE`."""
+    return max(READ_SIZE, min(LARGE_PIECE, size // 16))
 
 
 def decompressobj():
@@ -140,8 +147,9 @@ class Inflater:
     ``ValueError``.
     """
 
-    def __init__(self, limit: int, multi_member: bool = True, hash_raw: bool = True):
+    def __init__(self, limit: int, multi_member: bool = True, hash_raw: bool = True, piece: int = READ_SIZE):
         self.limit = limit
+        self.piece = piece
         self.multi_member = multi_member
         self.size = 0
         self.sha256 = hashlib.sha256() if hash_raw else None
@@ -156,7 +164,7 @@ class Inflater:
             if not view:
                 return pieces
         while True:
-            want = min(READ_SIZE, self.limit + 1 - self.size)
+            want = min(self.piece, self.limit + 1 - self.size)
             piece = self._d.decompress(view, want)
             self._take(piece, pieces)
             if self._d.eof:
