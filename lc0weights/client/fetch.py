@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -312,6 +313,14 @@ def sweep_cache(root: Path) -> None:
         sweep_stale(root / PARTIAL_DIR, TEMP_MIN_AGE, PARTIAL_MIN_AGE)
 
 
+def _load_decoders() -> None:
+    try:
+        from ..patch import preload_decoders
+        preload_decoders()
+    except Exception as e:  # noqa: BLE001 - an optimisation only: the decoding imports them anyway
+        log.debug("decoders not loaded ahead: %s", e)
+
+
 def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _Plan | None = None) -> Net:
     """Download and apply each step of ``route``; return the verified final net.
 
@@ -324,8 +333,9 @@ def _follow(route: Route, source, cache: NetCache, catalogue: Catalogue, plan: _
     current, previous = None, None
     book = plan and plan.book
     if any(not isinstance(step, NetEntry) for step in route.steps):
-        from ..patch import preload_decoders     # a route of full nets never loads the codecs
-        preload_decoders()          # while the held nets are read and the first bytes arrive
+        # A route of full nets never loads the codecs; one with a patch loads them on a helper
+        # thread (numba's import alone is a third of a second), while the first bytes arrive.
+        threading.Thread(target=_load_decoders, name="decoder import", daemon=True).start()
     if route.start is not None:
         current = _HeldNet(cache, route.start)    # read once its patch has started to download
     sweep_cache(cache.root)
