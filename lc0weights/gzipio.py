@@ -39,20 +39,11 @@ except ImportError:                    # pragma: no cover - exercised where isal
 MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 BLOCK = 1 << 20                        # compressor input block (fixed: see the module docstring)
-READ_SIZE = 1 << 20                    # file reads and inflate output pieces
-# A large net file is read and inflated in larger pieces, on a thread beside busy Python threads
-# (imports, decoders): each piece takes the GIL once to start and once to end, and each take can
-# wait a whole switch interval (5 ms), so 1 MiB pieces (3 ms of inflating) ran at half speed while
-# a command started. At most PIECES_IN_FLIGHT pieces wait between two threads.
-LARGE_PIECE = 8 << 20
-PIECES_IN_FLIGHT = 4
-
-
-def piece_for(size: int) -> int:
-    """The piece a file of ``size`` bytes is read and inflated in: up to :data:`LARGE_PIECE`,
-    a sixteenth of the file at most (pieces in flight stay a fraction of it), never under
-    :data:`READ_SIZE`."""
-    return max(READ_SIZE, min(LARGE_PIECE, size // 16))
+# File reads and inflate output pieces. Larger pieces would inflate beside busy Python threads
+# with fewer waits for the GIL (a large base arrived 0.06-0.1 s sooner with 8 MiB), but each
+# thread's malloc arena then keeps several of them: 165 MB more peak memory for a BT4 apply.
+READ_SIZE = 1 << 20
+PIECES_IN_FLIGHT = 16                  # pieces waiting between two threads, at most
 
 
 def decompressobj():
@@ -147,9 +138,8 @@ class Inflater:
     ``ValueError``.
     """
 
-    def __init__(self, limit: int, multi_member: bool = True, hash_raw: bool = True, piece: int = READ_SIZE):
+    def __init__(self, limit: int, multi_member: bool = True, hash_raw: bool = True):
         self.limit = limit
-        self.piece = piece
         self.multi_member = multi_member
         self.size = 0
         self.sha256 = hashlib.sha256() if hash_raw else None
@@ -164,7 +154,7 @@ class Inflater:
             if not view:
                 return pieces
         while True:
-            want = min(self.piece, self.limit + 1 - self.size)
+            want = min(READ_SIZE, self.limit + 1 - self.size)
             piece = self._d.decompress(view, want)
             self._take(piece, pieces)
             if self._d.eof:

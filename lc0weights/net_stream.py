@@ -241,8 +241,8 @@ def file_pieces(path, max_size: int | None = None) -> Iterator:
             if os.fstat(f.fileno()).st_size > limit:
                 raise too_large(source, limit)
             f.seek(0)
-            size, piece = 0, gzipio.piece_for(os.fstat(f.fileno()).st_size)
-            for block in iter(lambda: f.read(piece), b""):
+            size = 0
+            for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
                 size += len(block)
                 if size > limit:
                     raise too_large(source, limit)
@@ -255,10 +255,9 @@ def _gunzip_pieces(f, source: str, limit: int) -> Iterator:
     if os.fstat(f.fileno()).st_size < 18:
         raise NetFormatError(f"{source}: truncated gzip stream")
     f.seek(0)
-    piece = gzipio.piece_for(os.fstat(f.fileno()).st_size)
-    inflater = gzipio.Inflater(limit, multi_member=True, hash_raw=False, piece=piece)
+    inflater = gzipio.Inflater(limit, multi_member=True, hash_raw=False)
     try:
-        for block in iter(lambda: f.read(piece), b""):
+        for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
             yield from inflater.feed(block)
         inflater.finish()
     except gzipio.TooLarge:

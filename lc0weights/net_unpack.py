@@ -68,13 +68,12 @@ class RawSink:
     are hashed on the way (:attr:`raw_id`), so nothing is read twice.
     """
 
-    def __init__(self, size_hint: int, limit: int, source: str = "<bytes>", hash_raw: bool = True,
-                 piece: int = gzipio.READ_SIZE):
+    def __init__(self, size_hint: int, limit: int, source: str = "<bytes>", hash_raw: bool = True):
         self.source = source
         self.limit = limit
         self.out = bytearray(max(0, min(size_hint, limit)))
         self.pos = 0
-        self._inflater = gzipio.Inflater(limit, multi_member=True, hash_raw=hash_raw, piece=piece)
+        self._inflater = gzipio.Inflater(limit, multi_member=True, hash_raw=hash_raw)
 
     def feed(self, data) -> None:
         try:
@@ -159,8 +158,8 @@ class _FileSink(RawSink):
     """A :class:`RawSink` whose raw bytes go to the open file ``fd`` instead, written and
     hashed on a thread of its own (:attr:`raw_id`; :meth:`close` whatever happens)."""
 
-    def __init__(self, fd: int, limit: int, source: str, piece: int):
-        super().__init__(0, limit, source, hash_raw=False, piece=piece)
+    def __init__(self, fd: int, limit: int, source: str):
+        super().__init__(0, limit, source, hash_raw=False)
         self._writer = _SpillWriter(fd)
 
     def _store(self, piece) -> None:
@@ -194,19 +193,14 @@ def trailer_size(f, source: str, limit: int) -> int:
     return size
 
 
-def file_piece(f) -> int:
-    return gzipio.piece_for(os.fstat(f.fileno()).st_size)
-
-
 def feed_file(f, sink: RawSink) -> None:
-    piece = file_piece(f)
-    for block in iter(lambda: f.read(piece), b""):
+    for block in iter(lambda: f.read(gzipio.READ_SIZE), b""):
         sink.feed(block)
 
 
 def gunzip_file(f, source: str, size: int, limit: int) -> bytearray:
     """Decompress a gzip file into one buffer sized from its trailer: no second copy."""
-    sink = RawSink(size, limit, source, hash_raw=False, piece=file_piece(f))
+    sink = RawSink(size, limit, source, hash_raw=False)
     feed_file(f, sink)
     return sink.finish()
 
@@ -243,7 +237,7 @@ def gunzip_to_map(f, source: str, size: int, limit: int, folder: Path):
     the raw bytes' id). Its space is freed with the map."""
     fd = spill_file(folder, size, source)
     try:
-        sink = _FileSink(fd, limit, source, file_piece(f))
+        sink = _FileSink(fd, limit, source)
         try:
             feed_file(f, sink)
             sink.finish()
