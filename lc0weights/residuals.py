@@ -143,15 +143,18 @@ def linear16_rebuild(values, base, target: LayerTarget, quant_width: int, escape
 def _linear16_rebuild(values, base, mode: int, target: LayerTarget, quant_width: int, escapes: int):
     """The codes ``values`` rebuild from ``base`` as ``mode`` reads it (we.PREDICTED: the
     base's predicted codes themselves, exact in float32)."""
+    # One pass, no int64 copy of the layer (weight_error); the same sums as p + q*w.
+    return _rebuilt_codes(values, target, quant_width, escapes,
+                          lambda q, positions, exact: we.linear16_rebuild(q, positions, exact, base, target.bounds,
+                                                                          mode, quant_width, target.count))
+
+
+def _rebuilt_codes(values, target: LayerTarget, quant_width: int, escapes: int, rebuild) -> np.ndarray:
+    """The codes ``rebuild(q, positions, exact)`` makes of ``values`` (steps, then escapes), checked."""
     if not 1 <= quant_width <= MAX_QUANT_WIDTH:
         raise PatchFormatError(f"quantisation width {quant_width} out of range")
     q, positions, exact = _split_escapes(values, target.count, escapes)
-    # One pass, no int64 copy of the layer (weight_error); the same sums as p + q*w.
-    k, status = we.linear16_rebuild(q, positions, exact, base, target.bounds, mode, quant_width, target.count)
-    return _checked_rebuild(k, status)
-
-
-def _checked_rebuild(k, status: int) -> np.ndarray:
+    k, status = rebuild(q, positions, exact)
     if status:
         raise PatchFormatError("rebuilt LINEAR16 code out of range" if status == 1
                                else "escape positions out of range")
@@ -176,11 +179,9 @@ def linear16_rebuild_from_codes(values, base_codes, table, target: LayerTarget, 
                                 escapes: int) -> np.ndarray:
     """:func:`linear16_rebuild` of a LINEAR16 base given by its codes and
     :func:`linear16_base_table`; the same codes, the same errors."""
-    if not 1 <= quant_width <= MAX_QUANT_WIDTH:
-        raise PatchFormatError(f"quantisation width {quant_width} out of range")
-    q, positions, exact = _split_escapes(values, target.count, escapes)
-    k, status = we.linear16_rebuild_tabled(q, positions, exact, base_codes, table, quant_width, target.count)
-    return _checked_rebuild(k, status)
+    return _rebuilt_codes(values, target, quant_width, escapes,
+                          lambda q, positions, exact: we.linear16_rebuild_tabled(q, positions, exact, base_codes,
+                                                                                 table, quant_width, target.count))
 
 
 # -- floats: order-preserving integer images, or value steps of 2T ------------------
