@@ -364,23 +364,15 @@ class Bench:
         firsts = {name: runner() for name, runner in runners.items()}
         if not all(m.wall < REPEAT_BELOW_S for m in firsts.values()):
             return {name: self.repeated(runners[name], key, first=first) for name, first in firsts.items()}
-        results = {name: [first] for name, first in firsts.items()}
-        while len(results[next(iter(results))]) < self.args.repeats:
-            for name, runner in runners.items():
-                results[name].append(runner())
-        return {name: harness.Runs(done, key, lambda m: m) for name, done in results.items()}
+        done = alternate(runners, self.args.repeats, {name: [first] for name, first in firsts.items()})
+        return {name: harness.Runs(results, key, lambda m: m) for name, results in done.items()}
 
     def take_turns(self, runner, other: harness.Runs, other_runner) -> harness.Runs:
         """``runner`` and ``other_runner`` run in turn (this one first) until each has PAIRED_REPEATS runs
         (``other`` already holds some); returns this one's runs, judged like ``other``'s."""
         n = PAIRED_REPEATS if self.args.repeats > 1 else 1
-        mine = []
-        while len(mine) < n or other.n < n:
-            if len(mine) < n:
-                mine.append(runner())
-            if other.n < n:
-                other.results.append(other_runner())
-        return harness.Runs(mine, other.key, other.measured)
+        done = alternate({"this": runner, "other": other_runner}, n, {"this": [], "other": other.results})
+        return harness.Runs(done["this"], other.key, other.measured)
 
     def fetch_row_group(self, info: dict, mbit: float, full_runs, bytes_runs, time_runs) -> None:
         link_s = info["gz"] / (mbit * 1e6 / 8)
@@ -502,6 +494,15 @@ class Bench:
                  f"<= {limit:g}x 1 core wall", self.judge(ratio <= limit, one, two), counted, runs=runs[2].n)
         self.rss_row(f"apply {label}", runs[2], info, "rss_apply")
         return two
+
+
+def alternate(runners: dict, n: int, done: dict) -> dict:
+    """Call ``runners`` in turn until each has ``n`` results in ``done`` (which may hold some already)."""
+    while any(len(done[name]) < n for name in runners):
+        for name, runner in runners.items():
+            if len(done[name]) < n:
+                done[name].append(runner())
+    return done
 
 
 def spread(runs: harness.Runs) -> str:
